@@ -1,0 +1,40 @@
+"""ganflow: train GANs on TensorFlow/Keras 3 from plugins, tracked in MLflow.
+
+The public API, for users and plugin authors:
+- ``GAN``: the keras.Model that trains a generator against a discriminator.
+- ``hookimpl``: marks a plugin's hook implementations (see ``ganflow.hookspecs``).
+- ``Loss``, ``DataSpec``, ``DataSource``, ``DatasetOptions``, ``Architecture``: what plugins
+  receive and return.
+- ``GanflowError``, ``UsageError``, ``PluginError``: errors a user can act on.
+"""
+
+import pluggy
+
+from ganflow.errors import GanflowError, PluginError, UsageError
+from ganflow.types import Architecture, DataSource, DataSpec, DatasetOptions, Loss
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("ganflow")
+
+__all__ = [
+    "GAN",
+    "Architecture",
+    "DataSource",
+    "DataSpec",
+    "DatasetOptions",
+    "GanflowError",
+    "Loss",
+    "PluginError",
+    "UsageError",
+    "hookimpl",
+]
+
+
+def __getattr__(name):
+    # GAN needs TensorFlow (seconds to import); `ganflow --help` and config checks do not.
+    if name == "GAN":
+        from ganflow.gan import GAN
+
+        return GAN
+    raise AttributeError(f"module 'ganflow' has no attribute {name!r}")

@@ -1,0 +1,198 @@
+"""The ganflow command line: run, plugins, sample. Thin: parse, call, report."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+# Before TensorFlow is imported anywhere: keep its C++ start-up chatter off the terminal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from ganflow import __version__  # noqa: E402
+from ganflow.config import FIELD_TYPES, JIT_CHOICES, flag  # noqa: E402
+from ganflow.errors import GanflowError  # noqa: E402
+
+HELP = {
+    "arch": "architecture plugin (see `ganflow plugins`)",
+    "loss": "loss plugin: minimax, non-saturating, or a plugin's",
+    "dataset": "dataset: digits, tfds:NAME, folder:PATH, or a plugin's",
+    "data_dir": "where tfds data is prepared (tfds's own default if unset)",
+    "image_size": "resize images to N x N pixels",
+    "epochs": "passes over the data",
+    "batch_size": "m: examples per discriminator update and noise samples per update",
+    "d_steps": "k: discriminator updates per generator update",
+    "latent_dim": "size of the noise vector z",
+    "lr_g": "generator learning rate (Adam)",
+    "lr_d": "discriminator learning rate (Adam)",
+    "beta1": "Adam beta1 for both optimizers",
+    "beta2": "Adam beta2 for both optimizers",
+    "seed": "seed for weights, noise and shuffling: the same seed reproduces a run",
+    "steps_per_epoch": "generator updates per epoch (default: one pass over the data)",
+    "jit": "XLA compilation: auto lets Keras decide (on for a GPU)",
+    "log_every": "log metrics to MLflow every N generator updates",
+    "samples": "images in each epoch's sample grid",
+    "output_dir": "where sample grids are written locally",
+    "tracking_uri": "MLflow tracking URI (else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    "experiment": "MLflow experiment name",
+    "register": "register the generator in the MLflow Model Registry",
+    "registered_model": "registered model name (default: <recipe>-generator)",
+}
+CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
+
+
+def reports_errors(command):
+    """A user's mistake becomes one line on stderr and a non-zero exit code, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except GanflowError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+def config_options(command):
+    """One option per RunConfig field (recipe and plugin_modules have their own)."""
+    for name in reversed(list(HELP)):
+        kind = FIELD_TYPES[name].split(" ")[0]
+        if kind == "bool":
+            option = click.option(f"{flag(name)}/--no-{name}", default=None, help=HELP[name])
+        elif name == "jit":
+            option = click.option(flag(name), type=click.Choice(JIT_CHOICES), help=HELP[name])
+        else:
+            option = click.option(flag(name), type=CLICK_TYPES[kind], help=HELP[name])
+        command = option(command)
+    return command
+
+
+plugin_module_option = click.option(
+    "--plugin-module",
+    "plugin_modules",
+    multiple=True,
+    metavar="PATH_OR_MODULE",
+    help="also load plugins from this .py file or module (repeatable)",
+)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="ganflow")
+def main():
+    """Train GANs on TensorFlow/Keras 3 from plugins, tracked in MLflow."""
+
+
+@main.command()
+@click.option("--plugin", "recipe", default="dcgan", show_default=True,
+              help="recipe to run: its defaults for every setting below")
+@click.option("--config", "config_file", metavar="FILE",
+              help="JSON or YAML file of settings; flags override it")
+@plugin_module_option
+@config_options
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+@reports_errors
+def run(recipe, config_file, plugin_modules, quiet, **flags):
+    """Train a GAN from a recipe and track it in MLflow.
+
+    Each iteration makes --d-steps discriminator updates, each on --batch-size fresh real
+    examples and fresh noise, then one generator update.
+    """
+    from ganflow.plugins import load_plugins
+    from ganflow.runner import resolve_config, run as run_gan
+
+    plugins = load_plugins(plugin_modules)
+    flags["plugin_modules"] = plugin_modules or None
+    config = resolve_config(plugins, recipe, config_file, flags)
+    result = run_gan(config, plugins, verbose=0 if quiet else 1)
+
+    state = "interrupted" if result.interrupted else "finished"
+    click.echo(f"\nRun {result.run_id} {state} in {result.seconds:.0f} s "
+               f"(experiment {config.experiment!r}, tracking {result.tracking_uri})")
+    click.echo(f"  samples: {result.samples_path}")
+    uri_flag = f" --tracking-uri {config.tracking_uri}" if config.tracking_uri else ""
+    if result.model_version:
+        click.echo(f"  model:   {result.model_uri} (registered; also "
+                   f"models:/{result.model_name}@latest)")
+        click.echo(f"  sample:  ganflow sample models:/{result.model_name}@latest"
+                   f"{uri_flag} -o samples.png")
+    else:
+        click.echo(f"  model:   {result.model_uri} (not registered)")
+    click.echo(f"  browse:  {ui_command(result.tracking_uri)}")
+    if result.interrupted:
+        sys.exit(130)
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The command that shows these runs: a server is already a UI; a store needs `mlflow ui`."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}  (then open http://127.0.0.1:5000)"
+
+
+@main.command()
+@plugin_module_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@reports_errors
+def plugins(plugin_modules, as_json):
+    """List every recipe, loss, dataset and architecture, with the plugin that provides it."""
+    from ganflow.plugins import load_plugins
+
+    loaded = load_plugins(plugin_modules)
+    kinds = {
+        "recipes": loaded.recipes,
+        "losses": loaded.losses,
+        "datasets": loaded.datasets,
+        "architectures": loaded.architectures,
+    }
+    rows = {
+        kind: [
+            {
+                "name": f"{e.name}:{e.argument}" if e.argument else e.name,
+                "plugin": e.plugin,
+                "description": e.description,
+            }
+            for e in registry
+        ]
+        for kind, registry in kinds.items()
+    }
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for kind, entries in rows.items():
+        click.echo(kind)
+        for e in entries:
+            click.echo(f"  {e['name']:<18} {e['plugin']:<26} {e['description']}")
+
+
+@main.command()
+@click.argument("model_uri")
+@click.option("-n", "--count", type=click.IntRange(min=1), default=64, show_default=True,
+              help="how many samples")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="noise seed: the same seed gives the same samples")
+@click.option("-o", "--output", metavar="FILE",
+              help="where to write (default samples.png, or samples.npz with --npz)")
+@click.option("--npz", is_flag=True, help="write the raw array (samples, z) instead of a PNG grid")
+@click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")
+@reports_errors
+def sample(model_uri, count, seed, output, npz, tracking_uri):
+    """Sample a logged generator: MODEL_URI is any models:/ or runs:/ URI."""
+    import numpy as np
+
+    from ganflow import tracking
+    from ganflow.images import save_grid
+
+    tracking.use_tracking_uri(tracking_uri)
+    samples, z = tracking.sample(model_uri, count, seed)
+    output = output or ("samples.npz" if npz else "samples.png")
+    if npz:
+        np.savez(output, samples=samples, z=z)
+    else:
+        save_grid(samples, output)
+    click.echo(f"Wrote {count} samples of shape {samples.shape[1:]} to {output}")

@@ -1,0 +1,19 @@
+"""Errors a user can act on. The CLI prints them on one line and exits with their code."""
+
+
+class GanflowError(Exception):
+    """Something the user can fix: what was wrong, what was expected, what to try."""
+
+    exit_code = 1
+
+
+class UsageError(GanflowError):
+    """A bad name, number or combination of settings; caught before any work starts."""
+
+    exit_code = 2
+
+
+class PluginError(GanflowError):
+    """A plugin failed to import, to validate, or registered a name another plugin has."""
+
+    exit_code = 1

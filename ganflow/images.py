@@ -1,0 +1,41 @@
+"""Sample grids: a batch of images in [-1, 1] tiled into one PNG."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MIN_TILE = 64  # small images are scaled up (nearest neighbour) to at least this many pixels
+PAD = 2
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Map [-1, 1] to [0, 255]; values outside are clipped."""
+    return np.clip((np.asarray(images) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+
+
+def image_grid(images: np.ndarray, columns: int | None = None) -> Image.Image:
+    """Tile (n, h, w, c) images in [-1, 1], c in {1, 3}, into a near-square grid with padding."""
+    images = to_uint8(images)
+    n, h, w, c = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    grid = np.zeros((rows * (h + PAD) + PAD, columns * (w + PAD) + PAD, c), dtype=np.uint8)
+    for i, image in enumerate(images):
+        top, left = PAD + (i // columns) * (h + PAD), PAD + (i % columns) * (w + PAD)
+        grid[top : top + h, left : left + w] = image
+    picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    scale = max(1, math.ceil(MIN_TILE / max(h, w)))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    return picture
+
+
+def save_grid(images: np.ndarray, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images).save(path)
+    return path

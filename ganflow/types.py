@@ -1,0 +1,121 @@
+"""The types a plugin sees: what a dataset yields, what a loss computes, what a network is built from.
+
+Nothing here imports TensorFlow at module level, so listing plugins stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What one example looks like; architectures are sized from it.
+
+    shape: one example's shape, e.g. (32, 32, 1) for images or (2,) for points.
+    size: number of examples in the training split.
+    num_classes: number of label classes when the dataset is labelled, else None.
+    """
+
+    shape: tuple[int, ...]
+    size: int
+    dtype: str = "float32"
+    num_classes: int | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """Settings a dataset loader receives.
+
+    argument: the part after the colon in ``--dataset NAME:ARGUMENT`` (``tfds:mnist`` gives
+        ``mnist``), or None.
+    data_dir: where prepared data lives (``--data-dir``), or None for the library's default.
+    image_size: resize images to this many pixels a side (``--image-size``), or None to keep
+        the dataset's own size.
+    """
+
+    argument: str | None = None
+    data_dir: str | None = None
+    image_size: int | None = None
+
+
+class DataSource:
+    """A dataset plugin's answer: a spec, and a function that makes the examples.
+
+    ``make_dataset()`` returns a ``tf.data.Dataset`` of single examples, float32 in [-1, 1]
+    for images, or of ``(example, label)`` pairs when ``labelled`` is true. ``info`` holds
+    facts worth logging (e.g. how many corrupt files were skipped); they become MLflow params.
+    """
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        make_dataset: Callable[[], Any],
+        *,
+        labelled: bool = False,
+        info: dict[str, Any] | None = None,
+    ):
+        self.spec = spec
+        self._make_dataset = make_dataset
+        self.labelled = labelled
+        self.info = dict(info or {})
+
+    @classmethod
+    def from_arrays(cls, x, y=None, *, num_classes=None, info=None) -> DataSource:
+        """Wrap in-memory examples (and optional integer labels) as a source."""
+        import numpy as np
+        import tensorflow as tf
+
+        x = np.asarray(x, dtype=np.float32)
+        if y is not None:
+            y = np.asarray(y, dtype=np.int64)
+            if num_classes is None:
+                num_classes = int(y.max()) + 1
+        spec = DataSpec(shape=tuple(x.shape[1:]), size=len(x), num_classes=num_classes)
+
+        def make():
+            return tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
+
+        return cls(spec, make, labelled=y is not None, info=info)
+
+    def examples(self):
+        """The examples alone, without labels: what a GAN trains on."""
+        ds = self._make_dataset()
+        return ds.map(lambda x, y: x) if self.labelled else ds
+
+
+class Loss:
+    """A GAN objective, on the discriminator's logits s (D(x) = sigmoid(s)).
+
+    Subclass it, or write any object with the same methods. Both losses are minimized and
+    return a scalar. ``penalty``, when not None, is called as
+    ``penalty(discriminator, real, fake)`` on each discriminator update and its scalar is added
+    to the discriminator loss (it may open its own GradientTape, e.g. for a gradient penalty).
+    """
+
+    penalty: Callable[..., Any] | None = None
+
+    def discriminator_loss(self, real_logits, fake_logits):
+        raise NotImplementedError
+
+    def generator_loss(self, fake_logits):
+        raise NotImplementedError
+
+
+class Architecture(Protocol):
+    """Builds the two networks for a dataset.
+
+    ``build_generator(spec, latent_dim)`` returns a keras.Model from (batch, latent_dim) to
+    (batch, *spec.shape); ``build_discriminator(spec)`` one from (batch, *spec.shape) to
+    (batch, 1) logits. The engine checks both shapes before training.
+    """
+
+    def build_generator(self, spec: DataSpec, latent_dim: int): ...
+
+    def build_discriminator(self, spec: DataSpec): ...
+

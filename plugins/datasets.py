@@ -1,0 +1,180 @@
+"""Image datasets: ``digits`` (bundled, offline), ``tfds:NAME`` and ``folder:PATH``.
+
+Every source yields float32 images in [-1, 1], shaped (size, size, channels), with labels
+where the data has them.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+import ganflow
+
+DIGITS_SIZE = 32
+FOLDER_DEFAULT_SIZE = 64
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+# Where tensorflow-datasets downloads prepared data from first.
+TFDS_HOST = ("storage.googleapis.com", 443)
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    import tensorflow as tf
+
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    return tf.image.resize(images, (size, size), method="bilinear").numpy()
+
+
+def load_digits(options: ganflow.DatasetOptions) -> ganflow.DataSource:
+    """The 1,797 8x8 handwritten digits scikit-learn ships inside its package."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    images = digits.images[..., None].astype(np.float32) / 16.0 * 2.0 - 1.0
+    images = np.clip(_resize(images, options.image_size or DIGITS_SIZE), -1.0, 1.0)
+    return ganflow.DataSource.from_arrays(images, digits.target, num_classes=10)
+
+
+def _reachable(address, timeout=5.0) -> bool:
+    """Whether a TCP connection opens within ``timeout`` seconds, DNS included."""
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def load_tfds(options: ganflow.DatasetOptions) -> ganflow.DataSource:
+    """A tensorflow-datasets image dataset's train split, e.g. tfds:mnist, tfds:cifar10."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    name = options.argument
+    try:
+        builder = tfds.builder(name, data_dir=options.data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ganflow.UsageError(
+            f"tensorflow-datasets has no dataset {name!r}: see `tfds.list_builders()`"
+        ) from None
+    if not builder.is_prepared():
+        if not _reachable(TFDS_HOST):
+            raise ganflow.UsageError(
+                f"tfds:{name} is not prepared in {builder.data_dir} and the network is "
+                f"unreachable: run `tfds build {name} --data_dir DIR` on a connected machine, "
+                "copy DIR here and pass --data-dir DIR"
+            )
+        builder.download_and_prepare()
+
+    features = builder.info.features
+    if "image" not in features:
+        raise ganflow.UsageError(f"tfds:{name} has no 'image' feature: it is not an image dataset")
+    height, width, channels = features["image"].shape
+    size = options.image_size or height
+    if height is None or (height != width and not options.image_size):
+        raise ganflow.UsageError(f"tfds:{name} has images of varying or non-square size: "
+                                 "pass --image-size N")
+    has_labels = "label" in features and hasattr(features["label"], "num_classes")
+
+    def make():
+        ds = builder.as_dataset(split="train", shuffle_files=False)
+
+        def convert(example):
+            image = tf.cast(example["image"], tf.float32) / 127.5 - 1.0
+            if size != height or height != width:
+                image = tf.image.resize(image, (size, size))
+            if has_labels:
+                return image, example["label"]
+            return image
+
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    spec = ganflow.DataSpec(
+        shape=(size, size, channels),
+        size=builder.info.splits["train"].num_examples,
+        num_classes=features["label"].num_classes if has_labels else None,
+    )
+    return ganflow.DataSource(spec, make, labelled=has_labels)
+
+
+def load_folder(options: ganflow.DatasetOptions) -> ganflow.DataSource:
+    """Every image under a folder; first-level subfolders, when there are several, are labels."""
+    from PIL import Image
+
+    root = Path(options.argument).expanduser()
+    if not root.is_dir():
+        raise ganflow.UsageError(f"folder:{options.argument}: no such folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ganflow.UsageError(
+            f"folder:{options.argument}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+
+    decoded, skipped = [], 0
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                decoded.append((path, image.copy()))
+        except Exception:  # Pillow raises many types for truncated or corrupt files
+            skipped += 1
+    if not decoded:
+        raise ganflow.UsageError(
+            f"folder:{options.argument}: none of its {len(files)} image files could be read"
+        )
+
+    sizes = Counter(image.size for _, image in decoded)
+    if options.image_size:
+        size = options.image_size
+    elif len(sizes) == 1 and (only := next(iter(sizes)))[0] == only[1]:
+        size = only[0]
+    else:
+        size = FOLDER_DEFAULT_SIZE
+    gray = all(image.mode in GRAYSCALE_MODES for _, image in decoded)
+    mode = "L" if gray else "RGB"
+
+    arrays = [np.asarray(_square(image.convert(mode), size), dtype=np.float32) for _, image in decoded]
+    images = np.stack(arrays) / 127.5 - 1.0
+    if gray:
+        images = images[..., None]
+
+    classes = sorted({p.relative_to(root).parts[0] for p, _ in decoded if p.parent != root})
+    labelled = len(classes) > 1 and all(p.parent != root for p, _ in decoded)
+    labels = [classes.index(p.relative_to(root).parts[0]) for p, _ in decoded] if labelled else None
+    info = {"images_read": len(decoded), "images_skipped": skipped}
+    return ganflow.DataSource.from_arrays(
+        images, labels, num_classes=len(classes) if labelled else None, info=info
+    )
+
+
+def _square(image, size):
+    """Centre-crop to a square, then resize to size x size."""
+    from PIL import Image
+
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize(
+        (size, size), Image.Resampling.BICUBIC
+    )
+
+
+@ganflow.hookimpl
+def ganflow_register_datasets(register):
+    register("digits", load_digits, "1,797 handwritten digits from scikit-learn, 32x32, offline")
+    register("tfds", load_tfds, "a tensorflow-datasets image dataset, e.g. tfds:mnist",
+             argument="NAME")
+    register("folder", load_folder, "every image in a folder tree", argument="PATH")

@@ -50,13 +50,19 @@ class GAN(keras.Model):
         self.g_optimizer = g_optimizer
         self.gan_loss = loss
         # Building the optimizers here, against their own variables, is what tf.distribute and
-        # XLA need: no variable may be created inside the compiled step.
+        # XLA need: no variable may be created inside the compiled step. One forward pass first
+        # builds networks that create their weights lazily (subclassed models).
+        self.discriminator(self.generator(ops.zeros((1, self.latent_dim))))
         d_optimizer.build(self.discriminator.trainable_variables)
         g_optimizer.build(self.generator.trainable_variables)
 
     @property
     def metrics(self):
         return list(self.trackers.values())
+
+    def build(self, input_shape):
+        if not self.generator.built:
+            self.generator.build(input_shape)
 
     def call(self, z, training=False):
         return self.generator(z, training=training)

@@ -1,0 +1,46 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import mlflow  # noqa: E402
+import pytest  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from ganflow.cli import main  # noqa: E402
+from ganflow.plugins import load_plugins  # noqa: E402
+
+# A run small enough for tests: a few generator updates on the bundled digits.
+TINY = ["--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "16", "-q"]
+
+
+@pytest.fixture(scope="session")
+def plugins():
+    return load_plugins()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory with its own MLflow store, as a user's project folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    yield tmp_path
+    mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def cli():
+    """Invoke the ganflow CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+
+    def invoke(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def write_plugin(path, source):
+    """Write a plugin module file for --plugin-module."""
+    path.write_text(source)
+    return str(path)

@@ -45,11 +45,31 @@ HELP = {
 CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
 
 
+def import_tensorflow_quietly():
+    """Import TensorFlow without its C++ start-up lines on stderr.
+
+    TF 2.21 writes them before absl logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot stop
+    them. Set TF_CPP_MIN_LOG_LEVEL below 3 to see them. Python errors are not affected.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def reports_errors(command):
     """A user's mistake becomes one line on stderr and a non-zero exit code, never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        import_tensorflow_quietly()
         try:
             return command(*args, **kwargs)
         except GanflowError as exc:
@@ -188,7 +208,7 @@ def sample(model_uri, count, seed, output, npz, tracking_uri):
     from ganflow import tracking
     from ganflow.images import save_grid
 
-    tracking.use_tracking_uri(tracking_uri)
+    tracking.use_tracking_uri(tracking_uri, must_exist=True)
     samples, z = tracking.sample(model_uri, count, seed)
     output = output or ("samples.npz" if npz else "samples.png")
     if npz:

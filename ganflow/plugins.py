@@ -153,10 +153,17 @@ def load_plugins(plugin_modules: tuple[str, ...] = (), entry_points: bool = True
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
+        unknown = sorted(name for name, caller in vars(pm.hook).items()
+                         if caller.spec is None and caller.get_hookimpls())
         raise PluginError(
-            f"plugin {exc.plugin_name} has a hook ganflow does not define: {exc}"
+            f"plugin {pm.get_name(exc.plugin)} implements {', '.join(unknown)}, which is not a "
+            f"ganflow hook; the hooks are: {', '.join(_hook_names())}"
         ) from exc
     return Plugins(pm)
+
+
+def _hook_names() -> list[str]:
+    return sorted(name for name in dir(hookspecs) if name.startswith("ganflow_"))
 
 
 def _register(pm: pluggy.PluginManager, module, name: str) -> None:

@@ -26,11 +26,20 @@ GENERATOR_ARTIFACT = "generator"
 PIP_REQUIREMENTS = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
 
 
-def use_tracking_uri(uri: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else MLflow's default; returns the one in use."""
+def use_tracking_uri(uri: str | None, must_exist: bool = False) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else MLflow's default; returns the one in use.
+
+    With ``must_exist``, a SQLite store that is not there is an error (reading from it would
+    only create an empty one).
+    """
     if uri:
         mlflow.set_tracking_uri(uri)
-    return mlflow.get_tracking_uri()
+    uri = mlflow.get_tracking_uri()
+    if must_exist and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UsageError(
+            f"no MLflow store at {uri}: run this where you trained, or pass --tracking-uri"
+        )
+    return uri
 
 
 @contextmanager

@@ -1,0 +1,3 @@
+from ganflow.cli import main
+
+main()

@@ -1,0 +1,205 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from conftest import TINY, write_plugin
+
+THIRD_PARTY = textwrap.dedent('''
+    import keras
+    import numpy as np
+    import ganflow
+
+    def load_squares(options):
+        """64 8x8 images, each a bright 3x3 square on black at its own place."""
+        x = np.full((64, 8, 8, 1), -1.0, np.float32)
+        for i in range(64):
+            r, c = divmod(i % 36, 6)
+            x[i, r:r + 3, c:c + 3] = 1.0
+        return ganflow.DataSource.from_arrays(x)
+
+    @ganflow.hookimpl
+    def ganflow_register_datasets(register):
+        register("squares", load_squares, "bright squares")
+
+    class WrongSize:
+        def build_generator(self, spec, latent_dim):
+            return keras.Sequential([keras.Input((latent_dim,)), keras.layers.Dense(784),
+                                     keras.layers.Reshape((28, 28, 1))])
+
+        def build_discriminator(self, spec):
+            return keras.Sequential([keras.Input(spec.shape), keras.layers.Flatten(),
+                                     keras.layers.Dense(1)])
+
+    @ganflow.hookimpl
+    def ganflow_register_architectures(register):
+        register("wrong-size", WrongSize())
+
+    @ganflow.hookimpl
+    def ganflow_register_recipes(register):
+        register("tiny", {"arch": "dcgan", "dataset": "squares", "epochs": 1, "batch_size": 8,
+                          "steps_per_epoch": 2, "latent_dim": 4})
+''')
+
+
+@pytest.fixture
+def third_party(tmp_path):
+    return write_plugin(tmp_path / "third_party.py", THIRD_PARTY)
+
+
+def only_run():
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    return run
+
+
+def test_run_tracks_registers_and_samples_end_to_end(cli, workdir):
+    result = cli("run", "--plugin", "dcgan", *TINY)
+    assert result.exit_code == 0, result.output
+    assert (workdir / "mlflow.db").exists()  # MLflow's default store, in the working directory
+
+    run = only_run()
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert (params["recipe"], params["dataset"], params["loss"]) == ("dcgan", "digits",
+                                                                    "non-saturating")
+    assert (params["epochs"], params["batch_size"], params["d_steps"]) == ("2", "16", "1")
+    assert (params["data_shape"], params["data_size"]) == ("32x32x1", "1797")
+
+    client = MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "d_loss")
+    assert [m.step for m in history] == [3, 6]  # stepped by generator updates
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch/value")] == [3, 6]
+    jsd = client.get_metric_history(run.info.run_id, "jsd_estimate")[-1].value
+    value = client.get_metric_history(run.info.run_id, "value")[-1].value
+    assert jsd == pytest.approx((value + 2 * np.log(2)) / 2, rel=1e-5)
+
+    grids = sorted(a.path for a in client.list_artifacts(run.info.run_id, "samples"))
+    assert grids == ["samples/epoch_0000.png", "samples/epoch_0001.png", "samples/epoch_0002.png"]
+    local = workdir / "ganflow-runs" / run.info.run_id / "samples" / "epoch_0002.png"
+    assert Image.open(local).size == (8 * 34 * 2 + 4, 8 * 34 * 2 + 4)  # 8x8 tiles, 2x scaled
+    assert f"samples: ganflow-runs/{run.info.run_id}/samples/epoch_0002.png" in result.stdout
+
+    (version,) = client.search_model_versions("name='dcgan-generator'")
+    assert version.run_id == run.info.run_id
+    assert version.tags["loss"] == "non-saturating" and version.tags["dataset"] == "digits"
+    assert "models:/dcgan-generator/1" in result.stdout
+
+    sampled = cli("sample", "models:/dcgan-generator@latest", "-n", "9", "--npz", "-o", "a.npz")
+    assert sampled.exit_code == 0, sampled.output
+    arrays = np.load(workdir / "a.npz")
+    assert arrays["samples"].shape == (9, 32, 32, 1) and arrays["z"].shape == (9, 64)
+    assert arrays["samples"].min() >= -1.0 and arrays["samples"].max() <= 1.0
+    assert cli("sample", f"runs:/{run.info.run_id}/generator", "-n", "9", "--npz",
+               "-o", "b.npz").exit_code == 0
+    np.testing.assert_allclose(np.load(workdir / "b.npz")["samples"], arrays["samples"], atol=1e-6)
+
+    assert cli("sample", "models:/dcgan-generator/1", "-n", "6", "-o", "grid.png").exit_code == 0
+    assert Image.open(workdir / "grid.png").size == (3 * 34 * 2 + 4, 2 * 34 * 2 + 4)
+
+
+def test_second_run_becomes_latest_version(cli, workdir):
+    for _ in range(2):
+        assert cli("run", *TINY, "--epochs", "1").exit_code == 0
+    latest = MlflowClient().get_model_version_by_alias("dcgan-generator", "latest")
+    assert int(latest.version) == 2
+
+
+def test_third_party_dataset_architecture_and_recipe(cli, workdir, third_party):
+    listed = json.loads(cli("plugins", "--plugin-module", third_party, "--json").stdout)
+    assert {"name": "squares", "plugin": third_party, "description": "bright squares"} in listed[
+        "datasets"]
+    result = cli("run", "--plugin-module", third_party, "--plugin", "tiny", "--no-register", "-q")
+    assert result.exit_code == 0, result.output
+    params = only_run().data.params
+    assert (params["recipe"], params["dataset"], params["data_shape"]) == ("tiny", "squares",
+                                                                           "8x8x1")
+    assert params["plugin_modules"] == third_party
+    assert "(not registered)" in result.stdout
+
+
+def test_config_file_sits_between_recipe_and_flags(cli, workdir, third_party):
+    (workdir / "settings.yaml").write_text("batch_size: 4\nseed: 7\nlatent-dim: 3\n")
+    result = cli("run", "--plugin-module", third_party, "--plugin", "tiny", "--no-register",
+                 "--config", "settings.yaml", "--seed", "9", "-q")
+    assert result.exit_code == 0, result.output
+    params = only_run().data.params
+    assert (params["batch_size"], params["latent_dim"], params["seed"]) == ("4", "3", "9")
+    assert params["epochs"] == "1"  # the recipe's
+
+
+def bad(cli, *args):
+    result = cli(*args)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    return result.exit_code, lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: dcgan (did you mean 'dcgan'?)"),
+    (["--loss", "minmax"], "unknown loss 'minmax'; known: minimax, non-saturating "
+                           "(did you mean 'minimax'?)"),
+    (["--dataset", "digit"], "unknown dataset 'digit'; known: digits, folder, tfds "
+                             "(did you mean 'digits'?)"),
+    (["--arch", "dcgn"], "unknown architecture 'dcgn'; known: dcgan (did you mean 'dcgan'?)"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--d-steps", "0"], "--d-steps must be at least 1, got 0"),
+    (["--lr-g", "-1"], "--lr-g must be positive, got -1.0"),
+    (["--batch-size", "1000", "--d-steps", "2"],
+     "one training step needs batch-size x d-steps = 1000 x 2 = 2000 examples, but the "
+     "dataset has only 1797: lower --batch-size"),
+    (["--dataset", "tfds"], "dataset 'tfds' needs an argument: --dataset tfds:NAME"),
+    (["--config", "nope.yaml"], "--config nope.yaml: no such file"),
+])
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(cli, workdir, args, message):
+    assert bad(cli, "run", *args) == (2, f"Error: {message}")
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "ganflow-runs").exists()
+
+
+def test_shape_mismatch_names_both_shapes(cli, workdir, third_party):
+    code, line = bad(cli, "run", "--plugin-module", third_party, "--arch", "wrong-size")
+    assert code == 2
+    assert line == ("Error: architecture wrong-size's generator makes examples of shape "
+                    "(28, 28, 1), but dataset digits has examples of shape (32, 32, 1)")
+
+
+def test_plugin_that_fails_to_import_is_named(cli, workdir, tmp_path):
+    broken = write_plugin(tmp_path / "broken.py", "raise ImportError('needs torch')\n")
+    code, line = bad(cli, "run", "--plugin-module", broken)
+    assert code == 1
+    assert line == f"Error: plugin module '{broken}' failed to import: ImportError: needs torch"
+
+
+def test_sampling_without_a_store_or_model_is_one_line(cli, workdir):
+    code, line = bad(cli, "sample", "models:/dcgan-generator@latest")
+    assert code == 2
+    assert line == (f"Error: no MLflow store at sqlite:///{workdir}/mlflow.db: run this where you trained, "
+                    "or pass --tracking-uri")
+    assert not (workdir / "mlflow.db").exists()
+
+    MlflowClient().search_experiments()  # creates the store
+    code, line = bad(cli, "sample", "models:/nothing-here@latest")
+    assert code == 2
+    assert line == ("Error: cannot load models:/nothing-here@latest: "
+                    "Registered Model with name=nothing-here not found")
+
+
+def test_click_type_errors_exit_2(cli, workdir):
+    result = cli("run", "--epochs", "many")
+    assert result.exit_code == 2 and "'many' is not a valid integer" in result.stderr
+
+
+def test_console_script_in_a_real_process(workdir):
+    # The installed entry point, as a user's shell runs it: one line, exit 2, no TF chatter.
+    proc = subprocess.run([sys.executable, "-m", "ganflow", "run", "--loss", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "Error: unknown loss 'nope'; known: minimax, non-saturating"
+    ]

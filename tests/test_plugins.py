@@ -1,0 +1,178 @@
+import inspect
+import re
+import textwrap
+from pathlib import Path
+
+import mlflow
+import pytest
+
+import ganflow
+from ganflow import hookspecs
+from ganflow.errors import PluginError, UsageError
+from ganflow.plugins import DEFAULT_PLUGINS, load_plugins
+
+from conftest import TINY, write_plugin
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def readme_block(language, after):
+    """The first ```language block after the heading `after` in the README."""
+    section = README[README.index(after):]
+    return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.fixture
+def lsgan_installed(tmp_path, monkeypatch):
+    """The README's example plugin, installed as a distribution with a `ganflow` entry point."""
+    (tmp_path / "ganflow_lsgan.py").write_text(readme_block("python", "## Writing a loss plugin"))
+    toml = readme_block("toml", "## Writing a loss plugin")
+    entry = re.search(r"\[project.entry-points.ganflow\]\n(\w+) = \"(\w+)\"", toml)
+    dist = tmp_path / "ganflow_lsgan-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ganflow-lsgan\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text(f"[ganflow]\n{entry.group(1)} = {entry.group(2)}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return entry.group(1)
+
+
+def test_builtins_are_registered_by_their_modules(plugins):
+    assert {e.name: e.plugin for e in plugins.losses} == {
+        "minimax": "ganflow_plugins.losses",
+        "non-saturating": "ganflow_plugins.losses",
+    }
+    assert [e.name for e in plugins.recipes] == ["dcgan"]
+    assert {e.name: e.argument for e in plugins.datasets} == {
+        "digits": None, "folder": "PATH", "tfds": "NAME",
+    }
+    assert [p for p in DEFAULT_PLUGINS if not plugins.pm.has_plugin(p)] == []
+
+
+def test_unknown_name_lists_known_names_and_closest_match(plugins):
+    with pytest.raises(UsageError) as err:
+        plugins.losses.get("non-saturatng")
+    assert str(err.value) == (
+        "unknown loss 'non-saturatng'; known: minimax, non-saturating "
+        "(did you mean 'non-saturating'?)"
+    )
+
+
+def test_dataset_argument_is_required_or_refused(plugins):
+    entry, argument = plugins.dataset("tfds:mnist")
+    assert (entry.name, argument) == ("tfds", "mnist")
+    with pytest.raises(UsageError, match=r"needs an argument: --dataset tfds:NAME"):
+        plugins.dataset("tfds")
+    with pytest.raises(UsageError, match="takes no argument"):
+        plugins.dataset("digits:8")
+
+
+def test_entry_point_plugin_is_listed_and_used_by_run(lsgan_installed, cli, workdir):
+    listed = cli("plugins", "--json")
+    assert listed.exit_code == 0
+    losses = {row["name"]: row["plugin"] for row in __import__("json").loads(listed.stdout)["losses"]}
+    assert losses["lsgan"] == lsgan_installed
+
+    result = cli("run", "--loss", "lsgan", "--no-register", *TINY)
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    assert run.data.params["loss"] == "lsgan"
+    assert run.data.tags["ganflow.plugin.loss"] == "lsgan"
+    assert "d_loss" in run.data.metrics
+
+
+def test_readme_loss_matches_its_closed_form(lsgan_installed):
+    import numpy as np
+
+    loss = load_plugins().losses.get("lsgan").obj
+    real, fake = np.array([[2.0], [0.0]], np.float32), np.array([[1.0], [-1.0]], np.float32)
+    assert float(loss.discriminator_loss(real, fake)) == pytest.approx(0.5 * (1.0 + 1.0))
+    assert float(loss.generator_loss(fake)) == pytest.approx(0.5 * (0.0 + 4.0) / 2)
+
+
+def test_entry_point_that_fails_to_import_is_named(tmp_path, monkeypatch):
+    (tmp_path / "ganflow_broken.py").write_text("import no_such_module_anywhere\n")
+    dist = tmp_path / "ganflow_broken-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ganflow-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[ganflow]\nbroken = ganflow_broken\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as err:
+        load_plugins()
+    assert "plugin 'broken' (entry point ganflow_broken) failed to import" in str(err.value)
+    assert "no_such_module_anywhere" in str(err.value)
+
+
+DUPLICATE = """
+import ganflow
+from ganflow_plugins.losses import MinimaxLoss
+
+@ganflow.hookimpl
+def ganflow_register_losses(register):
+    register("minimax", MinimaxLoss())
+"""
+
+
+def test_duplicate_name_names_both_plugins(tmp_path):
+    path = write_plugin(tmp_path / "dup.py", DUPLICATE)
+    with pytest.raises(PluginError) as err:
+        load_plugins((path,))
+    assert str(err.value) == (
+        f"loss 'minimax' is registered by two plugins, ganflow_plugins.losses and {path}: "
+        "uninstall one of them or rename its loss"
+    )
+
+
+def test_misspelled_hook_is_refused(tmp_path):
+    path = write_plugin(tmp_path / "typo.py", textwrap.dedent("""
+        import ganflow
+
+        @ganflow.hookimpl
+        def ganflow_register_loss(register):
+            pass
+    """))
+    with pytest.raises(PluginError, match="ganflow_register_loss"):
+        load_plugins((path,))
+
+
+def test_plugin_module_by_import_name_and_bad_names(tmp_path, monkeypatch):
+    write_plugin(tmp_path / "my_local_losses.py", DUPLICATE.replace('"minimax"', '"mine"'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "mine" in load_plugins(("my_local_losses",)).losses
+    with pytest.raises(PluginError, match="plugin module 'not_a_module_x' failed to import"):
+        load_plugins(("not_a_module_x",))
+    with pytest.raises(UsageError, match="no such file"):
+        load_plugins((str(tmp_path / "missing.py"),))
+
+
+def test_a_failing_registration_names_its_plugin(tmp_path):
+    path = write_plugin(tmp_path / "raises.py", textwrap.dedent("""
+        import ganflow
+
+        @ganflow.hookimpl
+        def ganflow_register_recipes(register):
+            raise RuntimeError("boom")
+    """))
+    with pytest.raises(PluginError, match=r"plugin .*raises.py failed in ganflow_register_recipes: "
+                                          r"RuntimeError: boom"):
+        load_plugins((path,))
+
+
+HOOKS = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
+         if name.startswith("ganflow_")]
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_documented_and_tested(hook):
+    # As datasette does: the plugin API stays honest by construction.
+    assert getattr(hookspecs, hook).__doc__.strip()
+    assert hook in README, f"{hook} is not in the README"
+    tests = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py")
+                    if p.name != "test_plugins.py")
+    assert f"def {hook}(" in tests or f"def {hook}(" in README, f"no test implements {hook}"
+
+
+def test_public_api():
+    assert {"GAN", "hookimpl", "Loss", "DataSource", "DataSpec", "DatasetOptions",
+            "UsageError", "PluginError", "GanflowError"} <= set(dir(ganflow)) | {"GAN"}
+    assert ganflow.GAN.__name__ == "GAN"

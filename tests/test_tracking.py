@@ -1,0 +1,41 @@
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from ganflow.cli import ui_command
+from ganflow.images import image_grid
+from ganflow.tracking import MlflowLogger
+
+
+def test_windows_are_exact_means_recovered_from_running_means(workdir):
+    per_step = [1.0, 3.0, 5.0, 7.0, 9.0]  # one epoch of 5 steps, then a second epoch
+    logger = MlflowLogger(log_every=2, steps_per_epoch=5, samples_dir=workdir, noise=None)
+    with mlflow.start_run() as run:
+        for epoch in range(2):
+            logger.on_epoch_begin(epoch)
+            for b in range(5):
+                values = per_step[: b + 1]
+                logger.on_train_batch_end(b, {"d_loss": np.mean(values) + 10 * epoch})
+    history = MlflowClient().get_metric_history(run.info.run_id, "d_loss")
+    assert [(m.step, m.value) for m in history] == [
+        (2, 2.0), (4, 6.0), (5, 9.0), (7, 12.0), (9, 16.0), (10, 19.0)
+    ]
+
+
+def test_grid_tiles_with_padding_and_scales_small_images():
+    images = np.full((5, 8, 8, 1), -1.0, np.float32)
+    images[1] = 1.0
+    grid = np.asarray(image_grid(images))
+    # 3 columns x 2 rows of 8-pixel tiles, 2 px padding, scaled 8x to 64-pixel tiles.
+    assert grid.shape == ((2 * 10 + 2) * 8, (3 * 10 + 2) * 8)
+    assert grid[(2 + 4) * 8, (12 + 4) * 8] == 255 and grid[(2 + 4) * 8, (2 + 4) * 8] == 0
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("http://127.0.0.1:5000", "open http://127.0.0.1:5000"),
+    ("sqlite:////a/mlflow.db",
+     "mlflow ui --backend-store-uri sqlite:////a/mlflow.db  (then open http://127.0.0.1:5000)"),
+])
+def test_ui_command(uri, expected):
+    assert ui_command(uri) == expected

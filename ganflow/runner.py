@@ -19,7 +19,7 @@ JIT = {"auto": "auto", "on": True, "off": False}
 @dataclass
 class RunResult:
     run_id: str
-    experiment_id: str
+    experiment: str
     tracking_uri: str
     samples_path: Path
     model_uri: str
@@ -160,7 +160,7 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1) -> RunResult:
             mlflow.end_run(status="KILLED")
     return RunResult(
         run_id=run_id,
-        experiment_id=active.info.experiment_id,
+        experiment=mlflow.get_experiment(active.info.experiment_id).name,
         tracking_uri=tracking_uri,
         samples_path=logger.last_grid,
         model_uri=model_uri,

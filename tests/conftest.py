@@ -23,11 +23,15 @@ def plugins():
 def workdir(tmp_path, monkeypatch):
     """A fresh working directory with its own MLflow store, as a user's project folder."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
     yield tmp_path
     mlflow.end_run()
     mlflow.set_tracking_uri(None)
+    # set_experiment exports MLFLOW_EXPERIMENT_ID to os.environ (and so to child processes):
+    # an id from this test's store must not reach the next test's.
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    mlflow.tracking.fluent._active_experiment_id = None
 
 
 @pytest.fixture

@@ -203,3 +203,31 @@ def test_console_script_in_a_real_process(workdir):
     assert proc.stderr.strip().splitlines() == [
         "Error: unknown loss 'nope'; known: minimax, non-saturating"
     ]
+
+
+INTERRUPTING = '''
+import ganflow
+from ganflow_plugins.losses import NonSaturatingLoss
+
+class Interrupting(NonSaturatingLoss):
+    def generator_loss(self, fake_logits):
+        raise KeyboardInterrupt  # as Ctrl-C during training would
+
+@ganflow.hookimpl
+def ganflow_register_losses(register):
+    register("interrupting", Interrupting())
+'''
+
+
+def test_ctrl_c_keeps_the_work_and_marks_the_run_killed(cli, workdir, tmp_path):
+    plugin = write_plugin(tmp_path / "interrupting.py", INTERRUPTING)
+    result = cli("run", "--plugin-module", plugin, "--loss", "interrupting", *TINY)
+    assert result.exit_code == 130
+    run = only_run()
+    assert run.info.status == "KILLED" and run.data.tags["ganflow.interrupted"] == "true"
+    client = MlflowClient()
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == [
+        "samples/epoch_0000.png"]
+    assert client.list_artifacts(run.info.run_id, "generator")  # logged ...
+    assert client.search_registered_models() == []  # ... but not registered
+    assert "interrupted" in result.stdout

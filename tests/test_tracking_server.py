@@ -62,3 +62,22 @@ def test_run_and_sample_through_a_tracking_server(cli, workdir, mlflow_server):
                   "-n", "4", "-o", "s.png")
     assert sampled.exit_code == 0, sampled.output
     assert (workdir / "s.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_mlflow_project_runs_ganflow_in_its_own_run(workdir, monkeypatch):
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(root / "mlflow"), "-P", "plugin=dcgan",
+         "-P", "args=--epochs 1 --steps-per-epoch 2 --seed 4", "--env-manager", "local"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1  # ganflow continued the project's run instead of starting another
+    params = runs[0].data.params
+    assert (params["plugin"], params["recipe"], params["seed"], params["steps_per_epoch"]) == (
+        "dcgan", "dcgan", "4", "2")
+    assert runs[0].info.status == "FINISHED"

@@ -43,6 +43,9 @@ HELP = {
     "registered_model": "registered model name (default: <recipe>-generator)",
 }
 CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
+METAVARS = {"arch": "NAME", "loss": "NAME", "dataset": "NAME[:ARG]", "data_dir": "DIR",
+            "output_dir": "DIR", "tracking_uri": "URI", "experiment": "NAME",
+            "registered_model": "NAME"}
 
 
 def import_tensorflow_quietly():
@@ -88,7 +91,8 @@ def config_options(command):
         elif name == "jit":
             option = click.option(flag(name), type=click.Choice(JIT_CHOICES), help=HELP[name])
         else:
-            option = click.option(flag(name), type=CLICK_TYPES[kind], help=HELP[name])
+            option = click.option(flag(name), type=CLICK_TYPES[kind], help=HELP[name],
+                                  metavar=METAVARS.get(name))
         command = option(command)
     return command
 
@@ -109,7 +113,7 @@ def main():
 
 
 @main.command()
-@click.option("--plugin", "recipe", default="dcgan", show_default=True,
+@click.option("--plugin", "recipe", default="dcgan", show_default=True, metavar="NAME",
               help="recipe to run: its defaults for every setting below")
 @click.option("--config", "config_file", metavar="FILE",
               help="JSON or YAML file of settings; flags override it")

@@ -142,4 +142,11 @@ def sample(model_uri: str, count: int, seed: int) -> tuple[np.ndarray, np.ndarra
     """(samples, z): ``count`` samples from the generator at ``model_uri``, noise from ``seed``."""
     model, latent_dim = load_sampler(model_uri)
     z = np.random.default_rng(seed).standard_normal((count, latent_dim)).astype(np.float32)
-    return np.asarray(model.predict(z)), z
+    # The Keras flavor's pyfunc calls model.predict, whose progress bar would land on stdout.
+    was_on = keras.utils.is_interactive_logging_enabled()
+    keras.utils.disable_interactive_logging()
+    try:
+        return np.asarray(model.predict(z)), z
+    finally:
+        if was_on:
+            keras.utils.enable_interactive_logging()

@@ -10,7 +10,9 @@ from typing import Any
 
 from ganflow.errors import UsageError
 
-JIT_CHOICES = ("auto", "on", "off")
+# --jit values and what keras.Model.compile(jit_compile=...) takes for each.
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
+JIT_CHOICES = tuple(JIT_COMPILE)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,11 @@ class RunConfig:
     register: bool = True
     registered_model: str | None = None
     plugin_modules: tuple[str, ...] = ()
+
+    @property
+    def jit_compile(self) -> bool | str:
+        """``--jit`` as keras.Model.compile takes it."""
+        return JIT_COMPILE[self.jit]
 
     @property
     def model_name(self) -> str:

@@ -130,24 +130,23 @@ class Plugins:
         return entry, (argument if sep else None)
 
 
-def load_plugins(plugin_modules: tuple[str, ...] = (), entry_points: bool = True) -> Plugins:
+def load_plugins(plugin_modules: tuple[str, ...] = ()) -> Plugins:
     """Load built-ins, then the ``ganflow`` entry points, then each ``--plugin-module``."""
     pm = pluggy.PluginManager("ganflow")
     pm.add_hookspecs(hookspecs)
     for name in DEFAULT_PLUGINS:
         _register(pm, importlib.import_module(name), name)
-    if entry_points:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if pm.has_plugin(ep.name):
-                continue
-            try:
-                module = ep.load()
-            except Exception as exc:
-                raise PluginError(
-                    f"plugin {ep.name!r} (entry point {ep.value}) failed to import: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            _register(pm, module, ep.name)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if pm.has_plugin(ep.name):
+            continue
+        try:
+            module = ep.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {ep.name!r} (entry point {ep.value}) failed to import: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        _register(pm, module, ep.name)
     for spec in plugin_modules:
         _register(pm, _import_plugin_module(spec), spec)
     try:

@@ -13,9 +13,6 @@ from ganflow.errors import UsageError
 from ganflow.plugins import Plugins
 from ganflow.types import DatasetOptions
 
-JIT = {"auto": "auto", "on": True, "off": False}
-
-
 @dataclass
 class RunResult:
     run_id: str
@@ -24,7 +21,7 @@ class RunResult:
     samples_path: Path
     model_uri: str
     model_name: str | None
-    model_version: str | None
+    model_version: int | None
     seconds: float
     metrics: dict[str, float]
     interrupted: bool = False
@@ -79,7 +76,7 @@ def prepare(config: RunConfig, plugins: Plugins) -> Prepared:
         d_optimizer=keras.optimizers.Adam(config.lr_d, beta_1=config.beta1, beta_2=config.beta2),
         g_optimizer=keras.optimizers.Adam(config.lr_g, beta_1=config.beta1, beta_2=config.beta2),
         loss=loss.obj,
-        jit_compile=JIT[config.jit],
+        jit_compile=config.jit_compile,
     )
     providers = {
         "ganflow.plugin.loss": loss.plugin,

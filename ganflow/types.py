@@ -20,7 +20,6 @@ class DataSpec:
 
     shape: tuple[int, ...]
     size: int
-    dtype: str = "float32"
     num_classes: int | None = None
 
     @property
@@ -47,8 +46,8 @@ class DatasetOptions:
 class DataSource:
     """A dataset plugin's answer: a spec, and a function that makes the examples.
 
-    ``make_dataset()`` returns a ``tf.data.Dataset`` of single examples, float32 in [-1, 1]
-    for images, or of ``(example, label)`` pairs when ``labelled`` is true. ``info`` holds
+    ``make_dataset()`` returns a ``tf.data.Dataset`` of single float32 examples (in [-1, 1]
+    for images), or of ``(example, label)`` pairs when ``labelled`` is true. ``info`` holds
     facts worth logging (e.g. how many corrupt files were skipped); they become MLflow params.
     """
 
@@ -83,9 +82,13 @@ class DataSource:
 
         return cls(spec, make, labelled=y is not None, info=info)
 
+    def dataset(self):
+        """A fresh ``tf.data.Dataset``: examples, or (example, label) pairs when labelled."""
+        return self._make_dataset()
+
     def examples(self):
         """The examples alone, without labels: what a GAN trains on."""
-        ds = self._make_dataset()
+        ds = self.dataset()
         return ds.map(lambda x, y: x) if self.labelled else ds
 
 

@@ -19,7 +19,7 @@ def test_digits_are_the_real_1797_at_32_pixels_in_range():
     x = first_examples(source, 1797)
     assert x.shape == (1797, 32, 32, 1)
     assert x.min() == -1.0 and x.max() == pytest.approx(1.0, abs=0.01)
-    labels = [int(y) for _, y in source._make_dataset().take(10)]
+    labels = [int(y) for _, y in source.dataset().take(10)]
     assert labels == list(range(10))  # scikit-learn's digits begin 0, 1, ..., 9
 
 
@@ -44,7 +44,7 @@ def test_folder_skips_and_counts_corrupt_files_and_labels_by_subfolder(tmp_path)
     source = load_folder(ganflow.DatasetOptions(argument=str(tmp_path)))
     assert source.spec == ganflow.DataSpec(shape=(12, 12, 1), size=5, num_classes=2)
     assert source.info == {"images_read": 5, "images_skipped": 2}
-    pairs = [(float(x.numpy().mean()), int(y)) for x, y in source._make_dataset()]
+    pairs = [(float(x.numpy().mean()), int(y)) for x, y in source.dataset()]
     assert sorted(pairs) == [(-1.0, 1), (-1.0, 1), (1.0, 0), (1.0, 0), (1.0, 0)]
 
 
@@ -93,7 +93,7 @@ def test_tfds_loads_a_prepared_dataset(tmp_path):
     source = load_tfds(ganflow.DatasetOptions(argument="ganflow_tiny_digits",
                                               data_dir=str(tmp_path)))
     assert source.spec == ganflow.DataSpec(shape=(28, 28, 1), size=20, num_classes=2)
-    for x, y in source._make_dataset():
+    for x, y in source.dataset():
         assert float(x.numpy().mean()) == (1.0 if int(y) else -1.0)
     resized = load_tfds(ganflow.DatasetOptions("ganflow_tiny_digits", str(tmp_path), 32))
     assert first_examples(resized, 2).shape == (2, 32, 32, 1)

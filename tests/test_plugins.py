@@ -1,4 +1,5 @@
 import inspect
+import json
 import re
 import textwrap
 from pathlib import Path
@@ -70,7 +71,7 @@ def test_dataset_argument_is_required_or_refused(plugins):
 def test_entry_point_plugin_is_listed_and_used_by_run(lsgan_installed, cli, workdir):
     listed = cli("plugins", "--json")
     assert listed.exit_code == 0
-    losses = {row["name"]: row["plugin"] for row in __import__("json").loads(listed.stdout)["losses"]}
+    losses = {row["name"]: row["plugin"] for row in json.loads(listed.stdout)["losses"]}
     assert losses["lsgan"] == lsgan_installed
 
     result = cli("run", "--loss", "lsgan", "--no-register", *TINY)

@@ -3,6 +3,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -66,7 +67,7 @@ def test_run_and_sample_through_a_tracking_server(cli, workdir, mlflow_server):
 
 @pytest.mark.slow
 def test_mlflow_project_runs_ganflow_in_its_own_run(workdir, monkeypatch):
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
     proc = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(root / "mlflow"), "-P", "plugin=dcgan",

@@ -3,15 +3,17 @@
 The public API, for users and plugin authors:
 - ``GAN``: the keras.Model that trains a generator against a discriminator.
 - ``hookimpl``: marks a plugin's hook implementations (see ``ganflow.hookspecs``).
-- ``Loss``, ``DataSpec``, ``DataSource``, ``DatasetOptions``, ``Architecture``: what plugins
-  receive and return.
+- ``Loss``, ``DataSpec``, ``DataSource``, ``DatasetOptions``, ``Architecture``,
+  ``FittedDensity``: what plugins receive and return.
+- ``Mixture``: a Gaussian mixture with a known density (toy data, fixed P_G's, exact JSD).
 - ``GanflowError``, ``UsageError``, ``PluginError``: errors a user can act on.
 """
 
 import pluggy
 
 from ganflow.errors import GanflowError, PluginError, UsageError
-from ganflow.types import Architecture, DataSource, DataSpec, DatasetOptions, Loss
+from ganflow.mixture import Mixture
+from ganflow.types import Architecture, DataSource, DataSpec, DatasetOptions, FittedDensity, Loss
 
 __version__ = "0.1.0"
 
@@ -23,8 +25,10 @@ __all__ = [
     "DataSource",
     "DataSpec",
     "DatasetOptions",
+    "FittedDensity",
     "GanflowError",
     "Loss",
+    "Mixture",
     "PluginError",
     "UsageError",
     "hookimpl",

@@ -32,6 +32,8 @@ HELP = {
     "beta1": "Adam beta1 for both optimizers",
     "beta2": "Adam beta2 for both optimizers",
     "seed": "seed for weights, noise and shuffling: the same seed reproduces a run",
+    "ema": "also keep an exponential moving average of G's weights with this decay (e.g. "
+           "0.999) and sample, evaluate and register it",
     "steps_per_epoch": "generator updates per epoch (default: one pass over the data)",
     "jit": "XLA compilation: auto lets Keras decide (on for a GPU)",
     "log_every": "log metrics to MLflow every N generator updates",
@@ -43,7 +45,7 @@ HELP = {
     "registered_model": "registered model name (default: <recipe>-generator)",
 }
 CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
-METAVARS = {"arch": "NAME", "loss": "NAME", "dataset": "NAME[:ARG]", "data_dir": "DIR",
+METAVARS = {"ema": "DECAY", "arch": "NAME", "loss": "NAME", "dataset": "NAME[:ARG]", "data_dir": "DIR",
             "output_dir": "DIR", "tracking_uri": "URI", "experiment": "NAME",
             "registered_model": "NAME"}
 
@@ -179,7 +181,7 @@ def plugins(plugin_modules, as_json):
     rows = {
         kind: [
             {
-                "name": f"{e.name}:{e.argument}" if e.argument else e.name,
+                "name": e.usage,
                 "plugin": e.plugin,
                 "description": e.description,
             }
@@ -219,6 +221,10 @@ def sample(model_uri, count, seed, output, npz, tracking_uri):
     output = output or ("samples.npz" if npz else "samples.png")
     if npz:
         np.savez(output, samples=samples, z=z)
-    else:
+    elif samples.ndim == 4:
         save_grid(samples, output)
+    else:
+        from ganflow.toy import plot_points
+
+        plot_points(samples, output, f"{count} samples of {model_uri}")
     click.echo(f"Wrote {count} samples of shape {samples.shape[1:]} to {output}")

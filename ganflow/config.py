@@ -35,6 +35,7 @@ class RunConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     seed: int = 0
+    ema: float | None = None
     steps_per_epoch: int | None = None
     jit: str = "auto"
     log_every: int = 10
@@ -151,6 +152,8 @@ def _check(config: RunConfig) -> None:
     for key in ("lr_g", "lr_d"):
         if not getattr(config, key) > 0:
             raise UsageError(f"{flag(key)} must be positive, got {getattr(config, key)}")
+    if config.ema is not None and not 0 < config.ema < 1:
+        raise UsageError(f"--ema must be in (0, 1), e.g. 0.999, got {config.ema}")
     for key in ("beta1", "beta2"):
         if not 0 <= getattr(config, key) < 1:
             raise UsageError(f"{flag(key)} must be in [0, 1), got {getattr(config, key)}")

@@ -35,7 +35,8 @@ class GAN(keras.Model):
     jsd_estimate = (V + 2 log 2) / 2 (the JSD that V implies if D were optimal).
     """
 
-    def __init__(self, generator, discriminator, latent_dim, d_steps=1, seed=None, **kwargs):
+    def __init__(self, generator, discriminator, latent_dim, d_steps=1, seed=None, ema=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
@@ -43,6 +44,19 @@ class GAN(keras.Model):
         self.d_steps = int(d_steps)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
+        self.ema = ema
+        self.ema_generator = None
+        if ema is not None:
+            if not 0.0 < ema < 1.0:
+                raise ValueError(f"ema must be in (0, 1), got {ema}")
+            # A copy of the generator whose weights follow an exponential moving average of G's.
+            self.ema_generator = keras.models.clone_model(generator)
+            self.ema_generator.set_weights(generator.get_weights())
+
+    @property
+    def sampling_generator(self):
+        """The generator to sample from: the EMA copy when ``ema`` is set, else G itself."""
+        return self.ema_generator if self.ema_generator is not None else self.generator
 
     def compile(self, d_optimizer, g_optimizer, loss, jit_compile="auto", **kwargs):
         super().compile(jit_compile=jit_compile, **kwargs)
@@ -99,6 +113,8 @@ class GAN(keras.Model):
             scaled = g_loss * scale
         grads = tape.gradient(scaled, self.generator.trainable_variables)
         self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
+        if self.ema_generator is not None:
+            self._update_ema()
 
         # Reported from the last D update, on the logits it was trained on.
         value = value_function(real_logits, fake_logits)
@@ -113,3 +129,11 @@ class GAN(keras.Model):
         for name, tensor in updates.items():
             self.trackers[name].update_state(tensor)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def _update_ema(self):
+        # Warm-up as in tf.train.ExponentialMovingAverage(num_updates=t): early on the average
+        # forgets its random start faster, so early samples are not a blur of the initial G.
+        t = ops.cast(self.g_optimizer.iterations, "float32")
+        decay = ops.minimum(self.ema, (1.0 + t) / (10.0 + t))
+        for average, weight in zip(self.ema_generator.weights, self.generator.weights):
+            average.assign(decay * average + (1.0 - decay) * ops.cast(weight, average.dtype))

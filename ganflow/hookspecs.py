@@ -29,24 +29,36 @@ def ganflow_register_losses(register):
 
 @hookspec
 def ganflow_register_datasets(register):
-    """Register datasets: ``register(name, loader, description="", argument=None)``.
+    """Register datasets: ``register(name, loader, description="", argument=None,
+    argument_optional=False)``.
 
     ``loader(options: ganflow.DatasetOptions) -> ganflow.DataSource``. It is called only when
     the dataset is used, so it may be slow (read files, prepare tfds). If the dataset takes an
     argument (``--dataset folder:PATH``), pass ``argument="PATH"`` (the placeholder shown in
-    help and errors); ``options.argument`` then holds the user's value. Raise
+    help and errors); ``options.argument`` then holds the user's value. With
+    ``argument_optional=True`` it may be left out (``options.argument`` is then None). A toy
+    dataset with a known density sets ``DataSource(density=ganflow.Mixture(...))``. Raise
     ``ganflow.UsageError`` with a message that says what to do when the data is not there.
     """
 
 
 @hookspec
 def ganflow_register_architectures(register):
-    """Register network pairs: ``register(name, architecture, description="")``.
+    """Register network pairs: ``register(name, architecture, description="", argument=None,
+    argument_optional=False)``.
 
     ``architecture.build_generator(spec, latent_dim)`` returns a keras.Model mapping
     (batch, latent_dim) to (batch, *spec.shape); ``architecture.build_discriminator(spec)``
     one mapping (batch, *spec.shape) to (batch, 1) logits. ``spec`` is a ``ganflow.DataSpec``.
     Selected with ``ganflow run --arch NAME``.
+
+    With ``argument="SIZES"`` the registered object is a factory instead, called with the
+    user's argument (``--arch mlp:256,256`` gives ``"256,256"``; None when an optional
+    argument is left out) and returning the architecture.
+
+    An architecture fitted by maximum likelihood instead of adversarially (the built-in
+    ``gmm``) has ``fit(examples, seed) -> ganflow.FittedDensity``; ``ganflow run`` then fits,
+    evaluates and registers its sampler in place of training a GAN.
     """
 
 

@@ -27,6 +27,8 @@ DEFAULT_PLUGINS = (
     "ganflow_plugins.losses",
     "ganflow_plugins.datasets",
     "ganflow_plugins.dcgan",
+    "ganflow_plugins.toy",
+    "ganflow_plugins.gmm",
 )
 
 
@@ -38,7 +40,15 @@ class Entry:
     obj: Any
     plugin: str
     description: str = ""
-    argument: str | None = None  # datasets only: the placeholder after "name:"
+    argument: str | None = None  # datasets, architectures: the placeholder after "name:"
+    argument_optional: bool = False
+
+    @property
+    def usage(self) -> str:
+        """How the name is written: ``folder:PATH``, ``mlp[:SIZES]`` or ``digits``."""
+        if not self.argument:
+            return self.name
+        return f"{self.name}[:{self.argument}]" if self.argument_optional else f"{self.name}:{self.argument}"
 
 
 class Registry:
@@ -94,7 +104,7 @@ class Plugins:
         self.recipes = Registry("recipe")
         self._collect("ganflow_register_losses", self.losses)
         self._collect("ganflow_register_datasets", self.datasets, takes_argument=True)
-        self._collect("ganflow_register_architectures", self.architectures)
+        self._collect("ganflow_register_architectures", self.architectures, takes_argument=True)
         self._collect("ganflow_register_recipes", self.recipes)
 
     def _collect(self, hook_name: str, registry: Registry, takes_argument=False) -> None:
@@ -103,10 +113,13 @@ class Plugins:
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             plugin = impl.plugin_name
 
-            def register(name, obj, description="", argument=None, _plugin=plugin):
+            def register(name, obj, description="", argument=None, argument_optional=False,
+                         _plugin=plugin):
                 if argument is not None and not takes_argument:
-                    raise PluginError(f"plugin {_plugin}: only datasets take an argument")
-                registry.add(Entry(name, obj, _plugin, description, argument))
+                    raise PluginError(
+                        f"plugin {_plugin}: only datasets and architectures take an argument")
+                registry.add(Entry(name, obj, _plugin, description, argument,
+                                   bool(argument_optional)))
 
             try:
                 impl.function(register=register)
@@ -119,15 +132,36 @@ class Plugins:
 
     def dataset(self, spec: str) -> tuple[Entry, str | None]:
         """Look up ``NAME`` or ``NAME:ARGUMENT``; returns the entry and the argument."""
+        return self._lookup(self.datasets, "--dataset", spec)
+
+    def architecture(self, spec: str) -> tuple[Entry, Any]:
+        """Look up ``NAME`` or ``NAME:ARGUMENT``; returns the entry and the architecture.
+
+        An architecture registered with an argument is a factory, called with the argument
+        (None when an optional one is left out).
+        """
+        entry, argument = self._lookup(self.architectures, "--arch", spec)
+        if not entry.argument:
+            return entry, entry.obj
+        try:
+            return entry, entry.obj(argument)
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {entry.plugin}: architecture {spec!r} failed to build: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _lookup(registry: Registry, option: str, spec: str) -> tuple[Entry, str | None]:
         name, sep, argument = spec.partition(":")
-        entry = self.datasets.get(name)
-        if entry.argument and not argument:
+        entry = registry.get(name)
+        if entry.argument and not argument and not entry.argument_optional:
             raise UsageError(
-                f"dataset {name!r} needs an argument: --dataset {name}:{entry.argument}"
+                f"{registry.kind} {name!r} needs an argument: {option} {name}:{entry.argument}"
             )
         if sep and not entry.argument:
-            raise UsageError(f"dataset {name!r} takes no argument: use --dataset {name}")
-        return entry, (argument if sep else None)
+            raise UsageError(f"{registry.kind} {name!r} takes no argument: use {option} {name}")
+        return entry, (argument if sep and argument else None)
 
 
 def load_plugins(plugin_modules: tuple[str, ...] = ()) -> Plugins:

@@ -58,7 +58,7 @@ def prepare(config: RunConfig, plugins: Plugins) -> Prepared:
 
     # Names first: a typo must not cost a dataset load.
     loss = plugins.losses.get(config.loss)
-    arch = plugins.architectures.get(config.arch)
+    arch, architecture = plugins.architecture(config.arch)
     dataset, argument = plugins.dataset(config.dataset)
 
     source = dataset.obj(DatasetOptions(argument, config.data_dir, config.image_size))
@@ -67,11 +67,12 @@ def prepare(config: RunConfig, plugins: Plugins) -> Prepared:
     steps_per_epoch = config.steps_per_epoch or per_pass
 
     keras.utils.set_random_seed(config.seed)
-    generator = arch.obj.build_generator(spec, config.latent_dim)
-    discriminator = arch.obj.build_discriminator(spec)
+    generator = architecture.build_generator(spec, config.latent_dim)
+    discriminator = architecture.build_discriminator(spec)
     _check_shapes(config, spec, generator, discriminator)
 
-    gan = GAN(generator, discriminator, config.latent_dim, config.d_steps, seed=config.seed)
+    gan = GAN(generator, discriminator, config.latent_dim, config.d_steps, seed=config.seed,
+              ema=config.ema)
     gan.compile(
         d_optimizer=keras.optimizers.Adam(config.lr_d, beta_1=config.beta1, beta_2=config.beta2),
         g_optimizer=keras.optimizers.Adam(config.lr_g, beta_1=config.beta1, beta_2=config.beta2),
@@ -104,22 +105,32 @@ def _check_shapes(config, spec, generator, discriminator) -> None:
         )
 
 
+def _data_params(source) -> dict[str, Any]:
+    return {
+        "data_shape": "x".join(map(str, source.spec.shape)),
+        "data_size": source.spec.size,
+        **{f"data_{k}": v for k, v in source.info.items()},
+    }
+
+
 def run(config: RunConfig, plugins: Plugins, verbose: int = 1) -> RunResult:
-    """Train, track and register; Ctrl-C stops training and still logs the generator."""
+    """Train, track and register; Ctrl-C stops training and still logs the generator.
+
+    An architecture with ``fit`` (maximum likelihood) is fitted instead of trained as a GAN.
+    """
     import mlflow
     import numpy as np
 
     from ganflow import tracking
     from ganflow.data import training_pipeline
 
+    _, architecture = plugins.architecture(config.arch)
+    if callable(getattr(architecture, "fit", None)):
+        return run_maximum_likelihood(config, plugins, architecture)
     prepared = prepare(config, plugins)
     gan, source = prepared.gan, prepared.source
     tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
-    extra_params = {
-        "data_shape": "x".join(map(str, source.spec.shape)),
-        "data_size": source.spec.size,
-        **{f"data_{k}": v for k, v in source.info.items()},
-    }
+    extra_params = _data_params(source)
     started = time.perf_counter()
     with tracking.start_run(config, extra_params, prepared.providers) as active:
         run_id = active.info.run_id
@@ -130,7 +141,7 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1) -> RunResult:
             config.log_every,
             prepared.steps_per_epoch,
             Path(config.output_dir) / run_id / "samples",
-            noise,
+            tracking.SampleView(source, noise, config.seed),
         )
         pipeline = training_pipeline(source, config.batch_size, config.d_steps, config.seed)
         interrupted = False
@@ -144,13 +155,16 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1) -> RunResult:
                 verbose=verbose,
             )
             metrics = {k: float(v[-1]) for k, v in history.history.items()}
+            metrics.update(logger.last_view_metrics)
         except KeyboardInterrupt:
             interrupted = True
             metrics = {}
         model_name = None if interrupted or not config.register else config.model_name
         tags = {"loss": config.loss, "dataset": config.dataset, "run_id": run_id}
+        if config.ema is not None:
+            tags["ema"] = str(config.ema)
         model_uri, version = tracking.log_generator(
-            gan.generator, config.latent_dim, model_name, tags
+            gan.sampling_generator, config.latent_dim, model_name, tags
         )
         if interrupted:
             mlflow.set_tag("ganflow.interrupted", "true")
@@ -166,4 +180,65 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1) -> RunResult:
         seconds=time.perf_counter() - started,
         metrics=metrics,
         interrupted=interrupted,
+    )
+
+
+# Settings that only a GAN uses: a maximum-likelihood run does not log them.
+GAN_ONLY = ("loss", "epochs", "batch_size", "d_steps", "latent_dim", "lr_g", "lr_d", "beta1",
+            "beta2", "ema", "steps_per_epoch", "jit", "log_every")
+HELDOUT_SIZE = 10_000
+
+
+def run_maximum_likelihood(config: RunConfig, plugins: Plugins, architecture) -> RunResult:
+    """Fit P_G by maximum likelihood, log the fit like a GAN run, register its sampler.
+
+    Logs the mean log-likelihood of the training data and, when the data's density is known,
+    of fresh held-out samples under the fit and under P_data itself (the best possible).
+    """
+    import mlflow
+    import numpy as np
+
+    from ganflow import tracking
+
+    arch, _ = plugins.architecture(config.arch)
+    dataset, argument = plugins.dataset(config.dataset)
+    source = dataset.obj(DatasetOptions(argument, config.data_dir, config.image_size))
+    tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
+    providers = {"ganflow.plugin.arch": arch.plugin, "ganflow.plugin.dataset": dataset.plugin,
+                 "ganflow.objective": "maximum-likelihood"}
+    started = time.perf_counter()
+    with tracking.start_run(config, _data_params(source), providers, exclude=GAN_ONLY) as active:
+        run_id = active.info.run_id
+        fitted = architecture.fit(source, config.seed)
+        latent_dim = int(fitted.generator.input_shape[-1])
+        mlflow.log_params({"latent_dim": latent_dim,
+                           **{f"fit_{k}": v for k, v in fitted.info.items()}})
+        train = np.stack(list(source.examples().as_numpy_iterator()))
+        metrics = {"train_log_likelihood": float(np.mean(fitted.log_prob(train)))}
+        if source.density is not None:
+            heldout = source.density.sample(HELDOUT_SIZE, seed=config.seed + 1)
+            metrics["heldout_log_likelihood"] = float(np.mean(fitted.log_prob(heldout)))
+            metrics["heldout_log_likelihood_data"] = float(np.mean(source.density.log_prob(heldout)))
+        noise = np.random.default_rng(config.seed).standard_normal(
+            (config.samples, latent_dim)).astype(np.float32)
+        view = tracking.SampleView(source, noise, config.seed)
+        samples_path, toy = view(fitted.generator,
+                                 Path(config.output_dir) / run_id / "samples" / "fitted.png",
+                                 "maximum likelihood")
+        mlflow.log_artifact(str(samples_path), artifact_path="samples")
+        metrics.update(toy)
+        mlflow.log_metrics(metrics, step=0)
+        model_name = config.model_name if config.register else None
+        tags = {"objective": "maximum-likelihood", "dataset": config.dataset, "run_id": run_id}
+        model_uri, version = tracking.log_generator(fitted.generator, latent_dim, model_name, tags)
+    return RunResult(
+        run_id=run_id,
+        experiment=mlflow.get_experiment(active.info.experiment_id).name,
+        tracking_uri=tracking_uri,
+        samples_path=samples_path,
+        model_uri=model_uri,
+        model_name=model_name,
+        model_version=version,
+        seconds=time.perf_counter() - started,
+        metrics=metrics,
     )

@@ -43,8 +43,8 @@ def use_tracking_uri(uri: str | None, must_exist: bool = False) -> str:
 
 
 @contextmanager
-def start_run(config: RunConfig, extra_params: dict, tags: dict):
-    """One MLflow run, holding every resolved setting as a param.
+def start_run(config: RunConfig, extra_params: dict, tags: dict, exclude=()):
+    """One MLflow run, holding every resolved setting (but ``exclude``) as a param.
 
     Under ``mlflow run`` (MLFLOW_RUN_ID set) the project's run is continued instead.
     """
@@ -52,25 +52,72 @@ def start_run(config: RunConfig, extra_params: dict, tags: dict):
         mlflow.set_experiment(config.experiment)
     run_name = f"{config.recipe}-{config.dataset.replace(':', '-').replace('/', '-')}"
     with mlflow.start_run(run_name=run_name) as run:
-        mlflow.log_params({**config.params(), **extra_params})
+        params = {k: v for k, v in config.params().items() if k not in exclude}
+        mlflow.log_params({**params, **extra_params})
         mlflow.set_tags({"ganflow.version": __version__, **tags})
         yield run
 
 
+TOY_EVAL_SAMPLES = 10_000
+
+
+class SampleView:
+    """How a run shows its generator: a PNG per epoch and, for toy data, exact metrics.
+
+    Images become a grid of the fixed noise batch. Points become a scatter (2-D) or density
+    (1-D) plot against real data; when the data's density is known, ``TOY_EVAL_SAMPLES``
+    samples from fixed noise are scored with ``ganflow.toy.toy_metrics`` as ``toy/...``.
+    """
+
+    def __init__(self, source, noise: np.ndarray, seed: int):
+        self.source = source
+        self.noise = noise
+        self.density = getattr(source, "density", None)
+        self.is_image = source.spec.is_image
+        self.eval_noise = None
+        self.real = None
+        if not self.is_image:
+            rng = np.random.default_rng(seed + 1)
+            count = TOY_EVAL_SAMPLES if self.density is not None else len(noise)
+            self.eval_noise = rng.standard_normal((count, noise.shape[1])).astype(np.float32)
+            if self.density is None:
+                self.real = np.stack([x for x in source.examples().take(len(noise)).as_numpy_iterator()])
+
+    def __call__(self, generator, path: Path, title: str) -> tuple[Path, dict[str, float]]:
+        def generate(z):
+            return keras.ops.convert_to_numpy(generator(z, training=False))
+
+        if self.is_image:
+            return save_grid(generate(self.noise), path), {}
+        from ganflow import toy
+
+        points = generate(self.eval_noise)
+        metrics = {}
+        if self.density is not None:
+            metrics = toy.toy_metrics(points, self.density)
+            title = f"{title}: {toy.format_metrics(metrics)}"
+        shown = points[: len(self.noise)]
+        path = toy.plot_points(shown, path, title, real=self.real, density=self.density)
+        return path, {f"toy/{k}": float(v) for k, v in metrics.items()}
+
+
 class MlflowLogger(keras.callbacks.Callback):
-    """Logs metric windows, epoch means and a sample grid each epoch to the active run.
+    """Logs metric windows, epoch means and a sample picture each epoch to the active run.
 
     Steps are generator updates. Keras hands callbacks running epoch means; the mean over the
     last window is recovered from two of them exactly: (sum_now - sum_then) / steps_between.
+    ``view`` (a ``SampleView``) draws the picture from the model's sampling generator (the EMA
+    copy when there is one) and may return metrics, logged at the same step.
     """
 
-    def __init__(self, log_every: int, steps_per_epoch: int, samples_dir: Path, noise):
+    def __init__(self, log_every: int, steps_per_epoch: int, samples_dir: Path, view):
         super().__init__()
         self.log_every = log_every
         self.steps_per_epoch = steps_per_epoch
         self.samples_dir = Path(samples_dir)
-        self.noise = noise
+        self.view = view
         self.last_grid: Path | None = None
+        self.last_view_metrics: dict[str, float] = {}
         self._epoch = 0
 
     def on_train_begin(self, logs=None):
@@ -99,9 +146,12 @@ class MlflowLogger(keras.callbacks.Callback):
         return self._epoch * self.steps_per_epoch + seen
 
     def _write_grid(self, epoch: int) -> None:
-        images = keras.ops.convert_to_numpy(self.model.generator(self.noise, training=False))
-        self.last_grid = save_grid(images, self.samples_dir / f"epoch_{epoch:04d}.png")
+        path = self.samples_dir / f"epoch_{epoch:04d}.png"
+        self.last_grid, metrics = self.view(self.model.sampling_generator, path, f"epoch {epoch}")
         mlflow.log_artifact(str(self.last_grid), artifact_path="samples")
+        if metrics:
+            mlflow.log_metrics(metrics, step=epoch * self.steps_per_epoch)
+            self.last_view_metrics = metrics
 
 
 def log_generator(generator, latent_dim: int, model_name: str | None, tags: dict):
@@ -126,6 +176,9 @@ def log_generator(generator, latent_dim: int, model_name: str | None, tags: dict
 
 def load_sampler(model_uri: str):
     """A logged generator as (pyfunc model, latent_dim), for any models:/ or runs:/ URI."""
+    from ganflow.mixture import sampler_layer
+
+    sampler_layer()  # registers the layer of maximum-likelihood mixture samplers with Keras
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (mlflow.exceptions.MlflowException, OSError) as exc:

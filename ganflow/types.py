@@ -49,6 +49,9 @@ class DataSource:
     ``make_dataset()`` returns a ``tf.data.Dataset`` of single float32 examples (in [-1, 1]
     for images), or of ``(example, label)`` pairs when ``labelled`` is true. ``info`` holds
     facts worth logging (e.g. how many corrupt files were skipped); they become MLflow params.
+    ``density``, for toy data whose distribution is known, is the ``ganflow.Mixture`` the
+    examples were drawn from: runs on it then log exact toy metrics (modes captured, share of
+    high-quality samples, reverse KL of the mode histogram, JSD in 1-D).
     """
 
     def __init__(
@@ -58,14 +61,16 @@ class DataSource:
         *,
         labelled: bool = False,
         info: dict[str, Any] | None = None,
+        density: Any = None,
     ):
         self.spec = spec
         self._make_dataset = make_dataset
         self.labelled = labelled
         self.info = dict(info or {})
+        self.density = density
 
     @classmethod
-    def from_arrays(cls, x, y=None, *, num_classes=None, info=None) -> DataSource:
+    def from_arrays(cls, x, y=None, *, num_classes=None, info=None, density=None) -> DataSource:
         """Wrap in-memory examples (and optional integer labels) as a source."""
         import numpy as np
         import tensorflow as tf
@@ -80,7 +85,7 @@ class DataSource:
         def make():
             return tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
 
-        return cls(spec, make, labelled=y is not None, info=info)
+        return cls(spec, make, labelled=y is not None, info=info, density=density)
 
     def dataset(self):
         """A fresh ``tf.data.Dataset``: examples, or (example, label) pairs when labelled."""
@@ -108,6 +113,21 @@ class Loss:
 
     def generator_loss(self, fake_logits):
         raise NotImplementedError
+
+
+@dataclass
+class FittedDensity:
+    """What a maximum-likelihood architecture's ``fit(examples, seed)`` returns.
+
+    generator: a keras.Model from (batch, latent_dim) standard normal noise to examples,
+        logged and registered like a GAN's generator.
+    log_prob: maps examples (n, *shape) to their log densities (n,) under the fitted model.
+    info: facts worth logging as params (components, iterations, converged, ...).
+    """
+
+    generator: Any
+    log_prob: Callable[[Any], Any]
+    info: dict[str, Any]
 
 
 class Architecture(Protocol):

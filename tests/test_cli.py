@@ -145,12 +145,15 @@ def bad(cli, *args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: dcgan (did you mean 'dcgan'?)"),
+    (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: dcgan, gmm-mle, toy, toy1d "
+                           "(did you mean 'dcgan'?)"),
     (["--loss", "minmax"], "unknown loss 'minmax'; known: minimax, non-saturating "
                            "(did you mean 'minimax'?)"),
-    (["--dataset", "digit"], "unknown dataset 'digit'; known: digits, folder, tfds "
+    (["--dataset", "digit"], "unknown dataset 'digit'; known: digits, folder, gauss1d, grid25, "
+                             "ring8, tfds "
                              "(did you mean 'digits'?)"),
-    (["--arch", "dcgn"], "unknown architecture 'dcgn'; known: dcgan (did you mean 'dcgan'?)"),
+    (["--arch", "dcgn"], "unknown architecture 'dcgn'; known: dcgan, gmm, mlp "
+                         "(did you mean 'dcgan'?)"),
     (["--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["--d-steps", "0"], "--d-steps must be at least 1, got 0"),
     (["--lr-g", "-1"], "--lr-g must be positive, got -1.0"),

@@ -43,9 +43,16 @@ def test_builtins_are_registered_by_their_modules(plugins):
         "minimax": "ganflow_plugins.losses",
         "non-saturating": "ganflow_plugins.losses",
     }
-    assert [e.name for e in plugins.recipes] == ["dcgan"]
-    assert {e.name: e.argument for e in plugins.datasets} == {
-        "digits": None, "folder": "PATH", "tfds": "NAME",
+    assert {e.name: e.plugin for e in plugins.recipes} == {
+        "dcgan": "ganflow_plugins.dcgan", "gmm-mle": "ganflow_plugins.gmm",
+        "toy": "ganflow_plugins.toy", "toy1d": "ganflow_plugins.toy",
+    }
+    assert {e.name: e.usage for e in plugins.datasets} == {
+        "digits": "digits", "folder": "folder:PATH", "tfds": "tfds:NAME",
+        "gauss1d": "gauss1d[:MIXTURE]", "ring8": "ring8", "grid25": "grid25",
+    }
+    assert {e.name: e.usage for e in plugins.architectures} == {
+        "dcgan": "dcgan", "mlp": "mlp[:SIZES]", "gmm": "gmm[:K]",
     }
     assert [p for p in DEFAULT_PLUGINS if not plugins.pm.has_plugin(p)] == []
 

@@ -10,7 +10,7 @@ from ganflow.tracking import MlflowLogger
 
 def test_windows_are_exact_means_recovered_from_running_means(workdir):
     per_step = [1.0, 3.0, 5.0, 7.0, 9.0]  # one epoch of 5 steps, then a second epoch
-    logger = MlflowLogger(log_every=2, steps_per_epoch=5, samples_dir=workdir, noise=None)
+    logger = MlflowLogger(log_every=2, steps_per_epoch=5, samples_dir=workdir, view=None)
     mlflow.set_experiment("windows")  # not an experiment id left by another test's store
     with mlflow.start_run() as run:
         for epoch in range(2):

@@ -111,8 +111,10 @@ class GAN(keras.Model):
             g_logits = self.discriminator(self.generator(z, training=True), training=True)
             g_loss = loss.generator_loss(g_logits)
             scaled = g_loss * scale
-        grads = tape.gradient(scaled, self.generator.trainable_variables)
-        self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
+        # A generator without trainable weights (a fixed P_G, as in `ganflow theory`) stays put.
+        if self.generator.trainable_variables:
+            grads = tape.gradient(scaled, self.generator.trainable_variables)
+            self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
         if self.ema_generator is not None:
             self._update_ema()
 

@@ -101,6 +101,19 @@ class SampleView:
         return path, {f"toy/{k}": float(v) for k, v in metrics.items()}
 
 
+def log_report(experiment: str, run_name: str, params: dict, metrics: dict, files) -> str:
+    """One finished MLflow run holding a report: params, metrics and files; returns its id."""
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags({"ganflow.version": __version__})
+        for path in files:
+            mlflow.log_artifact(str(path))
+    return run.info.run_id
+
+
 class MlflowLogger(keras.callbacks.Callback):
     """Logs metric windows, epoch means and a sample picture each epoch to the active run.
 

@@ -133,8 +133,9 @@ class GAN(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def _update_ema(self):
-        # Warm-up as in tf.train.ExponentialMovingAverage(num_updates=t): early on the average
-        # forgets its random start faster, so early samples are not a blur of the initial G.
+        # Warm-up as in tf.train.ExponentialMovingAverage(num_updates=t), t = G updates so far:
+        # early on the average forgets its random start faster, so early samples are not a
+        # blur of the initial G.
         t = ops.cast(self.g_optimizer.iterations, "float32")
         decay = ops.minimum(self.ema, (1.0 + t) / (10.0 + t))
         for average, weight in zip(self.ema_generator.weights, self.generator.weights):

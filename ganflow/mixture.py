@@ -107,7 +107,7 @@ class Mixture:
                              "the keys are means, stds, weights")
         try:
             return cls(data["means"], data["stds"], data.get("weights"))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, UsageError) as exc:
             raise UsageError(f"{what}: {exc}") from None
 
     @classmethod

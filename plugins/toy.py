@@ -11,6 +11,8 @@ metrics. The training set is a fixed draw (seed 0) of ``TOY_SIZE`` points.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 import ganflow
@@ -31,10 +33,10 @@ def grid25() -> ganflow.Mixture:
     return ganflow.Mixture(np.array([(x, y) for x in axis for y in axis]), 0.05)
 
 
-def toy_source(mixture: ganflow.Mixture, **info) -> ganflow.DataSource:
-    x = mixture.sample(TOY_SIZE, seed=DATA_SEED)
+def toy_source(density: ganflow.Mixture, **info) -> ganflow.DataSource:
+    x = density.sample(TOY_SIZE, seed=DATA_SEED)
     return ganflow.DataSource.from_arrays(
-        x, info={"components": mixture.n_components, **info}, density=mixture
+        x, info={"components": density.n_components, **info}, density=density
     )
 
 
@@ -45,7 +47,7 @@ def load_gauss1d(options: ganflow.DatasetOptions) -> ganflow.DataSource:
             raise ganflow.UsageError("--dataset gauss1d: the means must be numbers (1-D)")
     else:
         mixture = ganflow.Mixture.from_dict(GAUSS1D_DEFAULT)
-    return toy_source(mixture, mixture=mixture.to_dict())
+    return toy_source(mixture, mixture=json.dumps(mixture.to_dict()))
 
 
 class MLP:

@@ -116,3 +116,33 @@ def test_call_generates_examples():
     gan = make_gan(1)
     out = gan(tf.zeros((5, LATENT)))
     assert tuple(out.shape) == (5, *SHAPE)
+
+
+def test_ema_generator_follows_the_moving_average_of_g():
+    keras.utils.set_random_seed(0)
+    gan = GAN(tiny_generator(), RecordingDiscriminator(), LATENT, seed=0, ema=0.999)
+    gan.compile(keras.optimizers.Adam(1e-2), keras.optimizers.Adam(1e-2), NonSaturatingLoss())
+    start = [w.copy() for w in gan.generator.get_weights()]
+    pipeline = training_pipeline(numbered_source(40), 4, 1, seed=0)
+    gan.fit(pipeline, epochs=1, steps_per_epoch=1, verbose=0)
+    after_one = gan.generator.get_weights()
+    # After G's first update (t = 1) the warm-up decay is min(0.999, (1 + t) / (10 + t)) = 2/11.
+    decay = 2 / 11
+    for average, s, w in zip(gan.ema_generator.get_weights(), start, after_one):
+        np.testing.assert_allclose(average, decay * s + (1 - decay) * w, rtol=1e-5, atol=1e-6)
+    assert gan.sampling_generator is gan.ema_generator
+    gan.fit(pipeline, epochs=1, steps_per_epoch=20, verbose=0)
+    moved = [np.abs(a - w).max() for a, w in zip(gan.ema_generator.get_weights(),
+                                                   gan.generator.get_weights())]
+    assert max(moved) > 0  # the average lags behind G
+
+
+def test_a_generator_without_weights_stays_fixed_while_d_trains():
+    p_g = ganflow.Mixture([0.0], [1.0])
+    disc = keras.Sequential([keras.Input((1,)), layers.Dense(8, activation="relu"),
+                             layers.Dense(1)])
+    gan = GAN(p_g.sampler(), disc, latent_dim=2, seed=0)
+    gan.compile(keras.optimizers.Adam(1e-2), keras.optimizers.Adam(1e-2), NonSaturatingLoss())
+    data = ganflow.DataSource.from_arrays(ganflow.Mixture([3.0], [0.5]).sample(512, seed=0))
+    gan.fit(training_pipeline(data, 64, 1, seed=0), epochs=1, steps_per_epoch=30, verbose=0)
+    assert int(gan.d_optimizer.iterations) == 30 and int(gan.g_optimizer.iterations) == 0

@@ -18,6 +18,8 @@ setup(
         "pluggy>=1.5,<2",
         "click>=8.1,<9",
         "scikit-learn>=1.5,<2",
+        "scipy>=1.11,<2",
+        "matplotlib>=3.8,<4",
         "pillow>=10,<14",
         "numpy>=1.26,<3",
         "pyyaml>=6,<7",

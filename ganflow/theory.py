@@ -67,7 +67,7 @@ def _train_discriminator(plugins, p_data: Mixture, p_g: Mixture, steps: int, bat
         loss=plugins.losses.get("minimax").obj,
     )
     pipeline = training_pipeline(source, batch, 1, seed)
-    gan.fit(pipeline, epochs=1, steps_per_epoch=steps, verbose=0)
+    gan.fit(pipeline, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
     return discriminator
 
 
@@ -157,7 +157,7 @@ def training_curves(plugins, p_data: Mixture, steps: int = 1000, every: int = 50
         warmup = GAN(generator, discriminator, latent_dim=1, seed=seed)
         warmup.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.SGD(),
                        loss=loss)
-        warmup.fit(pipeline, epochs=1, steps_per_epoch=pretrain, verbose=0)
+        warmup.fit(pipeline, epochs=1, steps_per_epoch=pretrain, verbose=0, shuffle=False)
         generator.trainable = True
         curves[f"{name}_start"] = _start_state(generator, discriminator, loss, z)
         gan = GAN(generator, discriminator, latent_dim=1, seed=seed + 1)
@@ -165,7 +165,8 @@ def training_curves(plugins, p_data: Mixture, steps: int = 1000, every: int = 50
                     g_optimizer=keras.optimizers.SGD(CURVE_LR), loss=loss)
         jsds, d_fake = [kde_jsd(p_data, _generate(gan, z))], []
         for _ in range(steps // every):
-            history = gan.fit(pipeline, epochs=1, steps_per_epoch=every, verbose=0)
+            history = gan.fit(pipeline, epochs=1, steps_per_epoch=every, verbose=0,
+                              shuffle=False)
             jsds.append(kde_jsd(p_data, _generate(gan, z)))
             d_fake.append(float(history.history["d_fake"][-1]))
         curves[name] = jsds

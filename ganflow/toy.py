@@ -21,7 +21,6 @@ from ganflow.mixture import Mixture, kde_jsd
 
 MODE_SHARE = 0.01
 HQ_STDS = 3.0
-METRIC_NAMES = ("modes_captured", "hq_fraction", "reverse_kl", "jsd")
 
 
 def toy_metrics(samples, mixture: Mixture, share: float = MODE_SHARE) -> dict[str, float]:

@@ -124,9 +124,9 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1) -> RunResult:
     from ganflow import tracking
     from ganflow.data import training_pipeline
 
-    _, architecture = plugins.architecture(config.arch)
+    arch, architecture = plugins.architecture(config.arch)
     if callable(getattr(architecture, "fit", None)):
-        return run_maximum_likelihood(config, plugins, architecture)
+        return run_maximum_likelihood(config, plugins, arch, architecture)
     prepared = prepare(config, plugins)
     gan, source = prepared.gan, prepared.source
     tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
@@ -189,7 +189,7 @@ GAN_ONLY = ("loss", "epochs", "batch_size", "d_steps", "latent_dim", "lr_g", "lr
 HELDOUT_SIZE = 10_000
 
 
-def run_maximum_likelihood(config: RunConfig, plugins: Plugins, architecture) -> RunResult:
+def run_maximum_likelihood(config: RunConfig, plugins: Plugins, arch, architecture) -> RunResult:
     """Fit P_G by maximum likelihood, log the fit like a GAN run, register its sampler.
 
     Logs the mean log-likelihood of the training data and, when the data's density is known,
@@ -200,7 +200,6 @@ def run_maximum_likelihood(config: RunConfig, plugins: Plugins, architecture) ->
 
     from ganflow import tracking
 
-    arch, _ = plugins.architecture(config.arch)
     dataset, argument = plugins.dataset(config.dataset)
     source = dataset.obj(DatasetOptions(argument, config.data_dir, config.image_size))
     tracking_uri = tracking.use_tracking_uri(config.tracking_uri)

@@ -4,7 +4,8 @@ The public API, for users and plugin authors:
 - ``GAN``: the keras.Model that trains a generator against a discriminator.
 - ``hookimpl``: marks a plugin's hook implementations (see ``ganflow.hookspecs``).
 - ``Loss``, ``DataSpec``, ``DataSource``, ``DatasetOptions``, ``Architecture``,
-  ``FittedDensity``: what plugins receive and return.
+  ``FittedDensity``, ``FeatureOptions``, ``FeatureExtractor``: what plugins receive and return.
+- ``reachable(host, port)``: whether the network answers, so a download fails fast offline.
 - ``Mixture``: a Gaussian mixture with a known density (toy data, fixed P_G's, exact JSD).
 - ``GanflowError``, ``UsageError``, ``PluginError``: errors a user can act on.
 """
@@ -13,7 +14,17 @@ import pluggy
 
 from ganflow.errors import GanflowError, PluginError, UsageError
 from ganflow.mixture import Mixture
-from ganflow.types import Architecture, DataSource, DataSpec, DatasetOptions, FittedDensity, Loss
+from ganflow.net import reachable
+from ganflow.types import (
+    Architecture,
+    DataSource,
+    DataSpec,
+    DatasetOptions,
+    FeatureExtractor,
+    FeatureOptions,
+    FittedDensity,
+    Loss,
+)
 
 __version__ = "0.1.0"
 
@@ -25,6 +36,8 @@ __all__ = [
     "DataSource",
     "DataSpec",
     "DatasetOptions",
+    "FeatureExtractor",
+    "FeatureOptions",
     "FittedDensity",
     "GanflowError",
     "Loss",
@@ -32,6 +45,7 @@ __all__ = [
     "PluginError",
     "UsageError",
     "hookimpl",
+    "reachable",
 ]
 
 

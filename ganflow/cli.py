@@ -38,6 +38,13 @@ HELP = {
     "steps_per_epoch": "generator updates per epoch (default: one pass over the data)",
     "jit": "XLA compilation: auto lets Keras decide (on for a GPU)",
     "log_every": "log metrics to MLflow every N generator updates",
+    "eval_every": "every N epochs (and before the first and after the last), log FID, KID, "
+                  "precision/recall and class coverage",
+    "eval_samples": "generated samples (and real examples, up to the data's size) per evaluation",
+    "features": "feature extractor for evaluation: classifier, inception, raw or a plugin's "
+                "(default: classifier on labelled images, inception on other images)",
+    "feature_weights": "weights file for the feature extractor (inception: Keras's "
+                       "InceptionV3 notop .h5)",
     "samples": "images in each epoch's sample grid",
     "output_dir": "where sample grids are written locally",
     "tracking_uri": "MLflow tracking URI (else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
@@ -46,7 +53,8 @@ HELP = {
     "registered_model": "registered model name (default: <recipe>-generator)",
 }
 CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
-METAVARS = {"ema": "DECAY", "arch": "NAME", "loss": "NAME", "dataset": "NAME[:ARG]", "data_dir": "DIR",
+METAVARS = {"ema": "DECAY", "eval_every": "N", "eval_samples": "N", "features": "NAME",
+            "feature_weights": "PATH", "arch": "NAME", "loss": "NAME", "dataset": "NAME[:ARG]", "data_dir": "DIR",
             "output_dir": "DIR", "tracking_uri": "URI", "experiment": "NAME",
             "registered_model": "NAME"}
 
@@ -136,7 +144,8 @@ def run(recipe, config_file, plugin_modules, quiet, **flags):
     plugins = load_plugins(plugin_modules)
     flags["plugin_modules"] = plugin_modules or None
     config = resolve_config(plugins, recipe, config_file, flags)
-    result = run_gan(config, plugins, verbose=0 if quiet else 1)
+    result = run_gan(config, plugins, verbose=0 if quiet else 1,
+                     report=None if quiet else click.echo)
 
     state = "interrupted" if result.interrupted else "finished"
     click.echo(f"\nRun {result.run_id} {state} in {result.seconds:.0f} s "
@@ -152,9 +161,22 @@ def run(recipe, config_file, plugin_modules, quiet, **flags):
                    f"{uri_flag} -o samples.png")
     else:
         click.echo(f"  model:   {result.model_uri} (not registered)")
+    if result.champion is not None:
+        click.echo("  " + champion_line(result.model_name, result.model_version, result.champion))
     click.echo(f"  browse:  {ui_command(result.tracking_uri)}")
     if result.interrupted:
         sys.exit(130)
+
+
+def champion_line(model_name: str, version: int, champion) -> str:
+    """Where models:/NAME@champion points now, and why."""
+    alias = f"models:/{model_name}@champion"
+    if champion.is_new:
+        return f"champion: {alias} is now version {version} (FID {champion.fid:.4g}, the best)"
+    if not champion.comparable:
+        return (f"champion: {alias} stays version {champion.version}: its FID was measured "
+                "with other features, data or sample count")
+    return f"champion: {alias} stays version {champion.version} (FID {champion.fid:.4g})"
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -169,7 +191,8 @@ def ui_command(tracking_uri: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @reports_errors
 def plugins(plugin_modules, as_json):
-    """List every recipe, loss, dataset and architecture, with the plugin that provides it."""
+    """List every recipe, loss, dataset, architecture and feature extractor, with the plugin
+    that provides it."""
     from ganflow.plugins import load_plugins
 
     loaded = load_plugins(plugin_modules)
@@ -178,6 +201,7 @@ def plugins(plugin_modules, as_json):
         "losses": loaded.losses,
         "datasets": loaded.datasets,
         "architectures": loaded.architectures,
+        "feature extractors": loaded.features,
     }
     rows = {
         kind: [
@@ -229,6 +253,79 @@ def sample(model_uri, count, seed, output, npz, tracking_uri):
 
         plot_points(samples, output, f"{count} samples of {model_uri}")
     click.echo(f"Wrote {count} samples of shape {samples.shape[1:]} to {output}")
+
+
+@main.command()
+@click.argument("model_uri")
+@click.option("--dataset", metavar="NAME[:ARG]",
+              help="the data to compare with (default: the dataset the model was trained on)")
+@click.option("-n", "--count", type=click.IntRange(min=10), default=10_000, show_default=True,
+              help="generated samples; as many real examples, up to the dataset's size")
+@click.option("--features", metavar="NAME",
+              help="feature extractor: classifier, inception, raw or a plugin's (default: "
+                   "classifier on labelled images, inception on other images, raw on points)")
+@click.option("--weights", metavar="PATH",
+              help="weights file for the feature extractor (inception: Keras's InceptionV3 "
+                   "notop .h5)")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="noise and subset seed: the same seed gives the same numbers")
+@click.option("--data-dir", metavar="DIR", help=HELP["data_dir"])
+@click.option("--image-size", type=click.IntRange(min=4), metavar="N", help=HELP["image_size"])
+@click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")
+@plugin_module_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@reports_errors
+def evaluate(model_uri, dataset, count, features, weights, seed, data_dir, image_size,
+             tracking_uri, plugin_modules, as_json):
+    """Score a logged generator against a dataset: FID, KID, precision/recall, class coverage.
+
+    MODEL_URI is any models:/ or runs:/ URI. FID and KID: lower is better; precision (share
+    of samples that look like data), recall (share of data the samples cover) and class
+    coverage: higher is better.
+    """
+    import time
+
+    from ganflow import evaluation, tracking
+    from ganflow.plugins import load_plugins
+    from ganflow.types import DatasetOptions
+
+    started = time.perf_counter()
+    tracking.use_tracking_uri(tracking_uri, must_exist=True)
+    plugins = load_plugins(plugin_modules)
+    model, latent_dim = tracking.load_sampler(model_uri)
+    trained_on = tracking.training_params(model_uri)
+    dataset = dataset or trained_on.get("dataset")
+    if not dataset:
+        raise UsageError(f"{model_uri} does not say what it was trained on: pass --dataset NAME")
+    if image_size is None and trained_on.get("dataset") == dataset and trained_on.get("image_size"):
+        image_size = int(trained_on["image_size"])
+    entry, argument = plugins.dataset(dataset)
+    if features:
+        plugins.features.get(features)
+    source = entry.obj(DatasetOptions(argument, data_dir or trained_on.get("data_dir") or None,
+                                      image_size))
+    made = tracking.sample_shape(model)
+    if made != tuple(source.spec.shape):
+        raise UsageError(f"{model_uri} makes samples of shape {made} but {dataset} has "
+                         f"examples of shape {tuple(source.spec.shape)}: pass the dataset "
+                         "(and --image-size) it was trained on")
+    evaluator = evaluation.build(plugins, source, dataset, features, weights, count, seed)
+    samples = tracking.predict_quietly(model, evaluation.noise(count, latent_dim, seed))
+    values = evaluator(samples)
+    seconds = time.perf_counter() - started
+    report = {"model_uri": model_uri, "dataset": dataset, "features": evaluator.features,
+              "samples": count, "real_examples": len(evaluator.real_features),
+              "seed": seed, "metrics": values, "info": evaluator.info,
+              "seconds": round(seconds, 2)}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{model_uri} against {dataset}: {count} samples, "
+               f"{report['real_examples']} real examples, {evaluator.features} features "
+               f"({evaluator.real_features.shape[1]}-d), {seconds:.1f} s")
+    click.echo(evaluation.format_table(values))
+    for key, value in evaluator.info.items():
+        click.echo(f"  {key}: {value}")
 
 
 @main.command()

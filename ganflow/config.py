@@ -39,6 +39,10 @@ class RunConfig:
     steps_per_epoch: int | None = None
     jit: str = "auto"
     log_every: int = 10
+    eval_every: int | None = None
+    eval_samples: int = 10_000
+    features: str | None = None
+    feature_weights: str | None = None
     samples: int = 64
     output_dir: str = "ganflow-runs"
     tracking_uri: str | None = None
@@ -78,6 +82,8 @@ _MINIMUMS = {
     "latent_dim": 1,
     "steps_per_epoch": 1,
     "log_every": 1,
+    "eval_every": 1,
+    "eval_samples": 10,
     "samples": 1,
     "image_size": 4,
     "seed": 0,

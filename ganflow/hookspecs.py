@@ -71,3 +71,17 @@ def ganflow_register_recipes(register):
     ``lr_d``, ``beta1``, ...; ``ganflow run --help`` lists them all). Selected with
     ``ganflow run --plugin NAME``; a config file and flags override any default.
     """
+
+
+@hookspec
+def ganflow_register_feature_extractors(register):
+    """Register feature extractors for sample-quality metrics: ``register(name, factory,
+    description="")``.
+
+    ``factory(options: ganflow.FeatureOptions) -> ganflow.FeatureExtractor`` is called when
+    an evaluation starts, with the dataset the samples are compared with. FID, KID and
+    precision/recall are computed on the features; class coverage and the class histogram's
+    KL on the predicted classes, when the extractor gives them and the data has labels. Raise
+    ``ganflow.UsageError`` when the extractor cannot serve this dataset (unlabelled data for a
+    classifier, weights that are not there). Selected with ``--features NAME``.
+    """

@@ -103,11 +103,12 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int
         seed: int = 0) -> tuple[float, float]:
     """Kernel Inception Distance (Binkowski et al. 2018): (mean, std) over random subsets.
 
-    Each subset draws ``subset_size`` rows of each set without replacement (capped by the
-    smaller set) and computes the unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3.
+    Each subset draws ``subset_size`` rows of each set without replacement (at most half of
+    either set, so subsets differ) and computes the unbiased MMD^2 with the kernel
+    k(x, y) = (x.y / d + 1)^3. The estimate is unbiased whatever the subset size.
     """
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
-    m = min(subset_size, len(real), len(fake))
+    m = min(subset_size, len(real) // 2, len(fake) // 2)
     if m < 2:
         raise MetricError("KID needs at least 2 feature vectors in each set")
     rng = np.random.default_rng(seed)

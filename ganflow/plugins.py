@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = (
     "ganflow_plugins.dcgan",
     "ganflow_plugins.toy",
     "ganflow_plugins.gmm",
+    "ganflow_plugins.features",
 )
 
 
@@ -102,10 +103,12 @@ class Plugins:
         self.datasets = Registry("dataset")
         self.architectures = Registry("architecture")
         self.recipes = Registry("recipe")
+        self.features = Registry("feature extractor")
         self._collect("ganflow_register_losses", self.losses)
         self._collect("ganflow_register_datasets", self.datasets, takes_argument=True)
         self._collect("ganflow_register_architectures", self.architectures, takes_argument=True)
         self._collect("ganflow_register_recipes", self.recipes)
+        self._collect("ganflow_register_feature_extractors", self.features)
 
     def _collect(self, hook_name: str, registry: Registry, takes_argument=False) -> None:
         # Each implementation is called on its own so every registration knows its plugin,

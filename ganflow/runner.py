@@ -25,6 +25,7 @@ class RunResult:
     seconds: float
     metrics: dict[str, float]
     interrupted: bool = False
+    champion: object = None  # a tracking.Champion when the version was evaluated
 
 
 def resolve_config(
@@ -48,6 +49,7 @@ class Prepared:
     gan: Any
     steps_per_epoch: int
     providers: dict[str, str]
+    evaluator: Any = None  # an evaluation.Evaluator with --eval-every
 
 
 def prepare(config: RunConfig, plugins: Plugins) -> Prepared:
@@ -60,6 +62,8 @@ def prepare(config: RunConfig, plugins: Plugins) -> Prepared:
     loss = plugins.losses.get(config.loss)
     arch, architecture = plugins.architecture(config.arch)
     dataset, argument = plugins.dataset(config.dataset)
+    if config.features:
+        plugins.features.get(config.features)
 
     source = dataset.obj(DatasetOptions(argument, config.data_dir, config.image_size))
     spec = source.spec
@@ -84,7 +88,15 @@ def prepare(config: RunConfig, plugins: Plugins) -> Prepared:
         "ganflow.plugin.arch": arch.plugin,
         "ganflow.plugin.dataset": dataset.plugin,
     }
-    return Prepared(config, source, gan, steps_per_epoch, providers)
+    evaluator = None
+    if config.eval_every:
+        from ganflow import evaluation
+
+        # Before the run starts: missing weights or unlabelled data must cost seconds.
+        evaluator = evaluation.build(plugins, source, config.dataset, config.features,
+                                     config.feature_weights, config.eval_samples, config.seed)
+        providers["ganflow.plugin.features"] = plugins.features.get(evaluator.features).plugin
+    return Prepared(config, source, gan, steps_per_epoch, providers, evaluator)
 
 
 def _check_shapes(config, spec, generator, discriminator) -> None:
@@ -113,10 +125,12 @@ def _data_params(source) -> dict[str, Any]:
     }
 
 
-def run(config: RunConfig, plugins: Plugins, verbose: int = 1) -> RunResult:
+def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None) -> RunResult:
     """Train, track and register; Ctrl-C stops training and still logs the generator.
 
     An architecture with ``fit`` (maximum likelihood) is fitted instead of trained as a GAN.
+    With ``--eval-every``, the registered version is tagged with its metrics and becomes the
+    ``champion`` if its FID is the best; ``report`` receives a line per evaluation.
     """
     import mlflow
     import numpy as np
@@ -131,6 +145,8 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1) -> RunResult:
     gan, source = prepared.gan, prepared.source
     tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
     extra_params = _data_params(source)
+    if prepared.evaluator is not None:
+        extra_params.update(prepared.evaluator.params)
     started = time.perf_counter()
     with tracking.start_run(config, extra_params, prepared.providers) as active:
         run_id = active.info.run_id
@@ -143,6 +159,14 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1) -> RunResult:
             Path(config.output_dir) / run_id / "samples",
             tracking.SampleView(source, noise, config.seed),
         )
+        callbacks = [logger]
+        if prepared.evaluator is not None:
+            from ganflow import evaluation
+
+            eval_noise = evaluation.noise(config.eval_samples, config.latent_dim, config.seed)
+            evaluations = tracking.EvaluationLogger(prepared.evaluator, config.eval_every,
+                                                    prepared.steps_per_epoch, eval_noise, report)
+            callbacks.append(evaluations)
         pipeline = training_pipeline(source, config.batch_size, config.d_steps, config.seed)
         interrupted = False
         try:
@@ -150,12 +174,14 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1) -> RunResult:
                 pipeline,
                 epochs=config.epochs,
                 steps_per_epoch=prepared.steps_per_epoch,
-                callbacks=[logger],
+                callbacks=callbacks,
                 shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
                 verbose=verbose,
             )
             metrics = {k: float(v[-1]) for k, v in history.history.items()}
             metrics.update(logger.last_view_metrics)
+            if prepared.evaluator is not None:
+                metrics.update(evaluations.last)
         except KeyboardInterrupt:
             interrupted = True
             metrics = {}
@@ -163,9 +189,17 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1) -> RunResult:
         tags = {"loss": config.loss, "dataset": config.dataset, "run_id": run_id}
         if config.ema is not None:
             tags["ema"] = str(config.ema)
+        evaluated = prepared.evaluator is not None and "eval/fid" in metrics
+        if evaluated:
+            tags.update(eval_dataset=config.dataset, eval_samples=str(config.eval_samples))
+        tags.update(tracking.version_tags(
+            metrics, prepared.evaluator.params if evaluated else None))
         model_uri, version = tracking.log_generator(
             gan.sampling_generator, config.latent_dim, model_name, tags
         )
+        champion = None
+        if version is not None and evaluated:
+            champion = tracking.promote_champion(model_name, version)
         if interrupted:
             mlflow.set_tag("ganflow.interrupted", "true")
             mlflow.end_run(status="KILLED")
@@ -180,12 +214,14 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1) -> RunResult:
         seconds=time.perf_counter() - started,
         metrics=metrics,
         interrupted=interrupted,
+        champion=champion,
     )
 
 
 # Settings that only a GAN uses: a maximum-likelihood run does not log them.
 GAN_ONLY = ("loss", "epochs", "batch_size", "d_steps", "latent_dim", "lr_g", "lr_d", "beta1",
-            "beta2", "ema", "steps_per_epoch", "jit", "log_every")
+            "beta2", "ema", "steps_per_epoch", "jit", "log_every", "eval_every", "eval_samples",
+            "features", "feature_weights")
 HELDOUT_SIZE = 10_000
 
 

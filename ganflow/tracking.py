@@ -7,7 +7,10 @@ optimizer, fail the signature, step metrics at 0 and hash the whole tf.data data
 from __future__ import annotations
 
 import os
+import random
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -167,6 +170,135 @@ class MlflowLogger(keras.callbacks.Callback):
             self.last_view_metrics = metrics
 
 
+class EvaluationLogger(keras.callbacks.Callback):
+    """Logs sample-quality metrics (``ganflow.evaluation``) before training, every ``every``
+    epochs and after the last, at the step of that epoch's last generator update.
+
+    Samples come from fixed noise. Metrics of the sampling generator are ``eval/NAME``; with
+    an EMA copy, G's own weights are scored too, as ``eval_no_ema/NAME``. ``report``, when
+    given, receives a line per evaluation (the CLI prints it).
+    """
+
+    def __init__(self, evaluator, every: int, steps_per_epoch: int, noise: np.ndarray,
+                 report=None):
+        super().__init__()
+        self.evaluator = evaluator
+        self.every = every
+        self.steps_per_epoch = steps_per_epoch
+        self.noise = noise
+        self.report = report
+        self.last: dict[str, float] = {}
+        self._pending: str | None = None
+
+    def on_train_begin(self, logs=None):
+        self._evaluate(0)
+        self._flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        if done % self.every == 0 or done == self.params.get("epochs"):
+            self._evaluate(done)
+
+    # Keras's progress bar finishes an epoch's line after this callback's on_epoch_end: the
+    # line is printed once the bar has moved on.
+    def on_epoch_begin(self, epoch, logs=None):
+        self._flush()
+
+    def on_train_end(self, logs=None):
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._pending and self.report:
+            self.report(self._pending)
+        self._pending = None
+
+    def _evaluate(self, epoch: int) -> None:
+        from ganflow.evaluation import generate
+
+        generators = {"eval": self.model.sampling_generator}
+        if self.model.ema_generator is not None:
+            generators["eval_no_ema"] = self.model.generator
+        logged = {}
+        for prefix, generator in generators.items():
+            values = self.evaluator(generate(generator, self.noise))
+            logged.update({f"{prefix}/{k}": v for k, v in values.items()})
+        mlflow.log_metrics(logged, step=epoch * self.steps_per_epoch)
+        self.last = logged
+        shown = ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in logged.items()
+                          if k.startswith("eval/") and k != "eval/kid_std")
+        self._pending = f"evaluation after epoch {epoch}: {shown}"
+
+
+def version_tags(metrics: dict[str, float], evaluator_params: dict | None) -> dict[str, str]:
+    """A model version's tags from its run's final metrics: ``eval/fid`` as ``fid``,
+    ``eval_no_ema/fid`` as ``fid_no_ema``, the rest by their names; plus what the evaluation
+    was measured with (``eval_features``, ``eval_dataset``, ``eval_samples``)."""
+    tags = {}
+    for key, value in metrics.items():
+        if key.startswith("eval/"):
+            key = key[len("eval/"):]
+        elif key.startswith("eval_no_ema/"):
+            key = key[len("eval_no_ema/"):] + "_no_ema"
+        tags[key] = f"{value:.6g}"
+    tags.update({k: str(v) for k, v in (evaluator_params or {}).items()})
+    return tags
+
+
+CHAMPION = "champion"
+# Two FIDs compare only when measured with the same features, data and sample count.
+COMPARABLE_BY = ("eval_features", "eval_dataset", "eval_samples")
+
+
+@dataclass
+class Champion:
+    """Where the alias ``champion`` points after a promotion attempt."""
+
+    version: int
+    fid: float
+    is_new: bool  # the version just registered became the champion
+    comparable: bool = True  # False: the champion's FID was measured another way and stays
+
+
+def promote_champion(model_name: str, version: int, attempts: int = 20) -> Champion:
+    """Point the alias ``champion`` at the version with the lowest ``fid`` tag comparable with
+    ``version``'s.
+
+    MLflow has no compare-and-set for aliases, so this reads every version's tags, sets the
+    alias, and reads again until the alias and the best agree: a run finishing at the same
+    time that set a worse version after this one's read is corrected by this one's next read
+    (or this one's mistake by its). A current champion measured some other way (other
+    features, data or sample count) is not comparable and stays.
+    """
+    client = mlflow.MlflowClient()
+    mine = client.get_model_version(model_name, str(version))
+    if "fid" not in mine.tags:
+        raise ValueError(f"version {version} of {model_name} has no fid tag")
+    group = tuple(mine.tags.get(k) for k in COMPARABLE_BY)
+    for _ in range(attempts):
+        versions = client.search_model_versions(f"name='{model_name}'")
+        scored = [v for v in versions if "fid" in v.tags
+                  and tuple(v.tags.get(k) for k in COMPARABLE_BY) == group]
+        best = min(scored, key=lambda v: (float(v.tags["fid"]), int(v.version)))
+        try:
+            current = client.get_model_version_by_alias(model_name, CHAMPION)
+        except mlflow.exceptions.MlflowException:
+            current = None
+        if current is not None and "fid" in current.tags and \
+                tuple(current.tags.get(k) for k in COMPARABLE_BY) != group:
+            return Champion(int(current.version), float(current.tags["fid"]), False, False)
+        if current is not None and current.version == best.version:
+            return Champion(int(best.version), float(best.tags["fid"]),
+                            int(best.version) == int(version))
+        try:
+            client.set_registered_model_alias(model_name, CHAMPION, best.version)
+        except mlflow.exceptions.MlflowException:
+            # Two first-time writers of the alias collide in the store (a unique constraint):
+            # the other one's alias is there now, and the next read checks it.
+            time.sleep(random.uniform(0.01, 0.1))
+    raise mlflow.exceptions.MlflowException(
+        f"the {CHAMPION} alias of {model_name} kept changing under {attempts} attempts")
+
+
 def log_generator(generator, latent_dim: int, model_name: str | None, tags: dict):
     """Log the generator (Keras flavor, latent -> image signature) and register it.
 
@@ -204,15 +336,34 @@ def load_sampler(model_uri: str):
     return model, int(schema.inputs[0].shape[1])
 
 
+def sample_shape(model) -> tuple[int, ...]:
+    """One sample's shape, from a loaded generator's output signature."""
+    return tuple(int(d) for d in model.metadata.get_output_schema().inputs[0].shape[1:])
+
+
 def sample(model_uri: str, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(samples, z): ``count`` samples from the generator at ``model_uri``, noise from ``seed``."""
     model, latent_dim = load_sampler(model_uri)
     z = np.random.default_rng(seed).standard_normal((count, latent_dim)).astype(np.float32)
-    # The Keras flavor's pyfunc calls model.predict, whose progress bar would land on stdout.
+    return predict_quietly(model, z), z
+
+
+def predict_quietly(model, z: np.ndarray) -> np.ndarray:
+    """A loaded pyfunc generator's samples for ``z``, without Keras's progress bar on stdout
+    (the Keras flavor's pyfunc calls model.predict)."""
     was_on = keras.utils.is_interactive_logging_enabled()
     keras.utils.disable_interactive_logging()
     try:
-        return np.asarray(model.predict(z)), z
+        return np.asarray(model.predict(z))
     finally:
         if was_on:
             keras.utils.enable_interactive_logging()
+
+
+def training_params(model_uri: str) -> dict[str, str]:
+    """The params of the run that logged the model at ``model_uri`` ({} if it has none)."""
+    try:
+        run_id = mlflow.models.get_model_info(model_uri).run_id
+        return dict(mlflow.get_run(run_id).data.params) if run_id else {}
+    except (mlflow.exceptions.MlflowException, OSError):
+        return {}

@@ -130,6 +130,40 @@ class FittedDensity:
     info: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class FeatureOptions:
+    """What a feature extractor's factory receives.
+
+    source: the dataset the samples are compared with (a ``DataSource``).
+    dataset: how the user named it (``digits``, ``tfds:mnist``); with the source's spec, a
+        cache key for what the extractor learns from the data.
+    weights: ``--weights PATH``, or None for the extractor's own default.
+    cache_dir: a folder the extractor may keep files in between runs (``GANFLOW_CACHE_DIR``,
+        else ``~/.cache/ganflow``).
+    log: prints a progress line for the user (on stderr).
+    """
+
+    source: Any
+    dataset: str
+    weights: str | None = None
+    cache_dir: Any = None
+    log: Callable[[str], None] = print
+
+
+class FeatureExtractor(Protocol):
+    """What a feature extractor's factory returns.
+
+    ``extract(examples)`` maps a batch of examples (n, *spec.shape), as a dataset yields them,
+    to ``(features, classes)``: features (n, d) float, and the predicted class of each example
+    (n,) int, or None when the extractor does not classify. ``info`` holds facts worth logging
+    (the classifier's test accuracy, where its weights came from).
+    """
+
+    info: dict[str, Any]
+
+    def extract(self, examples): ...
+
+
 class Architecture(Protocol):
     """Builds the two networks for a dataset.
 

@@ -6,8 +6,6 @@ where the data has them.
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -41,23 +39,6 @@ def load_digits(options: ganflow.DatasetOptions) -> ganflow.DataSource:
     return ganflow.DataSource.from_arrays(images, digits.target, num_classes=10)
 
 
-def _reachable(address, timeout=5.0) -> bool:
-    """Whether a TCP connection opens within ``timeout`` seconds, DNS included."""
-    result = []
-
-    def probe():
-        try:
-            socket.create_connection(address, timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result)
-
-
 def load_tfds(options: ganflow.DatasetOptions) -> ganflow.DataSource:
     """A tensorflow-datasets image dataset's train split, e.g. tfds:mnist, tfds:cifar10."""
     import tensorflow as tf
@@ -71,7 +52,7 @@ def load_tfds(options: ganflow.DatasetOptions) -> ganflow.DataSource:
             f"tensorflow-datasets has no dataset {name!r}: see `tfds.list_builders()`"
         ) from None
     if not builder.is_prepared():
-        if not _reachable(TFDS_HOST):
+        if not ganflow.reachable(*TFDS_HOST):
             raise ganflow.UsageError(
                 f"tfds:{name} is not prepared in {builder.data_dir} and the network is "
                 f"unreachable: run `tfds build {name} --data_dir DIR` on a connected machine, "

@@ -14,6 +14,19 @@ from ganflow.plugins import load_plugins  # noqa: E402
 TINY = ["--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "16", "-q"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache(tmp_path_factory):
+    """One cache of trained domain classifiers for the whole session, never the user's."""
+    path = tmp_path_factory.mktemp("ganflow-cache")
+    saved = os.environ.get("GANFLOW_CACHE_DIR")
+    os.environ["GANFLOW_CACHE_DIR"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("GANFLOW_CACHE_DIR", None)
+    else:
+        os.environ["GANFLOW_CACHE_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def plugins():
     return load_plugins()

@@ -1,0 +1,163 @@
+"""Sample quality against a dataset: features from a plugin, metrics from ``ganflow.metrics``.
+
+An ``Evaluator`` is built once per dataset and feature extractor: it extracts the real
+examples' features (and keeps the data's class histogram) up front, so every later call only
+extracts the generated samples' features. ``ganflow evaluate`` builds one for a logged
+generator; ``ganflow run --eval-every N`` builds one before training starts and calls it
+every N epochs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ganflow import metrics
+from ganflow.errors import UsageError
+from ganflow.types import FeatureOptions
+
+DEFAULT_SAMPLES = 10_000
+# Examples per forward pass when generating or extracting features.
+CHUNK = 500
+# The order metrics are shown and logged in.
+METRIC_NAMES = ("fid", "kid", "kid_std", "precision", "recall", "class_coverage", "class_kl")
+LOWER_IS_BETTER = {"fid", "kid", "class_kl"}
+
+
+def cache_dir() -> Path:
+    """Where extractors keep what they learn: GANFLOW_CACHE_DIR, else ~/.cache/ganflow."""
+    if os.environ.get("GANFLOW_CACHE_DIR"):
+        return Path(os.environ["GANFLOW_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ganflow"
+
+
+def default_features(source) -> str:
+    """The domain classifier for labelled images, Inception for other images, raw points else."""
+    if not source.spec.is_image:
+        return "raw"
+    return "classifier" if source.labelled else "inception"
+
+
+def log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Evaluator:
+    """Scores generated samples against ``real`` examples' features; build with ``build``."""
+
+    features: str
+    extractor: Any
+    shape: tuple[int, ...]
+    real_features: np.ndarray
+    data_histogram: np.ndarray | None  # the data's class shares, when it has labels
+    seed: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.real_stats = metrics.statistics(self.real_features)
+
+    def __call__(self, samples: np.ndarray) -> dict[str, float]:
+        """The metrics of ``samples`` (n, *shape), by name (``METRIC_NAMES``)."""
+        samples = np.asarray(samples, np.float32)
+        if samples.shape[1:] != self.shape:
+            raise UsageError(f"the samples have shape {samples.shape[1:]}, the data "
+                             f"{self.shape}: evaluate against the dataset the model was trained on")
+        fake, classes = extract(self.extractor, samples)
+        fid = metrics.frechet_distance(*self.real_stats, *metrics.statistics(fake))
+        kid, kid_std = metrics.kid(self.real_features, fake, seed=self.seed)
+        precision, recall = metrics.precision_recall(self.real_features, fake)
+        out = {"fid": fid, "kid": kid, "kid_std": kid_std, "precision": precision,
+               "recall": recall}
+        if classes is not None and self.data_histogram is not None:
+            histogram = metrics.class_histogram(classes, len(self.data_histogram))
+            out["class_coverage"] = metrics.class_coverage(histogram, self.data_histogram)
+            out["class_kl"] = metrics.class_kl(histogram, self.data_histogram)
+        return out
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """What the numbers were measured with: the features, the reference, the extractor."""
+        return {"eval_features": self.features, "eval_real_examples": len(self.real_features),
+                "eval_feature_dim": self.real_features.shape[1],
+                **{f"eval_{k}": v for k, v in self.info.items()}}
+
+
+def build(plugins, source, dataset: str, features: str | None = None,
+          weights: str | None = None, real_examples: int = DEFAULT_SAMPLES, seed: int = 0,
+          log=log_to_stderr) -> Evaluator:
+    """An Evaluator for ``source`` (named ``dataset``), with ``real_examples`` real examples.
+
+    ``features`` names a registered extractor (default: ``default_features(source)``).
+    """
+    name = features or default_features(source)
+    entry = plugins.features.get(name)
+    options = FeatureOptions(source=source, dataset=dataset, weights=weights,
+                             cache_dir=cache_dir(), log=log)
+    extractor = entry.obj(options)
+    real, labels = reference(source, real_examples, seed)
+    real_features, _ = extract(extractor, real)
+    histogram = None
+    if labels is not None and source.spec.num_classes:
+        histogram = metrics.class_histogram(labels, source.spec.num_classes)
+    return Evaluator(name, extractor, tuple(source.spec.shape), real_features, histogram,
+                     seed=seed, info=dict(getattr(extractor, "info", {}) or {}))
+
+
+def reference(source, count: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to ``count`` real examples (and labels, when labelled), shuffled with ``seed``.
+
+    Shuffled because some sources are ordered by class (a folder of subfolders).
+    """
+    ds = source.dataset()
+    ds = ds.shuffle(min(source.spec.size, 20_000), seed=seed).take(count).batch(CHUNK)
+    parts = list(ds.as_numpy_iterator())
+    if not parts:
+        raise UsageError("the dataset has no examples to compare with")
+    if source.labelled:
+        return (np.concatenate([x for x, _ in parts]).astype(np.float32),
+                np.concatenate([y for _, y in parts]))
+    return np.concatenate(parts).astype(np.float32), None
+
+
+def extract(extractor, examples: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The extractor's (features, classes) for examples, a chunk at a time."""
+    features, classes = [], []
+    for start in range(0, len(examples), CHUNK):
+        f, c = extractor.extract(examples[start : start + CHUNK])
+        features.append(np.asarray(f, np.float64).reshape(len(f), -1))
+        classes.append(None if c is None else np.asarray(c))
+    got = np.concatenate(features)
+    return got, (None if any(c is None for c in classes) else np.concatenate(classes))
+
+
+def generate(generator, noise: np.ndarray) -> np.ndarray:
+    """A Keras generator's samples for ``noise``, a chunk at a time, in inference mode."""
+    import keras
+
+    return np.concatenate([
+        keras.ops.convert_to_numpy(generator(noise[start : start + CHUNK], training=False))
+        for start in range(0, len(noise), CHUNK)
+    ])
+
+
+def noise(count: int, latent_dim: int, seed: int) -> np.ndarray:
+    """The fixed evaluation noise: the same seed and size give the same samples."""
+    return np.random.default_rng([seed, 1]).standard_normal((count, latent_dim)).astype(np.float32)
+
+
+def format_table(values: dict[str, float]) -> str:
+    """Metrics one per line, in ``METRIC_NAMES`` order, each saying which way is better."""
+    lines = []
+    for name in METRIC_NAMES:
+        if name in values:
+            better = "lower is better" if name in LOWER_IS_BETTER else "higher is better"
+            better = "" if name == "kid_std" else f"  ({better})"
+            lines.append(f"  {name:<15}{values[name]:>12.4f}{better}")
+    return "\n".join(lines)

@@ -1,0 +1,226 @@
+"""Feature extractors for sample-quality metrics: ``classifier``, ``inception`` and ``raw``.
+
+- ``classifier``: a small CNN trained on the labelled dataset itself, cached per dataset; its
+  penultimate layer gives the features and its prediction the class. Offline, seconds to train.
+- ``inception``: keras.applications InceptionV3's 2048-d average-pooled features of images
+  resized to 299x299, the features FID was defined with. ImageNet weights from Keras's own
+  download (cached in ~/.keras/models) or ``--weights PATH``.
+- ``raw``: the examples themselves, flattened (toy points).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import ganflow
+
+# Bump when the classifier's architecture or training changes: old caches are then ignored.
+CLASSIFIER_VERSION = 1
+CLASSIFIER_SEED = 0
+CLASSIFIER_FEATURES = 128
+TEST_SHARE = 0.2
+MAX_TEST = 10_000
+# Roughly this many training updates, whatever the dataset's size (at least 3 epochs).
+CLASSIFIER_UPDATES = 1_000
+CLASSIFIER_BATCH = 64
+
+INCEPTION_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+INCEPTION_HOST = "storage.googleapis.com"
+INCEPTION_SIZE = 299
+
+
+class Classifier:
+    """The trained domain classifier: (penultimate features, predicted class) per example."""
+
+    def __init__(self, model, info):
+        self.model = model
+        self.info = info
+
+    def extract(self, examples):
+        features, logits = self.model(examples, training=False)
+        return np.asarray(features), np.asarray(logits).argmax(axis=1)
+
+
+def _classifier_model(shape, num_classes):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape)
+    # Small shifts, filled with the background (-1), so a digit off-centre is still a digit.
+    x = layers.RandomTranslation(0.08, 0.08, fill_mode="constant", fill_value=-1.0,
+                                 seed=CLASSIFIER_SEED)(inputs)
+    side, width = shape[0], 32
+    while True:
+        x = layers.Conv2D(width, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
+        side //= 2
+        if side <= 8:
+            break
+        width = min(width * 2, 128)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(0.3, seed=CLASSIFIER_SEED)(x)
+    features = layers.Dense(CLASSIFIER_FEATURES, activation="relu", name="features")(x)
+    logits = layers.Dense(num_classes, name="logits")(
+        layers.Dropout(0.3, seed=CLASSIFIER_SEED)(features))
+    return keras.Model(inputs, [features, logits], name="domain_classifier")
+
+
+def _load_labelled(source):
+    parts = list(source.dataset().batch(1024).as_numpy_iterator())
+    return (np.concatenate([x for x, _ in parts]).astype(np.float32),
+            np.concatenate([y for _, y in parts]).astype(np.int64))
+
+
+def _cache_key(options, x, y) -> str:
+    """The dataset's name, shape, size and a hash of its examples: a changed dataset retrains."""
+    digest = hashlib.sha256()
+    spec = options.source.spec
+    digest.update(json.dumps([CLASSIFIER_VERSION, options.dataset, list(spec.shape), spec.size,
+                              spec.num_classes]).encode())
+    digest.update(np.ascontiguousarray(x).tobytes())
+    digest.update(np.ascontiguousarray(y).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def train_classifier(x, y, num_classes, log=print):
+    """Train the domain classifier on (x, y); returns (model, info with test accuracy)."""
+    import keras
+
+    keras.utils.set_random_seed(CLASSIFIER_SEED)
+    order = np.random.default_rng(CLASSIFIER_SEED).permutation(len(x))
+    test_size = min(int(len(x) * TEST_SHARE), MAX_TEST)
+    test, train = order[:test_size], order[test_size:]
+    model = _classifier_model(x.shape[1:], num_classes)
+    trainer = keras.Model(model.input, model.outputs[1])
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=["accuracy"])
+    epochs = max(3, -(-CLASSIFIER_UPDATES * CLASSIFIER_BATCH // len(train)))  # ceil
+    log(f"Training the domain classifier: {len(train)} examples, {epochs} epochs, "
+        f"{len(test)} held out (cached for later evaluations)")
+    trainer.fit(x[train], y[train], batch_size=CLASSIFIER_BATCH, epochs=epochs, verbose=0,
+                shuffle=True)
+    _, accuracy = trainer.evaluate(x[test], y[test], batch_size=500, verbose=0)
+    info = {"classifier_test_accuracy": round(float(accuracy), 4),
+            "classifier_train_examples": len(train), "classifier_test_examples": len(test),
+            "classifier_epochs": epochs}
+    return model, info
+
+
+def classifier_features(options: ganflow.FeatureOptions) -> Classifier:
+    import keras
+
+    source = options.source
+    if not source.labelled:
+        raise ganflow.UsageError(
+            f"--features classifier needs a labelled dataset and {options.dataset} has no "
+            "labels: use --features inception"
+        )
+    if not source.spec.is_image:
+        raise ganflow.UsageError(f"--features classifier needs images; {options.dataset} has "
+                                 "points: use --features raw")
+    x, y = _load_labelled(source)
+    folder = Path(options.cache_dir) / "classifiers" / _cache_key(options, x, y)
+    if (folder / "info.json").is_file():
+        info = json.loads((folder / "info.json").read_text())
+        info.pop("dataset", None)
+        model = keras.models.load_model(folder / "classifier.keras")
+        options.log(f"Domain classifier for {options.dataset} from the cache {folder} "
+                    f"(test accuracy {info['classifier_test_accuracy']:.4f})")
+        return Classifier(model, info)
+
+    model, info = train_classifier(x, y, source.spec.num_classes, options.log)
+    options.log(f"Domain classifier for {options.dataset}: test accuracy "
+                f"{info['classifier_test_accuracy']:.4f}, cached in {folder}")
+    # Written to a temporary folder and renamed: two runs training at once never leave a
+    # half-written cache, and the second rename simply loses to the first.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
+    model.save(staging / "classifier.keras")
+    (staging / "info.json").write_text(json.dumps({**info, "dataset": options.dataset}, indent=2))
+    try:
+        os.rename(staging, folder)
+    except OSError:  # another process got there first
+        shutil.rmtree(staging, ignore_errors=True)
+    return Classifier(model, info)
+
+
+class Inception:
+    """InceptionV3's pool features (2048-d) of images resized to 299x299, in RGB."""
+
+    def __init__(self, model, info):
+        self.model = model
+        self.info = info
+
+    def extract(self, examples):
+        import tensorflow as tf
+
+        images = tf.image.resize(examples, (INCEPTION_SIZE, INCEPTION_SIZE), method="bilinear")
+        if images.shape[-1] == 1:
+            images = tf.image.grayscale_to_rgb(images)
+        # ganflow's images are in [-1, 1], which is what InceptionV3's preprocessing makes.
+        features = [self.model(images[i : i + 50], training=False).numpy()
+                    for i in range(0, len(examples), 50)]
+        return np.concatenate(features), None
+
+
+def keras_weights_path() -> Path:
+    """Where Keras keeps downloaded application weights."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models" / INCEPTION_FILE
+
+
+def inception_features(options: ganflow.FeatureOptions) -> Inception:
+    if not options.source.spec.is_image:
+        raise ganflow.UsageError(f"--features inception needs images; {options.dataset} has "
+                                 "points: use --features raw")
+    if options.weights:
+        weights = Path(options.weights).expanduser()
+        if not weights.is_file():
+            raise ganflow.UsageError(f"--weights {options.weights}: no such file")
+        source = str(weights)
+    elif keras_weights_path().is_file() or ganflow.reachable(INCEPTION_HOST):
+        source = "imagenet"
+    else:
+        raise ganflow.UsageError(
+            f"InceptionV3's ImageNet weights are not downloaded ({keras_weights_path()}) and "
+            f"{INCEPTION_HOST} cannot be reached: pass --weights PATH to a copy of "
+            f"{INCEPTION_FILE}, or use --features classifier (offline, on labelled data)"
+        )
+    import keras
+
+    try:
+        model = keras.applications.InceptionV3(
+            include_top=False, weights=None if source != "imagenet" else "imagenet",
+            input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3), pooling="avg")
+        if source != "imagenet":
+            model.load_weights(source)
+    except (ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ganflow.UsageError(f"cannot load InceptionV3 weights from {source}: {first}") from None
+    return Inception(model, {"inception_weights": source})
+
+
+class Raw:
+    """The examples themselves, flattened."""
+
+    info: dict = {}
+
+    def extract(self, examples):
+        return np.asarray(examples).reshape(len(examples), -1), None
+
+
+@ganflow.hookimpl
+def ganflow_register_feature_extractors(register):
+    register("classifier", classifier_features,
+             "a small CNN trained on the labelled dataset, cached (default on labelled images)")
+    register("inception", inception_features,
+             "InceptionV3 2048-d pool features at 299x299 (ImageNet weights or --weights)")
+    register("raw", lambda options: Raw(), "the examples themselves, flattened (toy points)")

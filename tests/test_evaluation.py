@@ -1,0 +1,250 @@
+"""ganflow evaluate, feature extractors, --eval-every and the champion alias, end to end."""
+
+import json
+import textwrap
+import threading
+import time
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from conftest import TINY, write_plugin
+from ganflow import tracking
+from ganflow.types import DatasetOptions, FeatureOptions
+
+EVAL = ["--eval-every", "1", "--eval-samples", "200"]
+
+BLOBS = textwrap.dedent('''
+    import numpy as np
+    import ganflow
+
+    def load_blobs(options):
+        """96 unlabelled 8x8 images: a bright square at one of 16 places."""
+        x = np.full((96, 8, 8, 1), -1.0, np.float32)
+        for i in range(96):
+            r, c = divmod(i % 16, 4)
+            x[i, 2 * r:2 * r + 2, 2 * c:2 * c + 2] = 1.0
+        return ganflow.DataSource.from_arrays(x)
+
+    class RowMeans:
+        """Features: each row's mean brightness."""
+        info = {"rows": "mean"}
+
+        def extract(self, examples):
+            return examples.mean(axis=(2, 3)), None
+
+    @ganflow.hookimpl
+    def ganflow_register_datasets(register):
+        register("blobs", load_blobs, "bright squares, no labels")
+
+    @ganflow.hookimpl
+    def ganflow_register_feature_extractors(register):
+        register("row-means", lambda options: RowMeans(), "each row's mean brightness")
+''')
+
+
+@pytest.fixture
+def blobs(tmp_path):
+    return write_plugin(tmp_path / "blobs.py", BLOBS)
+
+
+@pytest.fixture
+def digits(plugins):
+    return plugins.datasets.get("digits").obj(DatasetOptions())
+
+
+def test_digits_classifier_is_accurate_and_cached(plugins, digits, feature_cache):
+    lines = []
+    options = FeatureOptions(digits, "digits", cache_dir=feature_cache, log=lines.append)
+    first = plugins.features.get("classifier").obj(options)
+    assert first.info["classifier_test_accuracy"] >= 0.95
+    assert first.info["classifier_test_examples"] == 359  # a fifth of 1,797, held out
+
+    x, y = next(digits.dataset().batch(300).as_numpy_iterator())
+    features, classes = first.extract(x)
+    assert features.shape == (300, 128) and classes.shape == (300,)
+    assert np.mean(classes == y) >= 0.95
+
+    again = plugins.features.get("classifier").obj(options)
+    assert "from the cache" in lines[-1] and again.info == first.info
+    np.testing.assert_allclose(again.extract(x)[0], features, rtol=1e-5, atol=1e-5)
+    (cached,) = (feature_cache / "classifiers").iterdir()
+    assert sorted(p.name for p in cached.iterdir()) == ["classifier.keras", "info.json"]
+
+
+def test_evaluate_a_registered_generator(cli, workdir):
+    assert cli("run", *TINY).exit_code == 0
+    result = cli("evaluate", "models:/dcgan-generator@latest", "-n", "200", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    # The dataset comes from the run that trained the model; 200 real digits to compare with.
+    assert (report["dataset"], report["features"]) == ("digits", "classifier")
+    assert (report["samples"], report["real_examples"]) == (200, 200)
+    values = report["metrics"]
+    assert set(values) == {"fid", "kid", "kid_std", "precision", "recall", "class_coverage",
+                           "class_kl"}
+    assert values["fid"] > 10  # six generator updates make no digits
+    assert 0 <= values["precision"] <= 1 and 0 <= values["class_coverage"] <= 1
+    assert report["info"]["classifier_test_accuracy"] >= 0.95
+
+    # The same seed gives the same numbers; the table shows them.
+    table = cli("evaluate", "models:/dcgan-generator/1", "-n", "200", "--dataset", "digits")
+    assert table.exit_code == 0, table.output
+    (fid_line,) = [line for line in table.stdout.splitlines() if line.split()[0] == "fid"]
+    assert fid_line.split() == ["fid", f"{values['fid']:.4f}", "(lower", "is", "better)"]
+    assert "classifier features (128-d)" in table.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--features", "inceptoin"], "unknown feature extractor 'inceptoin'; known: classifier, "
+                                  "inception, raw (did you mean 'inception'?)"),
+    (["--image-size", "16"], "makes samples of shape (32, 32, 1) but digits has examples of "
+                             "shape (16, 16, 1)"),
+    (["--dataset", "ring8"], "makes samples of shape (32, 32, 1) but ring8 has examples of "
+                             "shape (2,)"),
+    (["--features", "inception", "--weights", "nope.h5"], "--weights nope.h5: no such file"),
+])
+def test_evaluate_mistakes_are_one_line(cli, workdir, args, message):
+    assert cli("run", *TINY).exit_code == 0
+    result = cli("evaluate", "models:/dcgan-generator/1", "-n", "50", *args)
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_inception_offline_without_weights_fails_within_seconds(cli, workdir, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(workdir / "empty-keras-home"))
+    assert cli("run", *TINY).exit_code == 0
+    started = time.perf_counter()
+    result = cli("evaluate", "models:/dcgan-generator/1", "--features", "inception")
+    assert time.perf_counter() - started < 15
+    assert result.exit_code == 2
+    assert "InceptionV3's ImageNet weights are not downloaded" in result.stderr
+    assert "use --features classifier" in result.stderr
+
+
+@pytest.mark.slow
+def test_inception_features_from_a_weights_file(cli, workdir):
+    import keras
+
+    # The real InceptionV3 with its own (random) initial weights: the ImageNet file is not
+    # downloadable here, and the path is the same.
+    weights = workdir / "inception.weights.h5"
+    keras.applications.InceptionV3(include_top=False, weights=None, pooling="avg",
+                                   input_shape=(299, 299, 3)).save_weights(weights)
+    assert cli("run", *TINY).exit_code == 0
+    result = cli("evaluate", "models:/dcgan-generator/1", "-n", "20", "--features", "inception",
+                 "--weights", weights, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["features"] == "inception" and report["info"]["inception_weights"] == str(weights)
+    assert report["metrics"]["fid"] > 0 and "class_coverage" not in report["metrics"]
+
+
+def test_run_evaluates_tags_the_version_and_names_a_champion(cli, workdir):
+    result = cli("run", *TINY[:-1], *EVAL, "--ema", "0.9")  # not -q: evaluations are printed
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    run_id = run.info.run_id
+    # Before training and after each of the two epochs, at the last generator update's step.
+    fids = client.get_metric_history(run_id, "eval/fid")
+    assert [m.step for m in fids] == [0, 3, 6]
+    no_ema = client.get_metric_history(run_id, "eval_no_ema/fid")
+    assert [m.step for m in no_ema] == [0, 3, 6]
+    assert no_ema[0].value == pytest.approx(fids[0].value)  # the same weights before training
+    assert no_ema[-1].value != fids[-1].value
+    for name in ("kid", "precision", "recall", "class_coverage", "class_kl"):
+        assert len(client.get_metric_history(run_id, f"eval/{name}")) == 3
+    assert run.data.params["eval_features"] == "classifier"
+    assert float(run.data.params["eval_classifier_test_accuracy"]) >= 0.95
+    assert run.data.params["eval_real_examples"] == "200"
+
+    version = client.get_model_version("dcgan-generator", "1")
+    assert float(version.tags["fid"]) == pytest.approx(fids[-1].value, rel=1e-5)
+    assert float(version.tags["fid_no_ema"]) == pytest.approx(no_ema[-1].value, rel=1e-5)
+    assert (version.tags["eval_features"], version.tags["eval_dataset"],
+            version.tags["eval_samples"]) == ("classifier", "digits", "200")
+    assert "d_loss" in version.tags and "class_coverage" in version.tags
+    champion = client.get_model_version_by_alias("dcgan-generator", "champion")
+    assert int(champion.version) == 1
+    assert "champion: models:/dcgan-generator@champion is now version 1" in result.stdout
+    assert [line.split(":")[0] for line in result.stdout.splitlines()
+            if line.startswith("evaluation")] == [f"evaluation after epoch {e}" for e in (0, 1, 2)]
+
+    sampled = cli("sample", "models:/dcgan-generator@champion", "-n", "4", "--npz", "-o", "c.npz")
+    assert sampled.exit_code == 0, sampled.output
+    assert np.load(workdir / "c.npz")["samples"].shape == (4, 32, 32, 1)
+
+
+def test_champion_is_the_best_fid_across_runs_and_only_among_comparable_ones(cli, workdir):
+    for seed in (0, 1, 2):
+        assert cli("run", *TINY, *EVAL, "--seed", seed).exit_code == 0
+    client = MlflowClient()
+    versions = client.search_model_versions("name='dcgan-generator'")
+    best = min(versions, key=lambda v: float(v.tags["fid"]))
+    assert client.get_model_version_by_alias("dcgan-generator", "champion").version == best.version
+
+    # FIDs on other features do not compare: the champion stays, and says why.
+    other = cli("run", *TINY, *EVAL, "--features", "raw")
+    assert other.exit_code == 0, other.output
+    assert client.get_model_version_by_alias("dcgan-generator", "champion").version == best.version
+    assert "stays version" in other.stdout and "other features" in other.stdout
+
+
+def test_champion_is_never_lost_when_runs_finish_together(workdir):
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/race.db")
+    client = MlflowClient()
+    client.create_registered_model("raced")
+    rng = np.random.default_rng(0)
+    for round_ in range(3):
+        # Eight versions finish at once, registered first, then all promoted together.
+        fids = rng.uniform(10, 100, 8)
+        group = {"eval_features": "classifier", "eval_dataset": "digits", "eval_samples": "200"}
+        versions = [
+            int(client.create_model_version("raced", str(workdir), tags={**group, "fid": f"{f}"}).version)
+            for f in fids
+        ]
+        barrier = threading.Barrier(len(versions))
+        errors = []
+
+        def finish(version):
+            barrier.wait()
+            try:
+                tracking.promote_champion("raced", version)
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=finish, args=(v,)) for v in versions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        every = client.search_model_versions("name='raced'")
+        best = min(every, key=lambda v: (float(v.tags["fid"]), int(v.version)))
+        assert client.get_model_version_by_alias("raced", "champion").version == best.version, round_
+
+
+def test_unlabelled_data_and_third_party_features(cli, workdir, blobs, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(workdir / "empty-keras-home"))
+    base = ["run", "--plugin-module", blobs, "--dataset", "blobs", "--batch-size", "16", *TINY[:4], "-q", *EVAL[:2], "--eval-samples", "40"]
+    # No labels: the classifier cannot be trained, and the default (inception) has no weights.
+    refused = cli(*base, "--features", "classifier")
+    assert refused.exit_code == 2
+    assert "blobs has no labels: use --features inception" in refused.stderr
+    default = cli(*base)
+    assert default.exit_code == 2 and "--features classifier" in default.stderr
+    assert mlflow.search_runs(experiment_names=["ganflow"], output_format="list") == []
+
+    listed = json.loads(cli("plugins", "--plugin-module", blobs, "--json").stdout)
+    extractors = {row["name"]: row["plugin"] for row in listed["feature extractors"]}
+    assert extractors["row-means"] == blobs and extractors["classifier"] == "ganflow_plugins.features"
+
+    ran = cli(*base, "--features", "row-means")
+    assert ran.exit_code == 0, ran.output
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    assert run.data.params["eval_features"] == "row-means" and run.data.params["eval_rows"] == "mean"
+    assert run.data.tags["ganflow.plugin.features"] == blobs
+    assert "eval/fid" in run.data.metrics and "eval/class_coverage" not in run.data.metrics

@@ -39,7 +39,7 @@ HELP = {
     "jit": "XLA compilation: auto lets Keras decide (on for a GPU)",
     "log_every": "log metrics to MLflow every N generator updates",
     "eval_every": "every N epochs (and before the first and after the last), log FID, KID, "
-                  "precision/recall and class coverage",
+                  "precision/recall and class coverage; 0: never",
     "eval_samples": "generated samples (and real examples, up to the data's size) per evaluation",
     "features": "feature extractor for evaluation: classifier, inception, raw or a plugin's "
                 "(default: classifier on labelled images, inception on other images)",
@@ -145,7 +145,8 @@ def run(recipe, config_file, plugin_modules, quiet, **flags):
     flags["plugin_modules"] = plugin_modules or None
     config = resolve_config(plugins, recipe, config_file, flags)
     result = run_gan(config, plugins, verbose=0 if quiet else 1,
-                     report=None if quiet else click.echo)
+                     report=None if quiet else click.echo,
+                     eval_optional=not asked_for("eval_every", config_file, flags))
 
     state = "interrupted" if result.interrupted else "finished"
     click.echo(f"\nRun {result.run_id} {state} in {result.seconds:.0f} s "
@@ -166,6 +167,13 @@ def run(recipe, config_file, plugin_modules, quiet, **flags):
     click.echo(f"  browse:  {ui_command(result.tracking_uri)}")
     if result.interrupted:
         sys.exit(130)
+
+
+def asked_for(key: str, config_file: str | None, flags: dict) -> bool:
+    """Whether the user set ``key`` (by flag or config file) rather than the recipe."""
+    from ganflow.config import load_config_file
+
+    return flags.get(key) is not None or bool(config_file and key in load_config_file(config_file))
 
 
 def champion_line(model_name: str, version: int, champion) -> str:

@@ -82,7 +82,7 @@ _MINIMUMS = {
     "latent_dim": 1,
     "steps_per_epoch": 1,
     "log_every": 1,
-    "eval_every": 1,
+    "eval_every": 0,
     "eval_samples": 10,
     "samples": 1,
     "image_size": 4,

@@ -110,20 +110,35 @@ def build(plugins, source, dataset: str, features: str | None = None,
                      seed=seed, info=dict(getattr(extractor, "info", {}) or {}))
 
 
-def reference(source, count: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Up to ``count`` real examples (and labels, when labelled), shuffled with ``seed``.
+# Real examples are drawn from at most this many times as many examples as are needed.
+REFERENCE_SPAN = 5
 
-    Shuffled because some sources are ordered by class (a folder of subfolders).
+
+def reference(source, count: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to ``count`` real examples (and labels, when labelled), drawn with ``seed``.
+
+    A reservoir sample of the first ``REFERENCE_SPAN * count`` examples, drawn with NumPy so
+    the same seed gives the same examples whatever TensorFlow's global seed (a run sets it, a
+    later ``ganflow evaluate`` does not); drawn because some sources are ordered by class.
     """
-    ds = source.dataset()
-    ds = ds.shuffle(min(source.spec.size, 20_000), seed=seed).take(count).batch(CHUNK)
-    parts = list(ds.as_numpy_iterator())
-    if not parts:
+    rng = np.random.default_rng([seed, 2])
+    kept_x, kept_y, seen = [], [], 0
+    stream = source.dataset().take(REFERENCE_SPAN * count).batch(CHUNK)
+    for batch in stream.as_numpy_iterator():
+        xs, ys = batch if source.labelled else (batch, None)
+        for i in range(len(xs)):
+            if seen < count:
+                kept_x.append(xs[i])
+                kept_y.append(None if ys is None else ys[i])
+            else:
+                slot = rng.integers(0, seen + 1)
+                if slot < count:
+                    kept_x[slot], kept_y[slot] = xs[i], (None if ys is None else ys[i])
+            seen += 1
+    if not kept_x:
         raise UsageError("the dataset has no examples to compare with")
-    if source.labelled:
-        return (np.concatenate([x for x, _ in parts]).astype(np.float32),
-                np.concatenate([y for _, y in parts]))
-    return np.concatenate(parts).astype(np.float32), None
+    x = np.stack(kept_x).astype(np.float32)
+    return x, (np.asarray(kept_y) if source.labelled else None)
 
 
 def extract(extractor, examples: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -52,9 +52,17 @@ class Prepared:
     evaluator: Any = None  # an evaluation.Evaluator with --eval-every
 
 
-def prepare(config: RunConfig, plugins: Plugins) -> Prepared:
+def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False,
+            notice=None) -> Prepared:
+    """Build and check everything a run needs.
+
+    With ``eval_optional`` (the recipe, not the user, asked for ``--eval-every``), a dataset
+    without labels is not evaluated: its default features, InceptionV3, would download weights
+    and take most of an hour per evaluation on a CPU. ``notice`` receives a line saying so.
+    """
     import keras
 
+    from ganflow import evaluation
     from ganflow.data import batches_per_pass
     from ganflow.gan import GAN
 
@@ -89,9 +97,12 @@ def prepare(config: RunConfig, plugins: Plugins) -> Prepared:
         "ganflow.plugin.dataset": dataset.plugin,
     }
     evaluator = None
-    if config.eval_every:
-        from ganflow import evaluation
-
+    inception_by_default = not config.features and evaluation.default_features(source) == "inception"
+    if config.eval_every and eval_optional and inception_by_default:
+        (notice or evaluation.log_to_stderr)(
+            f"Not evaluating: {config.dataset} has no labels for the domain classifier; pass "
+            "--eval-every N --features inception to evaluate with InceptionV3")
+    elif config.eval_every:
         # Before the run starts: missing weights or unlabelled data must cost seconds.
         evaluator = evaluation.build(plugins, source, config.dataset, config.features,
                                      config.feature_weights, config.eval_samples, config.seed)
@@ -125,12 +136,14 @@ def _data_params(source) -> dict[str, Any]:
     }
 
 
-def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None) -> RunResult:
+def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
+        eval_optional: bool = False) -> RunResult:
     """Train, track and register; Ctrl-C stops training and still logs the generator.
 
     An architecture with ``fit`` (maximum likelihood) is fitted instead of trained as a GAN.
     With ``--eval-every``, the registered version is tagged with its metrics and becomes the
     ``champion`` if its FID is the best; ``report`` receives a line per evaluation.
+    ``eval_optional``: see ``prepare``.
     """
     import mlflow
     import numpy as np
@@ -141,7 +154,7 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None) -> R
     arch, architecture = plugins.architecture(config.arch)
     if callable(getattr(architecture, "fit", None)):
         return run_maximum_likelihood(config, plugins, arch, architecture)
-    prepared = prepare(config, plugins)
+    prepared = prepare(config, plugins, eval_optional)
     gan, source = prepared.gan, prepared.source
     tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
     extra_params = _data_params(source)

@@ -88,6 +88,7 @@ def ganflow_register_recipes(register):
             "lr_g": 2e-4,
             "lr_d": 2e-4,
             "beta1": 0.5,
+            "eval_every": 25,
         },
-        "DCGAN on the bundled 32x32 digits; a few minutes on a laptop CPU",
+        "DCGAN on the bundled 32x32 digits, FID every 25 epochs; a few minutes on a laptop CPU",
     )

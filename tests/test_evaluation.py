@@ -173,6 +173,12 @@ def test_run_evaluates_tags_the_version_and_names_a_champion(cli, workdir):
     assert [line.split(":")[0] for line in result.stdout.splitlines()
             if line.startswith("evaluation")] == [f"evaluation after epoch {e}" for e in (0, 1, 2)]
 
+    # ganflow evaluate draws the same noise and real examples: the same numbers, later.
+    again = json.loads(cli("evaluate", "models:/dcgan-generator@champion", "-n", "200",
+                           "--json").stdout)["metrics"]
+    for name in ("fid", "kid", "precision", "recall", "class_coverage"):
+        assert again[name] == pytest.approx(float(version.tags[name]), rel=1e-4, abs=1e-6), name
+
     sampled = cli("sample", "models:/dcgan-generator@champion", "-n", "4", "--npz", "-o", "c.npz")
     assert sampled.exit_code == 0, sampled.output
     assert np.load(workdir / "c.npz")["samples"].shape == (4, 32, 32, 1)
@@ -229,7 +235,8 @@ def test_champion_is_never_lost_when_runs_finish_together(workdir):
 
 def test_unlabelled_data_and_third_party_features(cli, workdir, blobs, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(workdir / "empty-keras-home"))
-    base = ["run", "--plugin-module", blobs, "--dataset", "blobs", "--batch-size", "16", *TINY[:4], "-q", *EVAL[:2], "--eval-samples", "40"]
+    base = ["run", "--plugin-module", blobs, "--dataset", "blobs", "--batch-size", "16",
+            *TINY[:4], "-q", *EVAL[:2], "--eval-samples", "40"]
     # No labels: the classifier cannot be trained, and the default (inception) has no weights.
     refused = cli(*base, "--features", "classifier")
     assert refused.exit_code == 2
@@ -241,6 +248,14 @@ def test_unlabelled_data_and_third_party_features(cli, workdir, blobs, monkeypat
     listed = json.loads(cli("plugins", "--plugin-module", blobs, "--json").stdout)
     extractors = {row["name"]: row["plugin"] for row in listed["feature extractors"]}
     assert extractors["row-means"] == blobs and extractors["classifier"] == "ganflow_plugins.features"
+
+    # The dcgan recipe evaluates every 25 epochs; on data without labels it trains without.
+    unasked = cli(*base[:-4])
+    assert unasked.exit_code == 0, unasked.output
+    assert "Not evaluating: blobs has no labels" in unasked.stderr
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    assert not [k for k in run.data.metrics if k.startswith("eval")]
+    mlflow.delete_run(run.info.run_id)
 
     ran = cli(*base, "--features", "row-means")
     assert ran.exit_code == 0, ran.output

@@ -37,7 +37,7 @@ def main():
     from ganflow.runner import prepare, resolve_config
 
     plugins = load_plugins()
-    flags = {"batch_size": args.batch_size, "d_steps": args.d_steps}
+    flags = {"batch_size": args.batch_size, "d_steps": args.d_steps, "eval_every": 0}
     variants = {}
     for jit in ("off", "on"):
         config = resolve_config(plugins, args.plugin, None, {**flags, "jit": jit})

@@ -151,8 +151,13 @@ def run(recipe, config_file, plugin_modules, quiet, **flags):
     state = "interrupted" if result.interrupted else "finished"
     click.echo(f"\nRun {result.run_id} {state} in {result.seconds:.0f} s "
                f"(experiment {result.experiment!r}, tracking {result.tracking_uri})")
-    if result.metrics:
-        click.echo("  final:   " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    training = {k: v for k, v in result.metrics.items() if not k.startswith("eval")}
+    quality = {k: v for k, v in result.metrics.items() if k.startswith("eval")}
+    if training:
+        click.echo("  final:   " + ", ".join(f"{k} {v:.4f}" for k, v in training.items()))
+    if quality:
+        click.echo("  quality: " + ", ".join(f"{k.removeprefix('eval/')} {v:.4g}"
+                                             for k, v in quality.items()))
     click.echo(f"  samples: {result.samples_path}")
     uri_flag = f" --tracking-uri {config.tracking_uri}" if config.tracking_uri else ""
     if result.model_version:

@@ -184,6 +184,20 @@ def test_run_evaluates_tags_the_version_and_names_a_champion(cli, workdir):
     assert np.load(workdir / "c.npz")["samples"].shape == (4, 32, 32, 1)
 
 
+@pytest.mark.slow
+def test_fid_falls_as_the_dcgan_recipe_trains(cli, workdir):
+    result = cli("run", "--plugin", "dcgan", "--epochs", "10", "--eval-every", "5",
+                 "--eval-samples", "2000", "-q")
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    fids = MlflowClient().get_metric_history(run.info.run_id, "eval/fid")
+    assert [m.step for m in fids] == [0, 280, 560]  # 56 generator updates per epoch
+    untrained, five, ten = (m.value for m in fids)
+    assert five < untrained / 3 and ten < five
+    coverage = MlflowClient().get_metric_history(run.info.run_id, "eval/class_coverage")
+    assert coverage[0].value <= 0.2 and coverage[-1].value >= 0.9
+
+
 def test_champion_is_the_best_fid_across_runs_and_only_among_comparable_ones(cli, workdir):
     for seed in (0, 1, 2):
         assert cli("run", *TINY, *EVAL, "--seed", seed).exit_code == 0

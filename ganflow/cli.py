@@ -54,8 +54,8 @@ HELP = {
 }
 CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
 METAVARS = {"ema": "DECAY", "eval_every": "N", "eval_samples": "N", "features": "NAME",
-            "feature_weights": "PATH", "arch": "NAME", "loss": "NAME", "dataset": "NAME[:ARG]", "data_dir": "DIR",
-            "output_dir": "DIR", "tracking_uri": "URI", "experiment": "NAME",
+            "feature_weights": "PATH", "arch": "NAME", "loss": "NAME", "dataset": "NAME[:ARG]",
+            "data_dir": "DIR", "output_dir": "DIR", "tracking_uri": "URI", "experiment": "NAME",
             "registered_model": "NAME"}
 
 
@@ -310,13 +310,13 @@ def evaluate(model_uri, dataset, count, features, weights, seed, data_dir, image
     dataset = dataset or trained_on.get("dataset")
     if not dataset:
         raise UsageError(f"{model_uri} does not say what it was trained on: pass --dataset NAME")
-    if image_size is None and trained_on.get("dataset") == dataset and trained_on.get("image_size"):
-        image_size = int(trained_on["image_size"])
+    if trained_on.get("dataset") == dataset:  # its image size and data folder too
+        image_size = image_size or int(trained_on.get("image_size") or 0) or None
+        data_dir = data_dir or trained_on.get("data_dir") or None
     entry, argument = plugins.dataset(dataset)
     if features:
         plugins.features.get(features)
-    source = entry.obj(DatasetOptions(argument, data_dir or trained_on.get("data_dir") or None,
-                                      image_size))
+    source = entry.obj(DatasetOptions(argument, data_dir, image_size))
     made = tracking.sample_shape(model)
     if made != tuple(source.spec.shape):
         raise UsageError(f"{model_uri} makes samples of shape {made} but {dataset} has "

@@ -52,13 +52,13 @@ class Prepared:
     evaluator: Any = None  # an evaluation.Evaluator with --eval-every
 
 
-def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False,
-            notice=None) -> Prepared:
+def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False) -> Prepared:
     """Build and check everything a run needs.
 
-    With ``eval_optional`` (the recipe, not the user, asked for ``--eval-every``), a dataset
-    without labels is not evaluated: its default features, InceptionV3, would download weights
-    and take most of an hour per evaluation on a CPU. ``notice`` receives a line saying so.
+    With ``eval_optional`` (the recipe, not the user, asked for ``--eval-every``), images
+    without labels are not evaluated, with a line on stderr that says so: their default
+    features, InceptionV3's, would download weights and take a quarter of an hour per
+    evaluation on a CPU.
     """
     import keras
 
@@ -99,7 +99,7 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False,
     evaluator = None
     inception_by_default = not config.features and evaluation.default_features(source) == "inception"
     if config.eval_every and eval_optional and inception_by_default:
-        (notice or evaluation.log_to_stderr)(
+        evaluation.log_to_stderr(
             f"Not evaluating: {config.dataset} has no labels for the domain classifier; pass "
             "--eval-every N --features inception to evaluate with InceptionV3")
     elif config.eval_every:

@@ -87,14 +87,13 @@ class SampleView:
                 self.real = np.stack([x for x in source.examples().take(len(noise)).as_numpy_iterator()])
 
     def __call__(self, generator, path: Path, title: str) -> tuple[Path, dict[str, float]]:
-        def generate(z):
-            return keras.ops.convert_to_numpy(generator(z, training=False))
+        from ganflow.evaluation import generate
 
         if self.is_image:
-            return save_grid(generate(self.noise), path), {}
+            return save_grid(generate(generator, self.noise), path), {}
         from ganflow import toy
 
-        points = generate(self.eval_noise)
+        points = generate(generator, self.eval_noise)
         metrics = {}
         if self.density is not None:
             metrics = toy.toy_metrics(points, self.density)
@@ -215,13 +214,12 @@ class EvaluationLogger(keras.callbacks.Callback):
     def _evaluate(self, epoch: int) -> None:
         from ganflow.evaluation import generate
 
-        generators = {"eval": self.model.sampling_generator}
+        values = self.evaluator(generate(self.model.sampling_generator, self.noise))
+        logged = {f"eval/{k}": v for k, v in values.items()}
         if self.model.ema_generator is not None:
-            generators["eval_no_ema"] = self.model.generator
-        logged = {}
-        for prefix, generator in generators.items():
-            values = self.evaluator(generate(generator, self.noise))
-            logged.update({f"{prefix}/{k}": v for k, v in values.items()})
+            if epoch > 0:  # before training the average is G itself
+                values = self.evaluator(generate(self.model.generator, self.noise))
+            logged.update({f"eval_no_ema/{k}": v for k, v in values.items()})
         mlflow.log_metrics(logged, step=epoch * self.steps_per_epoch)
         self.last = logged
         shown = ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in logged.items()

@@ -5,9 +5,9 @@
     python bench/bench_evaluate.py --model-uri models:/dcgan-generator@champion
 
 The generator is the dcgan recipe's (untrained, unless --model-uri names a logged one); the
-data is the bundled digits; the features are the domain classifier's (trained once and
-cached first; with --cold it is trained and timed). After one warm-up evaluation, each of --repeats rounds
-times: generating the samples, then everything `ganflow evaluate` does with them (features,
+data is the bundled digits; the features are the domain classifier's (loaded from the cache,
+or with --cold trained and timed first). After one warm-up evaluation, each of --repeats
+rounds times: generating the samples, then everything `ganflow evaluate` does with them (features,
 FID, KID, precision/recall, class coverage), and each stage alone on the same features.
 Reported: median seconds (min-max), and each stage's ratio to generating the samples,
 measured in the same run.

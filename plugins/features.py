@@ -198,7 +198,7 @@ def inception_features(options: ganflow.FeatureOptions) -> Inception:
 
     try:
         model = keras.applications.InceptionV3(
-            include_top=False, weights=None if source != "imagenet" else "imagenet",
+            include_top=False, weights="imagenet" if source == "imagenet" else None,
             input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3), pooling="avg")
         if source != "imagenet":
             model.load_weights(source)

@@ -39,7 +39,7 @@ def main():
 
     import keras
 
-    from ganflow import evaluation, metrics, tracking
+    from ganflow import evaluation, metrics, models, noise
     from ganflow.plugins import load_plugins
     from ganflow.runner import prepare, resolve_config
 
@@ -47,10 +47,10 @@ def main():
     config = resolve_config(plugins, "dcgan", None, {"eval_every": 0})
     prepared = prepare(config, plugins)
     if args.model_uri:
-        model, latent_dim = tracking.load_sampler(args.model_uri)
+        model, latent_dim = models.load_sampler(args.model_uri)
 
         def generate(z):
-            return tracking.predict_quietly(model, z)
+            return models.predict_quietly(model, z)
     else:
         latent_dim = config.latent_dim
 
@@ -61,7 +61,7 @@ def main():
     evaluator = evaluation.build(plugins, prepared.source, config.dataset, args.features,
                                  real_examples=args.count, log=lambda line: None)
     first_use = time.perf_counter() - started
-    z = evaluation.noise(args.count, latent_dim, seed=0)
+    z = noise.latent(args.count, latent_dim, 0, "eval")
     evaluator(generate(z[:1000]))  # warm-up: tracing, first calls
 
     def clock(function, *arguments):

@@ -42,11 +42,10 @@ def main():
     for jit in ("off", "on"):
         config = resolve_config(plugins, args.plugin, None, {**flags, "jit": jit})
         prepared = prepare(config, plugins)
-        pipeline = training_pipeline(prepared.source, config.batch_size, config.d_steps,
-                                     config.seed)
+        pipeline = training_pipeline(prepared.source, prepared.per_step, config.seed)
         prepared.gan.fit(pipeline, epochs=1, steps_per_epoch=args.warmup, verbose=0,
                          shuffle=False)
-        variants[f"jit={jit}"] = (prepared.gan, pipeline, config)
+        variants[f"jit={jit}"] = (prepared.gan, pipeline, prepared)
 
     times = {name: [] for name in variants}
     for _ in range(args.repeats):
@@ -55,7 +54,8 @@ def main():
             gan.fit(pipeline, epochs=1, steps_per_epoch=args.steps, verbose=0, shuffle=False)
             times[name].append((time.perf_counter() - started) / args.steps * 1000)
 
-    config = next(iter(variants.values()))[2]
+    prepared = next(iter(variants.values()))[2]
+    config = prepared.config
     print(f"recipe {args.plugin}: batch {config.batch_size} x d-steps {config.d_steps}, "
           f"keras {keras.__version__}, {os.cpu_count()} CPUs; {args.repeats} windows of "
           f"{args.steps} steps after {args.warmup} warm-up steps")
@@ -63,7 +63,7 @@ def main():
     print(f"{'variant':<10}{'ms/step':>10}{'min-max':>16}{'examples/s':>12}{'ratio':>8}")
     for name, values in times.items():
         median = statistics.median(values)
-        examples = config.batch_size * config.d_steps / (median / 1000)  # real ones consumed
+        examples = prepared.per_step / (median / 1000)  # real ones consumed
         print(f"{name:<10}{median:>10.1f}{min(values):>8.1f}-{max(values):<7.1f}"
               f"{examples:>12.0f}{median / baseline:>8.2f}")
 

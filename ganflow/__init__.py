@@ -3,8 +3,12 @@
 The public API, for users and plugin authors:
 - ``GAN``: the keras.Model that trains a generator against a discriminator.
 - ``hookimpl``: marks a plugin's hook implementations (see ``ganflow.hookspecs``).
-- ``Loss``, ``DataSpec``, ``DataSource``, ``DatasetOptions``, ``Architecture``,
-  ``FittedDensity``, ``FeatureOptions``, ``FeatureExtractor``: what plugins receive and return.
+- ``Step``, ``StepLoss``, ``Loss``, ``Regularizer``, ``Regularization``: what losses and
+  regularizers are and receive; ``value_function`` and ``LOG_4``: the lecture's V(G, D).
+- ``Setting``: a plugin's declared setting (``--loss NAME:key=value``).
+- ``TrainingSetup``: what a trainer receives.
+- ``DataSpec``, ``DataSource``, ``DatasetOptions``, ``Architecture``, ``FittedDensity``,
+  ``FeatureOptions``, ``FeatureExtractor``: what the other plugins receive and return.
 - ``reachable(host, port)``: whether the network answers, so a download fails fast offline.
 - ``Mixture``: a Gaussian mixture with a known density (toy data, fixed P_G's, exact JSD).
 - ``GanflowError``, ``UsageError``, ``PluginError``: errors a user can act on.
@@ -15,6 +19,9 @@ import pluggy
 from ganflow.errors import GanflowError, PluginError, UsageError
 from ganflow.mixture import Mixture
 from ganflow.net import reachable
+from ganflow.settings import Setting
+from ganflow.step import LOG_4, Regularization, Regularizer, Step, StepLoss, value_function
+from ganflow.training import TrainingSetup
 from ganflow.types import (
     Architecture,
     DataSource,
@@ -32,6 +39,7 @@ hookimpl = pluggy.HookimplMarker("ganflow")
 
 __all__ = [
     "GAN",
+    "LOG_4",
     "Architecture",
     "DataSource",
     "DataSpec",
@@ -43,9 +51,16 @@ __all__ = [
     "Loss",
     "Mixture",
     "PluginError",
+    "Regularization",
+    "Regularizer",
+    "Setting",
+    "Step",
+    "StepLoss",
+    "TrainingSetup",
     "UsageError",
     "hookimpl",
     "reachable",
+    "value_function",
 ]
 
 

@@ -1,4 +1,5 @@
-"""The ganflow command line: run, plugins, sample. Thin: parse, call, report."""
+"""The ganflow command line: run, plugins, settings, sample, evaluate, theory. Thin: parse,
+call, report."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import functools
 import json
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -15,48 +15,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from ganflow import __version__  # noqa: E402
-from ganflow.config import FIELD_TYPES, JIT_CHOICES, flag  # noqa: E402
+from ganflow.config import FIELDS, JIT_CHOICES, flag, kind_of  # noqa: E402
 from ganflow.errors import GanflowError, UsageError  # noqa: E402
 
-HELP = {
-    "arch": "architecture plugin (see `ganflow plugins`)",
-    "loss": "loss plugin: minimax, non-saturating, or a plugin's",
-    "dataset": "dataset: digits, tfds:NAME, folder:PATH, or a plugin's",
-    "data_dir": "where tfds data is prepared (tfds's own default if unset)",
-    "image_size": "resize images to N x N pixels",
-    "epochs": "passes over the data",
-    "batch_size": "m: examples per discriminator update and noise samples per update",
-    "d_steps": "k: discriminator updates per generator update",
-    "latent_dim": "size of the noise vector z",
-    "lr_g": "generator learning rate (Adam)",
-    "lr_d": "discriminator learning rate (Adam)",
-    "beta1": "Adam beta1 for both optimizers",
-    "beta2": "Adam beta2 for both optimizers",
-    "seed": "seed for weights, noise and shuffling: the same seed reproduces a run",
-    "ema": "also keep an exponential moving average of G's weights with this decay (e.g. "
-           "0.999) and sample, evaluate and register it",
-    "steps_per_epoch": "generator updates per epoch (default: one pass over the data)",
-    "jit": "XLA compilation: auto lets Keras decide (on for a GPU)",
-    "log_every": "log metrics to MLflow every N generator updates",
-    "eval_every": "every N epochs (and before the first and after the last), log FID, KID, "
-                  "precision/recall and class coverage; 0: never",
-    "eval_samples": "generated samples (and real examples, up to the data's size) per evaluation",
-    "features": "feature extractor for evaluation: classifier, inception, raw or a plugin's "
-                "(default: classifier on labelled images, inception on other images)",
-    "feature_weights": "weights file for the feature extractor (inception: Keras's "
-                       "InceptionV3 notop .h5)",
-    "samples": "images in each epoch's sample grid",
-    "output_dir": "where sample grids are written locally",
-    "tracking_uri": "MLflow tracking URI (else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
-    "experiment": "MLflow experiment name",
-    "register": "register the generator in the MLflow Model Registry",
-    "registered_model": "registered model name (default: <recipe>-generator)",
-}
 CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
-METAVARS = {"ema": "DECAY", "eval_every": "N", "eval_samples": "N", "features": "NAME",
-            "feature_weights": "PATH", "arch": "NAME", "loss": "NAME", "dataset": "NAME[:ARG]",
-            "data_dir": "DIR", "output_dir": "DIR", "tracking_uri": "URI", "experiment": "NAME",
-            "registered_model": "NAME"}
+DEBUG_ENV = "GANFLOW_DEBUG"
 
 
 def import_tensorflow_quietly():
@@ -87,6 +50,10 @@ def reports_errors(command):
         try:
             return command(*args, **kwargs)
         except GanflowError as exc:
+            if os.environ.get(DEBUG_ENV):
+                import traceback
+
+                traceback.print_exc()
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
 
@@ -94,16 +61,23 @@ def reports_errors(command):
 
 
 def config_options(command):
-    """One option per RunConfig field (recipe and plugin_modules have their own)."""
-    for name in reversed(list(HELP)):
-        kind = FIELD_TYPES[name].split(" ")[0]
+    """One option per RunConfig field that has a flag (recipe and plugin_modules have their
+    own); a list field's option is singular and repeatable."""
+    for name, field in reversed(FIELDS.items()):
+        meta = field.metadata
+        if not meta["flag"]:
+            continue
+        kind = kind_of(name)
         if kind == "bool":
-            option = click.option(f"{flag(name)}/--no-{name}", default=None, help=HELP[name])
+            option = click.option(f"{flag(name)}/--no-{name}", default=None, help=meta["help"])
         elif name == "jit":
-            option = click.option(flag(name), type=click.Choice(JIT_CHOICES), help=HELP[name])
+            option = click.option(flag(name), type=click.Choice(JIT_CHOICES), help=meta["help"])
+        elif kind == "tuple":
+            option = click.option(flag(name), name, multiple=True, metavar=meta["metavar"],
+                                  help=meta["help"])
         else:
-            option = click.option(flag(name), type=CLICK_TYPES[kind], help=HELP[name],
-                                  metavar=METAVARS.get(name))
+            option = click.option(flag(name), type=CLICK_TYPES[kind], help=meta["help"],
+                                  metavar=meta["metavar"])
         command = option(command)
     return command
 
@@ -112,15 +86,18 @@ plugin_module_option = click.option(
     "--plugin-module",
     "plugin_modules",
     multiple=True,
-    metavar="PATH_OR_MODULE",
-    help="also load plugins from this .py file or module (repeatable)",
+    metavar=FIELDS["plugin_modules"].metadata["metavar"],
+    help=FIELDS["plugin_modules"].metadata["help"],
 )
 
 
 @click.group()
 @click.version_option(__version__, prog_name="ganflow")
-def main():
+@click.option("--debug", is_flag=True, help="show the traceback behind an error")
+def main(debug):
     """Train GANs on TensorFlow/Keras 3 from plugins, tracked in MLflow."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @main.command()
@@ -143,6 +120,7 @@ def run(recipe, config_file, plugin_modules, quiet, **flags):
 
     plugins = load_plugins(plugin_modules)
     flags["plugin_modules"] = plugin_modules or None
+    flags = {k: (v or None) if isinstance(v, tuple) else v for k, v in flags.items()}
     config = resolve_config(plugins, recipe, config_file, flags)
     result = run_gan(config, plugins, verbose=0 if quiet else 1,
                      report=None if quiet else click.echo,
@@ -204,36 +182,56 @@ def ui_command(tracking_uri: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @reports_errors
 def plugins(plugin_modules, as_json):
-    """List every recipe, loss, dataset, architecture and feature extractor, with the plugin
-    that provides it."""
+    """List every recipe, trainer, loss, regularizer, optimizer, schedule, dataset,
+    architecture and feature extractor, with the plugin that provides it and its settings."""
     from ganflow.plugins import load_plugins
+    from ganflow.settings import TYPES
 
     loaded = load_plugins(plugin_modules)
-    kinds = {
-        "recipes": loaded.recipes,
-        "losses": loaded.losses,
-        "datasets": loaded.datasets,
-        "architectures": loaded.architectures,
-        "feature extractors": loaded.features,
-    }
     rows = {
-        kind: [
+        title: [
             {
                 "name": e.usage,
                 "plugin": e.plugin,
                 "description": e.description,
+                **({"settings": {key: {"type": TYPES[s.kind], "default": s.default,
+                                       "help": s.help} for key, s in e.settings.items()}}
+                   if e.settings else {}),
             }
             for e in registry
         ]
-        for kind, registry in kinds.items()
+        for title, registry in loaded.registries.items()
     }
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    for kind, entries in rows.items():
-        click.echo(kind)
-        for e in entries:
-            click.echo(f"  {e['name']:<18} {e['plugin']:<26} {e['description']}")
+    for title, registry in loaded.registries.items():
+        click.echo(title)
+        for e in registry:
+            click.echo(f"  {e.usage:<24} {e.plugin:<26} {e.description}")
+            for key, setting in e.settings.items():
+                click.echo(f"      {key}: {setting.describe()}")
+
+
+@main.command()
+@click.option("--plugin", "recipe", metavar="NAME", help="show this recipe's values")
+@plugin_module_option
+@reports_errors
+def settings(recipe, plugin_modules):
+    """List every setting of `ganflow run` by its config-file name, with its flag and help
+    (and a recipe's value with --plugin NAME)."""
+    defaults = {}
+    if recipe:
+        from ganflow.plugins import load_plugins
+
+        defaults = load_plugins(plugin_modules).recipes.get(recipe).obj
+    for name, field in FIELDS.items():
+        value = defaults.get(name, field.default)
+        shown = "unset" if value is None or value == () else json.dumps(value)
+        where = flag(name) if field.metadata["flag"] else "--plugin" if name == "recipe" \
+            else "--plugin-module"
+        click.echo(f"{name} = {shown}    ({where})")
+        click.echo(f"    {field.metadata['help']}")
 
 
 @main.command()
@@ -251,11 +249,11 @@ def sample(model_uri, count, seed, output, npz, tracking_uri):
     """Sample a logged generator: MODEL_URI is any models:/ or runs:/ URI."""
     import numpy as np
 
-    from ganflow import tracking
+    from ganflow import models, tracking
     from ganflow.images import save_grid
 
     tracking.use_tracking_uri(tracking_uri, must_exist=True)
-    samples, z = tracking.sample(model_uri, count, seed)
+    samples, z = models.sample(model_uri, count, seed)
     output = output or ("samples.npz" if npz else "samples.png")
     if npz:
         np.savez(output, samples=samples, z=z)
@@ -282,8 +280,8 @@ def sample(model_uri, count, seed, output, npz, tracking_uri):
                    "notop .h5)")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="noise and subset seed: the same seed gives the same numbers")
-@click.option("--data-dir", metavar="DIR", help=HELP["data_dir"])
-@click.option("--image-size", type=click.IntRange(min=4), metavar="N", help=HELP["image_size"])
+@click.option("--data-dir", metavar="DIR", help=FIELDS["data_dir"].metadata["help"])
+@click.option("--image-size", type=click.IntRange(min=4), metavar="N", help=FIELDS["image_size"].metadata["help"])
 @click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")
 @plugin_module_option
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
@@ -296,48 +294,20 @@ def evaluate(model_uri, dataset, count, features, weights, seed, data_dir, image
     of samples that look like data), recall (share of data the samples cover) and class
     coverage: higher is better.
     """
-    import time
-
     from ganflow import evaluation, tracking
     from ganflow.plugins import load_plugins
-    from ganflow.types import DatasetOptions
 
-    started = time.perf_counter()
     tracking.use_tracking_uri(tracking_uri, must_exist=True)
-    plugins = load_plugins(plugin_modules)
-    model, latent_dim = tracking.load_sampler(model_uri)
-    trained_on = tracking.training_params(model_uri)
-    dataset = dataset or trained_on.get("dataset")
-    if not dataset:
-        raise UsageError(f"{model_uri} does not say what it was trained on: pass --dataset NAME")
-    if trained_on.get("dataset") == dataset:  # its image size and data folder too
-        image_size = image_size or int(trained_on.get("image_size") or 0) or None
-        data_dir = data_dir or trained_on.get("data_dir") or None
-    entry, argument = plugins.dataset(dataset)
-    if features:
-        plugins.features.get(features)
-    source = entry.obj(DatasetOptions(argument, data_dir, image_size))
-    made = tracking.sample_shape(model)
-    if made != tuple(source.spec.shape):
-        raise UsageError(f"{model_uri} makes samples of shape {made} but {dataset} has "
-                         f"examples of shape {tuple(source.spec.shape)}: pass the dataset "
-                         "(and --image-size) it was trained on")
-    evaluator = evaluation.build(plugins, source, dataset, features, weights, count, seed)
-    samples = tracking.predict_quietly(model, evaluation.noise(count, latent_dim, seed))
-    values = evaluator(samples)
-    seconds = time.perf_counter() - started
-    report = {"model_uri": model_uri, "dataset": dataset, "features": evaluator.features,
-              "samples": count, "real_examples": len(evaluator.real_features),
-              "seed": seed, "metrics": values, "info": evaluator.info,
-              "seconds": round(seconds, 2)}
+    report = evaluation.evaluate_model(load_plugins(plugin_modules), model_uri, dataset, count,
+                                       features, weights, seed, data_dir, image_size)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report.to_dict(), indent=2))
         return
-    click.echo(f"{model_uri} against {dataset}: {count} samples, "
-               f"{report['real_examples']} real examples, {evaluator.features} features "
-               f"({evaluator.real_features.shape[1]}-d), {seconds:.1f} s")
-    click.echo(evaluation.format_table(values))
-    for key, value in evaluator.info.items():
+    click.echo(f"{model_uri} against {report.dataset}: {count} samples, "
+               f"{report.real_examples} real examples, {report.features} features "
+               f"({report.feature_dim}-d), {report.seconds:.1f} s")
+    click.echo(evaluation.format_table(report.metrics))
+    for key, value in report.info.items():
         click.echo(f"  {key}: {value}")
 
 
@@ -381,25 +351,13 @@ def theory(pairs, steps, curve_steps, seed, output_dir, tracking_uri, experiment
             parsed.append((f"pair {i}", p_data, p_g))
     plugins = load_plugins()
     tracking.use_tracking_uri(tracking_uri)
-    results = checks.check(plugins, parsed, steps=steps, curve_steps=curve_steps, seed=seed)
-    files = checks.write_report(results, output_dir)
-    public = checks.public(results)
-    (Path(output_dir) / "results.json").write_text(json.dumps(public, indent=2))
-    claims = public["claims"]
-    metrics = {f"{name}/{k}": float(v) for name, claim in claims.items()
-               for k, v in claim.items() if isinstance(v, (int, float)) and not isinstance(v, str)}
-    for i, pair in enumerate(public["pairs"]):
-        metrics.update({f"pair{i}/{k}": pair[k] for k in
-                        ("value", "jsd", "max_value", "gap", "d_mean_abs_error", "d_max_abs_error")})
-    params = {**public["settings"],
-              **{f"pair{i}": json.dumps({"name": p["name"], "p_data": p["p_data"], "p_g": p["p_g"]})
-                 for i, p in enumerate(public["pairs"])}}
-    run_id = tracking.log_report(experiment, "theory", params, metrics,
-                                 [*files, Path(output_dir) / "results.json"])
+    results, report, run_id = checks.run(plugins, parsed, steps=steps, curve_steps=curve_steps,
+                                         seed=seed, output_dir=output_dir, experiment=experiment)
     if as_json:
-        click.echo(json.dumps({**public, "run_id": run_id, "report": str(files[0])}, indent=2))
+        click.echo(json.dumps({**results.to_dict(), "run_id": run_id, "report": str(report)},
+                              indent=2))
     else:
         click.echo(checks.report_markdown(results).split("\n![")[0].rstrip())
-        click.echo(f"\nReport: {files[0]} (MLflow run {run_id}, experiment {experiment!r})")
-    if not all(claim["holds"] for claim in claims.values()):
+        click.echo(f"\nReport: {report} (MLflow run {run_id}, experiment {experiment!r})")
+    if not results.holds:
         sys.exit(1)

@@ -1,10 +1,14 @@
-"""One RunConfig per ``ganflow run``: recipe defaults < config file < CLI flags, validated once."""
+"""One RunConfig per ``ganflow run``: recipe defaults < config file < CLI flags, validated once.
+
+Each setting's help lives beside it (``setting(default, help)``): ``ganflow run --help``,
+``ganflow settings`` and the recipe checks all read it from here.
+"""
 
 from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,41 +19,76 @@ JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
 JIT_CHOICES = tuple(JIT_COMPILE)
 
 
+def setting(default, help: str, metavar: str | None = None, flag: bool = True):
+    """A RunConfig field with its help (and the metavar ``ganflow run --help`` shows).
+    ``flag=False``: no ``ganflow run`` option of its own (set elsewhere on the command line)."""
+    return field(default=default, metadata={"help": help, "metavar": metavar, "flag": flag})
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Every setting of a run. Each field is a ``ganflow run`` flag (underscores as dashes)
-    and an MLflow param of the run."""
+    """Every setting of a run. Each field is a ``ganflow run`` flag (underscores as dashes; a
+    list field's flag is singular and repeatable) and an MLflow param of the run."""
 
-    recipe: str = "dcgan"
-    arch: str = "dcgan"
-    loss: str = "non-saturating"
-    dataset: str = "digits"
-    data_dir: str | None = None
-    image_size: int | None = None
-    epochs: int = 1
-    batch_size: int = 64
-    d_steps: int = 1
-    latent_dim: int = 64
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    seed: int = 0
-    ema: float | None = None
-    steps_per_epoch: int | None = None
-    jit: str = "auto"
-    log_every: int = 10
-    eval_every: int | None = None
-    eval_samples: int = 10_000
-    features: str | None = None
-    feature_weights: str | None = None
-    samples: int = 64
-    output_dir: str = "ganflow-runs"
-    tracking_uri: str | None = None
-    experiment: str = "ganflow"
-    register: bool = True
-    registered_model: str | None = None
-    plugin_modules: tuple[str, ...] = ()
+    recipe: str = setting("dcgan", "the recipe whose defaults the run starts from", "NAME",
+                          flag=False)
+    trainer: str = setting("gan", "trainer: gan (k D updates, then one G update), mle "
+                           "(maximum likelihood), or a plugin's", "NAME[:SETTINGS]")
+    arch: str = setting("dcgan", "architecture plugin (see `ganflow plugins`)", "NAME[:ARG]")
+    loss: str = setting("non-saturating", "loss: minimax, non-saturating or a plugin's, with "
+                        "its settings as NAME:key=value,...", "NAME[:SETTINGS]")
+    regularizers: tuple[str, ...] = setting((), "add a regularizer to its network's loss, "
+                                            "e.g. NAME:every=16 (repeatable)", "NAME[:SETTINGS]")
+    dataset: str = setting("digits", "dataset: digits, tfds:NAME, folder:PATH, or a plugin's",
+                           "NAME[:ARG]")
+    data_dir: str | None = setting(None, "where tfds data is prepared (tfds's own default if "
+                                   "unset)", "DIR")
+    image_size: int | None = setting(None, "resize images to N x N pixels", "N")
+    epochs: int = setting(1, "passes over the data")
+    batch_size: int = setting(64, "m: examples per discriminator update and noise samples per "
+                              "update")
+    d_steps: int = setting(1, "k: discriminator updates per generator update")
+    latent_dim: int = setting(64, "size of the noise vector z")
+    optimizer: str = setting("adam", "optimizer of both networks: adam, adamw, rmsprop, sgd or "
+                             "a plugin's, e.g. adam:beta1=0.0,beta2=0.9", "NAME[:SETTINGS]")
+    g_optimizer: str | None = setting(None, "the generator's optimizer, if not --optimizer",
+                                      "NAME[:SETTINGS]")
+    d_optimizer: str | None = setting(None, "the discriminator's optimizer, if not "
+                                      "--optimizer", "NAME[:SETTINGS]")
+    lr_g: float = setting(2e-4, "generator learning rate")
+    lr_d: float = setting(2e-4, "discriminator learning rate")
+    lr_schedule: str = setting("constant", "learning-rate schedule of both optimizers over "
+                               "the run: constant, linear, cosine", "NAME[:SETTINGS]")
+    seed: int = setting(0, "seed for weights, noise and shuffling: the same seed reproduces a "
+                        "run")
+    ema: float | None = setting(None, "also keep an exponential moving average of G's weights "
+                                "with this decay (e.g. 0.999) and sample, evaluate and "
+                                "register it", "DECAY")
+    steps_per_epoch: int | None = setting(None, "generator updates per epoch (default: one "
+                                          "pass over the data)")
+    jit: str = setting("auto", "XLA compilation: auto lets Keras decide (on for a GPU)")
+    log_every: int = setting(10, "log metrics to MLflow every N generator updates")
+    eval_every: int | None = setting(None, "every N epochs (and before the first and after "
+                                     "the last), log FID, KID, precision/recall and class "
+                                     "coverage; 0: never", "N")
+    eval_samples: int = setting(10_000, "generated samples (and real examples, up to the "
+                                "data's size) per evaluation", "N")
+    features: str | None = setting(None, "feature extractor for evaluation: classifier, "
+                                   "inception, raw or a plugin's (default: classifier on "
+                                   "labelled images, inception on other images)", "NAME")
+    feature_weights: str | None = setting(None, "weights file for the feature extractor "
+                                          "(inception: Keras's InceptionV3 notop .h5)", "PATH")
+    samples: int = setting(64, "images in each epoch's sample grid")
+    output_dir: str = setting("ganflow-runs", "where sample grids are written locally", "DIR")
+    tracking_uri: str | None = setting(None, "MLflow tracking URI (else MLFLOW_TRACKING_URI, "
+                                       "else sqlite:///mlflow.db)", "URI")
+    experiment: str = setting("ganflow", "MLflow experiment name", "NAME")
+    register: bool = setting(True, "register the generator in the MLflow Model Registry")
+    registered_model: str | None = setting(None, "registered model name (default: "
+                                           "<recipe>-generator)", "NAME")
+    plugin_modules: tuple[str, ...] = setting((), "also load plugins from this .py file or "
+                                              "module (repeatable)", "PATH_OR_MODULE",
+                                              flag=False)
 
     @property
     def jit_compile(self) -> bool | str:
@@ -62,17 +101,25 @@ class RunConfig:
         return self.registered_model or f"{self.recipe}-generator"
 
     def params(self) -> dict[str, str]:
-        """Every setting as an MLflow param (None as empty)."""
+        """Every setting as an MLflow param (None as empty, lists joined with ';')."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, tuple):
-                value = ",".join(value)
+                value = ";".join(value)
             out[f.name] = "" if value is None else str(value)
         return out
 
 
-FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
+FIELDS = {f.name: f for f in fields(RunConfig)}
+FIELD_TYPES = {name: f.type for name, f in FIELDS.items()}
+
+# Settings that became something else: a config file or recipe that still uses them is told
+# what to write instead.
+RENAMED = {
+    "beta1": "Adam's betas are settings of the optimizer now: optimizer: adam:beta1=0.5",
+    "beta2": "Adam's betas are settings of the optimizer now: optimizer: adam:beta2=0.9",
+}
 
 # (field, lowest allowed value) for numbers that must be positive or non-negative.
 _MINIMUMS = {
@@ -91,7 +138,17 @@ _MINIMUMS = {
 
 
 def flag(name: str) -> str:
+    """The ``ganflow run`` option of a setting: ``--batch-size``; ``--regularizer`` for the
+    list ``regularizers``."""
+    if FIELDS.get(name) is not None and kind_of(name) == "tuple":
+        name = name.removesuffix("s")
     return "--" + name.replace("_", "-")
+
+
+def kind_of(name: str) -> str:
+    """``int``, ``float``, ``bool``, ``str`` or ``tuple``: a setting's type, without None."""
+    kind = FIELD_TYPES[name].split(" ")[0]
+    return "tuple" if kind.startswith("tuple") else kind
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -99,7 +156,11 @@ def load_config_file(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"--config {path}: no such file")
-    text = p.read_text()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UsageError(f"--config {path}: cannot read it as text ({type(exc).__name__}): "
+                         "give a JSON or YAML file") from None
     try:
         if p.suffix in (".yaml", ".yml"):
             import yaml
@@ -111,7 +172,7 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise UsageError(f"--config {path}: cannot parse it: {exc}".splitlines()[0]) from exc
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a mapping of setting names to values")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
 def resolve(*layers: tuple[str, dict[str, Any]]) -> RunConfig:
@@ -119,6 +180,8 @@ def resolve(*layers: tuple[str, dict[str, Any]]) -> RunConfig:
     merged: dict[str, Any] = {}
     for source, values in layers:
         for key, value in values.items():
+            if key in RENAMED:
+                raise UsageError(f"{source}: {key} is no longer a setting: {RENAMED[key]}")
             if key not in FIELD_TYPES:
                 close = difflib.get_close_matches(key, FIELD_TYPES, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -131,7 +194,7 @@ def resolve(*layers: tuple[str, dict[str, Any]]) -> RunConfig:
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    kind = FIELD_TYPES[key].split(" ")[0]  # "int", "float", "bool", "str", "tuple[str,"
+    kind = kind_of(key)
     try:
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -143,11 +206,18 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             if isinstance(value, str):
                 return {"true": True, "false": False, "1": True, "0": False}[value.lower()]
             return bool(value)
-        if kind.startswith("tuple"):
-            return (value,) if isinstance(value, str) else tuple(value)
+        if kind == "tuple":
+            if isinstance(value, str):
+                return (value,)
+            if not all(isinstance(v, str) for v in value):
+                raise ValueError(value)
+            return tuple(value)
+        if not isinstance(value, (str, int, float)):
+            raise ValueError(value)
         return str(value)
     except (ValueError, KeyError, TypeError):
-        raise UsageError(f"{source}: {key} must be {kind.rstrip('[,')}, got {value!r}") from None
+        expected = "a list of text" if kind == "tuple" else kind
+        raise UsageError(f"{source}: {key} must be {expected}, got {value!r}") from None
 
 
 def _check(config: RunConfig) -> None:
@@ -156,13 +226,10 @@ def _check(config: RunConfig) -> None:
         if value is not None and value < lowest:
             raise UsageError(f"{flag(key)} must be at least {lowest}, got {value}")
     for key in ("lr_g", "lr_d"):
-        if not getattr(config, key) > 0:
-            raise UsageError(f"{flag(key)} must be positive, got {getattr(config, key)}")
+        value = getattr(config, key)
+        if not 0 < value < float("inf"):
+            raise UsageError(f"{flag(key)} must be a positive number, got {value}")
     if config.ema is not None and not 0 < config.ema < 1:
         raise UsageError(f"--ema must be in (0, 1), e.g. 0.999, got {config.ema}")
-    for key in ("beta1", "beta2"):
-        if not 0 <= getattr(config, key) < 1:
-            raise UsageError(f"{flag(key)} must be in [0, 1), got {getattr(config, key)}")
     if config.jit not in JIT_CHOICES:
         raise UsageError(f"--jit must be one of {', '.join(JIT_CHOICES)}, got {config.jit!r}")
-

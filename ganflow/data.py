@@ -10,29 +10,34 @@ from ganflow.types import DataSource
 SHUFFLE_BUFFER = 50_000
 
 
-def batches_per_pass(size: int, batch_size: int, d_steps: int) -> int:
-    """Training steps in one pass over the data: each step uses d_steps * batch_size examples."""
-    per_step = batch_size * d_steps
+def batches_per_pass(size: int, batch_size: int, per_step: int) -> int:
+    """Training steps in one pass over the data, when each step takes ``per_step`` real
+    examples (``batch_size`` per update that reads real data)."""
     if size < per_step:
+        updates = per_step // batch_size
         raise UsageError(
-            f"one training step needs batch-size x d-steps = {batch_size} x {d_steps} = "
-            f"{per_step} examples, but the dataset has only {size}: lower --batch-size"
+            f"one training step needs batch-size x {updates} updates = {batch_size} x "
+            f"{updates} = {per_step} real examples, but the dataset has only {size}: lower "
+            "--batch-size"
         )
     return size // per_step
 
 
-def training_pipeline(source: DataSource, batch_size: int, d_steps: int, seed: int):
-    """Endless batches of d_steps * batch_size real examples, reshuffled every pass.
+def training_pipeline(source: DataSource, per_step: int, seed: int):
+    """Endless batches of ``per_step`` real examples (with their labels, when the data has
+    them), reshuffled every pass.
 
-    Each of a step's d_steps discriminator updates takes its own slice of the batch, so every
-    update sees fresh real data. Examples are cached after the first pass.
+    The training step splits each batch so that every update sees fresh real data. Examples
+    are cached after the first pass.
     """
-    batches_per_pass(source.spec.size, batch_size, d_steps)
+    if source.spec.size < per_step:
+        raise UsageError(f"a training step needs {per_step} real examples, but the dataset "
+                         f"has only {source.spec.size}")
     return (
-        source.examples()
+        source.dataset()
         .cache()
         .shuffle(min(source.spec.size, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size * d_steps, drop_remainder=True)
+        .batch(per_step, drop_remainder=True)
         .repeat()
         .prefetch(tf.data.AUTOTUNE)
     )

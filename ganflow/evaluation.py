@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ganflow import metrics
+from ganflow import metrics, noise
 from ganflow.errors import UsageError
-from ganflow.types import FeatureOptions
+from ganflow.types import DatasetOptions, FeatureOptions
 
 DEFAULT_SAMPLES = 10_000
 # Examples per forward pass when generating or extracting features.
@@ -100,7 +100,7 @@ def build(plugins, source, dataset: str, features: str | None = None,
     entry = plugins.features.get(name)
     options = FeatureOptions(source=source, dataset=dataset, weights=weights,
                              cache_dir=cache_dir(), log=log)
-    extractor = entry.obj(options)
+    extractor = entry.call("to start", entry.obj, options)
     real, labels = reference(source, real_examples, seed)
     real_features, _ = extract(extractor, real)
     histogram = None
@@ -121,7 +121,7 @@ def reference(source, count: int, seed: int) -> tuple[np.ndarray, np.ndarray | N
     the same seed gives the same examples whatever TensorFlow's global seed (a run sets it, a
     later ``ganflow evaluate`` does not); drawn because some sources are ordered by class.
     """
-    rng = np.random.default_rng([seed, 2])
+    rng = noise.rng(seed, "reference")
     kept_x, kept_y, seen = [], [], 0
     stream = source.dataset().take(REFERENCE_SPAN * count).batch(CHUNK)
     for batch in stream.as_numpy_iterator():
@@ -162,11 +162,6 @@ def generate(generator, noise: np.ndarray) -> np.ndarray:
     ])
 
 
-def noise(count: int, latent_dim: int, seed: int) -> np.ndarray:
-    """The fixed evaluation noise: the same seed and size give the same samples."""
-    return np.random.default_rng([seed, 1]).standard_normal((count, latent_dim)).astype(np.float32)
-
-
 def format_table(values: dict[str, float]) -> str:
     """Metrics one per line, in ``METRIC_NAMES`` order, each saying which way is better."""
     lines = []
@@ -176,3 +171,68 @@ def format_table(values: dict[str, float]) -> str:
             better = "" if name == "kid_std" else f"  ({better})"
             lines.append(f"  {name:<15}{values[name]:>12.4f}{better}")
     return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    """What ``ganflow evaluate`` measured, and with what."""
+
+    model_uri: str
+    dataset: str
+    features: str
+    samples: int
+    real_examples: int
+    feature_dim: int
+    seed: int
+    metrics: dict[str, float]
+    info: dict[str, Any]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_uri": self.model_uri, "dataset": self.dataset, "features": self.features,
+                "samples": self.samples, "real_examples": self.real_examples, "seed": self.seed,
+                "metrics": self.metrics, "info": self.info, "seconds": round(self.seconds, 2)}
+
+
+def evaluate_model(plugins, model_uri: str, dataset: str | None = None,
+                   count: int = DEFAULT_SAMPLES, features: str | None = None,
+                   weights: str | None = None, seed: int = 0, data_dir: str | None = None,
+                   image_size: int | None = None) -> Report:
+    """Score the logged generator at ``model_uri`` against ``dataset`` (default: the one it
+    was trained on, with that run's image size and data folder)."""
+    import time
+
+    from ganflow import models
+
+    started = time.perf_counter()
+    model, latent_dim = models.load_sampler(model_uri)
+    params, tags = models.training_run(model_uri)
+    dataset = dataset or params.get("dataset")
+    if not dataset:
+        raise UsageError(f"{model_uri} does not say what it was trained on: pass --dataset NAME")
+    if params.get("dataset") == dataset:  # its image size and data folder too
+        image_size = image_size or int(params.get("image_size") or 0) or None
+        data_dir = data_dir or params.get("data_dir") or None
+        name = dataset.partition(":")[0]
+        if name not in plugins.datasets:
+            provider = tags.get("ganflow.plugin.dataset", "a plugin")
+            modules = params.get("plugin_modules")
+            how = f"pass --plugin-module {modules.replace(';', ' --plugin-module ')}" \
+                if modules else "install the package that provides it"
+            raise UsageError(f"{model_uri} was trained on dataset {name!r} from plugin "
+                             f"{provider}, which is not loaded here: {how}")
+    entry, argument = plugins.dataset(dataset)
+    if features:
+        plugins.features.get(features)
+    source = entry.call("to load", entry.obj, DatasetOptions(argument, data_dir, image_size))
+    made = models.sample_shape(model)
+    if made != tuple(source.spec.shape):
+        raise UsageError(f"{model_uri} makes samples of shape {made} but {dataset} has "
+                         f"examples of shape {tuple(source.spec.shape)}: pass the dataset "
+                         "(and --image-size) it was trained on")
+    evaluator = build(plugins, source, dataset, features, weights, count, seed)
+    samples = models.predict_quietly(model, noise.latent(count, latent_dim, seed, "eval"))
+    values = evaluator(samples)
+    return Report(model_uri, dataset, evaluator.features, count, len(evaluator.real_features),
+                  evaluator.real_features.shape[1], seed, values, evaluator.info,
+                  time.perf_counter() - started)

@@ -1,49 +1,61 @@
 """GAN(keras.Model): each train_step is k discriminator updates, then one generator update.
 
-Each batch holds k*m real examples: update i of D sees slice i (m fresh real examples) and m
-fresh noise samples; G's update draws another m noise samples. Noise comes from the model's
-own SeedGenerator, so a seed reproduces a run.
+Each batch holds k*m real examples (k+1)*m when the generator update reads real data too):
+update i of D sees slice i (m fresh real examples) and m fresh noise samples; G's update draws
+another m noise samples. Every update hands a ``ganflow.Step`` to the loss and to the
+regularizers of its network. Noise comes from the model's own SeedGenerator, so a seed
+reproduces a run.
+
+Trainers change the step by subclassing ``GAN`` and overriding ``train_step``, built from the
+public ``discriminator_update`` and ``generator_update``.
 """
 
 from __future__ import annotations
-
-import math
 
 import keras
 import tensorflow as tf
 from keras import ops
 
-LOG_4 = 2.0 * math.log(2.0)
+from ganflow import noise
+from ganflow.errors import PluginError
+from ganflow.step import (DISCRIMINATOR, GENERATOR, LOG_4, Regularization, Step, as_step_loss,
+                          value_function)
 
-METRIC_NAMES = ("d_loss", "g_loss", "d_real", "d_fake", "value", "jsd_estimate")
+__all__ = ["GAN", "LOG_4", "value_function"]
+
+# The batch a loss is tried on before training (see GAN.check_step).
+PROBE_BATCH = 2
 
 
-def value_function(real_logits, fake_logits):
-    """The batch estimate of V(G, D) = E[log D(x)] + E[log(1 - D(G(z)))], from logits.
+class StepCheckError(PluginError):
+    """A loss or regularizer failed the check before training; ``component`` is the object."""
 
-    log D = -softplus(-s) and log(1 - D) = -softplus(s): exact and stable for any logit.
-    """
-    return -ops.mean(ops.softplus(-real_logits)) - ops.mean(ops.softplus(fake_logits))
+    def __init__(self, message: str, component):
+        super().__init__(message)
+        self.component = component
 
 
 class GAN(keras.Model):
     """A generator and a discriminator trained against each other.
 
-    ``call(z)`` generates. ``compile(d_optimizer, g_optimizer, loss)`` takes a ``ganflow.Loss``.
-    ``fit`` on a dataset of batches of ``d_steps * m`` real examples reports d_loss, g_loss,
-    d_real = mean D(x), d_fake = mean D(G(z)), value = V on the batch and
-    jsd_estimate = (V + 2 log 2) / 2 (the JSD that V implies if D were optimal).
+    ``call(z)`` generates. ``compile(d_optimizer, g_optimizer, loss, regularizers)`` takes a
+    loss (``ganflow.StepLoss`` or ``ganflow.Loss``) and ``ganflow.Regularization``s. ``fit`` on
+    batches of ``real_per_step(m)`` real examples (or (examples, labels) pairs) reports
+    ``d_loss`` and ``g_loss`` (each the total its network minimizes, regularizers included),
+    the loss's own metrics, and ``reg/NAME`` for each regularizer (the mean of its value over
+    the updates it ran in).
     """
 
     def __init__(self, generator, discriminator, latent_dim, d_steps=1, seed=None, ema=None,
-                 **kwargs):
+                 num_classes=None, **kwargs):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
         self.latent_dim = int(latent_dim)
         self.d_steps = int(d_steps)
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
+        self.num_classes = num_classes
+        self.seed_generator = noise.seed_generator(seed, "train")
+        self.plugin_seed_generator = noise.seed_generator(seed, "plugins")
         self.ema = ema
         self.ema_generator = None
         if ema is not None:
@@ -52,27 +64,51 @@ class GAN(keras.Model):
             # A copy of the generator whose weights follow an exponential moving average of G's.
             self.ema_generator = keras.models.clone_model(generator)
             self.ema_generator.set_weights(generator.get_weights())
+        self.trackers = {}
 
     @property
     def sampling_generator(self):
         """The generator to sample from: the EMA copy when ``ema`` is set, else G itself."""
         return self.ema_generator if self.ema_generator is not None else self.generator
 
-    def compile(self, d_optimizer, g_optimizer, loss, jit_compile="auto", **kwargs):
+    def compile(self, d_optimizer, g_optimizer, loss, regularizers=(), jit_compile="auto",
+                **kwargs):
         super().compile(jit_compile=jit_compile, **kwargs)
         self.d_optimizer = d_optimizer
         self.g_optimizer = g_optimizer
-        self.gan_loss = loss
+        self.gan_loss = as_step_loss(loss)
+        self.regularizations = [r if isinstance(r, Regularization)
+                                else Regularization(type(r).__name__.lower(), r)
+                                for r in regularizers]
         # Building the optimizers here, against their own variables, is what tf.distribute and
         # XLA need: no variable may be created inside the compiled step. One forward pass first
         # builds networks that create their weights lazily (subclassed models).
         self.discriminator(self.generator(ops.zeros((1, self.latent_dim))))
         d_optimizer.build(self.discriminator.trainable_variables)
         g_optimizer.build(self.generator.trainable_variables)
+        names = self.check_step()
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     @property
     def metrics(self):
         return list(self.trackers.values())
+
+    @property
+    def generator_uses_real(self) -> bool:
+        """Whether the generator update reads real examples (then each step takes m more)."""
+        return self.reads_real(self.gan_loss, self.regularizations)
+
+    @staticmethod
+    def reads_real(loss, regularizations) -> bool:
+        """Whether ``loss`` or a generator regularizer sets ``generator_uses_real``."""
+        return bool(getattr(loss, "generator_uses_real", False)) or any(
+            getattr(r.regularizer, "generator_uses_real", False)
+            for r in regularizations if r.network == GENERATOR)
+
+    def real_per_step(self, batch_size: int) -> int:
+        """Real examples one training step consumes: m per discriminator update, plus m for
+        the generator update when it reads real data."""
+        return batch_size * (self.d_steps + int(self.generator_uses_real))
 
     def build(self, input_shape):
         if not self.generator.built:
@@ -84,53 +120,123 @@ class GAN(keras.Model):
     def noise(self, m):
         return keras.random.normal((m, self.latent_dim), seed=self.seed_generator)
 
-    def train_step(self, real):
-        if isinstance(real, (tuple, list)):  # (images, labels) from a labelled pipeline
-            real = real[0]
-        m = ops.shape(real)[0] // self.d_steps
-        # Keras sums gradients across replicas; scaling by 1/replicas makes that a mean.
-        scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
-        loss = self.gan_loss
+    def train_step(self, data):
+        real, labels = data if isinstance(data, (tuple, list)) else (data, None)
+        m = ops.shape(real)[0] // (self.d_steps + int(self.generator_uses_real))
+
+        def part(x, i):
+            return None if x is None else x[i * m : (i + 1) * m]
 
         for i in range(self.d_steps):
-            real_i = real[i * m : (i + 1) * m]
-            z = self.noise(m)
-            with tf.GradientTape() as tape:
-                fake = self.generator(z, training=True)
-                real_logits = self.discriminator(real_i, training=True)
-                fake_logits = self.discriminator(fake, training=True)
-                d_loss = loss.discriminator_loss(real_logits, fake_logits)
-                if loss.penalty is not None:
-                    d_loss = d_loss + loss.penalty(self.discriminator, real_i, fake)
-                scaled = d_loss * scale
-            grads = tape.gradient(scaled, self.discriminator.trainable_variables)
-            self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_variables))
-
-        z = self.noise(m)
-        with tf.GradientTape() as tape:
-            g_logits = self.discriminator(self.generator(z, training=True), training=True)
-            g_loss = loss.generator_loss(g_logits)
-            scaled = g_loss * scale
-        # A generator without trainable weights (a fixed P_G, as in `ganflow theory`) stays put.
-        if self.generator.trainable_variables:
-            grads = tape.gradient(scaled, self.generator.trainable_variables)
-            self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
+            d_loss, step = self.discriminator_update(part(real, i), part(labels, i), index=i)
+        extra = self.d_steps if self.generator_uses_real else None
+        g_loss = self.generator_update(
+            m, None if extra is None else part(real, extra), None if extra is None else part(labels, extra))
         if self.ema_generator is not None:
             self._update_ema()
 
         # Reported from the last D update, on the logits it was trained on.
-        value = value_function(real_logits, fake_logits)
-        updates = {
-            "d_loss": d_loss,
-            "g_loss": g_loss,
-            "d_real": ops.mean(ops.sigmoid(real_logits)),
-            "d_fake": ops.mean(ops.sigmoid(fake_logits)),
-            "value": value,
-            "jsd_estimate": (value + LOG_4) / 2.0,
-        }
-        for name, tensor in updates.items():
-            self.trackers[name].update_state(tensor)
+        self.trackers["d_loss"].update_state(d_loss)
+        self.trackers["g_loss"].update_state(g_loss)
+        for name, value in self.gan_loss.metrics(step).items():
+            self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def discriminator_update(self, real, labels=None, index: int = 0):
+        """One update of D on ``real`` and as many fresh fakes; returns (its loss, the Step)."""
+        step = self._step(DISCRIMINATOR, ops.shape(real)[0], real, labels, index)
+        with tf.GradientTape() as tape:
+            step.fake  # noqa: B018  G's forward pass first, as the loss will need it
+            loss = self._total(self.gan_loss.d_loss(step), step, self.d_optimizer)
+            scaled = loss * self._replica_scale()
+        variables = self.discriminator.trainable_variables
+        self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        return loss, step
+
+    def generator_update(self, m, real=None, labels=None):
+        """One update of G on ``m`` fresh noise samples (and ``real``, when the loss reads
+        real data in this update); returns its loss."""
+        step = self._step(GENERATOR, m, real, labels, self.d_steps)
+        with tf.GradientTape() as tape:
+            loss = self._total(self.gan_loss.g_loss(step), step, self.g_optimizer)
+            scaled = loss * self._replica_scale()
+        # A generator without trainable weights (a fixed P_G, as in `ganflow theory`) stays put.
+        variables = self.generator.trainable_variables
+        if variables:
+            self.g_optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        return loss
+
+    def _step(self, update, m, real, labels, index) -> Step:
+        return Step(update, generator=self.generator, discriminator=self.discriminator,
+                    z=self.noise(m), real=real, labels=labels, index=index,
+                    d_steps=self.d_steps, global_step=self.g_optimizer.iterations,
+                    training=True, seed_generator=self.plugin_seed_generator, batch_size=m)
+
+    @staticmethod
+    def _replica_scale():
+        # Keras sums gradients across replicas; scaling by 1/replicas makes that a mean.
+        return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
+
+    def _total(self, loss, step, optimizer):
+        """The loss plus this network's regularizers, in float32; lazy ones every N-th update."""
+        total = ops.cast(loss, "float32")
+        for use in self.regularizations:
+            if use.network != step.update:
+                continue
+            if use.every == 1:
+                value, ran = ops.cast(use.regularizer(step), "float32"), 1.0
+            else:
+                due = ops.equal(optimizer.iterations % use.every, 0)
+                value = tf.cond(
+                    due,
+                    lambda use=use: ops.cast(use.regularizer(step.fork()), "float32"),
+                    lambda: tf.constant(0.0),
+                )
+                ran = ops.cast(due, "float32")
+            total = total + use.every * value
+            self.trackers[f"reg/{use.name}"].update_state(value, sample_weight=ran)
+        return total
+
+    def check_step(self) -> list[str]:
+        """Try the loss and regularizers once, eagerly, on a batch of ``PROBE_BATCH`` zeros
+        (networks in inference mode, so no statistics or random state move); returns the
+        metric names. A failure, a non-scalar loss or a generator update that reads real data
+        it did not ask for raises ``StepCheckError`` naming the culprit."""
+        m = PROBE_BATCH
+        z = ops.zeros((m, self.latent_dim))
+        real = ops.zeros((m, *self.generator(z, training=False).shape[1:]))
+        labels = ops.zeros((m,), "int32") if self.num_classes else None
+        seeds = keras.random.SeedGenerator(0)
+
+        def probe(update, real_part):
+            return Step(update, generator=self.generator, discriminator=self.discriminator,
+                        z=z, real=real_part, labels=labels if real_part is not None else None,
+                        d_steps=self.d_steps, index=0 if update == DISCRIMINATOR else self.d_steps,
+                        global_step=ops.zeros((), "int64"), training=False,
+                        seed_generator=seeds, batch_size=m)
+
+        loss = self.gan_loss
+        component = getattr(loss, "loss", loss)  # the plugin's own object, when adapted
+        step = probe(DISCRIMINATOR, real)
+        _scalar(_attempt(component, "d_loss", lambda: loss.d_loss(step)), component, "d_loss")
+        metrics = _attempt(component, "metrics", lambda: loss.metrics(step))
+        if not isinstance(metrics, dict) or not all(isinstance(k, str) for k in metrics):
+            raise StepCheckError(f"{type(component).__name__}.metrics(step) must return a dict "
+                                 f"of names to scalars, got {type(metrics).__name__}", component)
+        for name, value in metrics.items():
+            _scalar(value, component, f"metric {name!r}")
+        g_step = probe(GENERATOR, real if self.generator_uses_real else None)
+        _scalar(_attempt(component, "g_loss", lambda: loss.g_loss(g_step)), component, "g_loss")
+        names = ["d_loss", "g_loss", *metrics]
+        for use in self.regularizations:
+            s = step.fork() if use.network == DISCRIMINATOR else g_step.fork()
+            _scalar(_attempt(use.regularizer, "its call", lambda: use.regularizer(s)),
+                    use.regularizer, "the regularizer")
+            names.append(f"reg/{use.name}")
+        if len(set(names)) != len(names):
+            raise StepCheckError(f"metric names clash: {', '.join(names)}: rename a metric of "
+                                 f"{type(component).__name__}", component)
+        return names
 
     def _update_ema(self):
         # Warm-up as in tf.train.ExponentialMovingAverage(num_updates=t), t = G updates so far:
@@ -140,3 +246,30 @@ class GAN(keras.Model):
         decay = ops.minimum(self.ema, (1.0 + t) / (10.0 + t))
         for average, weight in zip(self.ema_generator.weights, self.generator.weights):
             average.assign(decay * average + (1.0 - decay) * ops.cast(weight, average.dtype))
+
+
+def _attempt(component, what: str, call):
+    try:
+        return call()
+    except StepCheckError:
+        raise
+    except PluginError as exc:
+        raise StepCheckError(str(exc), component) from exc
+    except Exception as exc:
+        last = (str(exc).strip().splitlines() or [""])[-1]
+        raise StepCheckError(f"{type(component).__name__} {what} failed on a batch of "
+                             f"{PROBE_BATCH}: {type(exc).__name__}: {last}", component) from exc
+
+
+def _scalar(value, component, what: str):
+    try:
+        shape = tuple(ops.convert_to_tensor(value).shape)
+    except Exception:
+        raise StepCheckError(f"{type(component).__name__}: {what} returned "
+                             f"{type(value).__name__}, not a scalar tensor", component) from None
+    if shape != ():
+        raise StepCheckError(
+            f"{type(component).__name__}: {what} returned shape {shape} on a batch of "
+            f"{PROBE_BATCH}, not a scalar: reduce it, e.g. with ops.mean (the gradient of a "
+            "vector is that of its sum, which grows with the batch size)", component)
+    return value

@@ -6,8 +6,19 @@ package, or given with ``ganflow run --plugin-module PATH_OR_MODULE``. The built
 (``ganflow_plugins``) are loaded the same way, by name.
 
 All hooks below run once, when the plugins are loaded, in the order the plugins were loaded
-(built-ins, then entry points, then ``--plugin-module``). Each receives a ``register`` callback;
-a name registered twice is an error that names both plugins.
+(built-ins, then entry points, then ``--plugin-module``). Each receives a ``register``
+callback; what is registered is checked then, and a name registered twice is an error that
+names both plugins. A function named like a hook but not decorated is refused, not ignored.
+
+Settings: the hooks marked so take ``register(..., settings={"key": ganflow.Setting(default,
+help)})``. The registered object is then a factory, called with every setting by keyword;
+users give them as ``NAME:key=value,...`` (``--loss wgan:gp=5``), each value is checked
+against its declaration before anything starts, ``ganflow plugins`` lists them, and each
+becomes an MLflow param (``loss.gp``).
+
+Errors: raise ``ganflow.UsageError`` for a user's mistake (a one-line message, exit code 2).
+Any other exception from a plugin's code becomes a one-line error naming the plugin and what
+it was doing (exit code 1; ``ganflow --debug`` shows the traceback).
 """
 
 import pluggy
@@ -17,13 +28,89 @@ hookspec = pluggy.HookspecMarker("ganflow")
 
 @hookspec
 def ganflow_register_losses(register):
-    """Register GAN objectives: ``register(name, loss, description="")``.
+    """Register GAN objectives: ``register(name, loss, description="", settings=None)``.
 
-    ``loss`` is a ``ganflow.Loss`` (or any object with its methods), working on the
-    discriminator's logits: ``discriminator_loss(real_logits, fake_logits)`` and
-    ``generator_loss(fake_logits)`` each return a scalar to minimize; the optional
-    ``penalty(discriminator, real, fake)`` adds a scalar to each discriminator update.
-    Selected with ``ganflow run --loss NAME``.
+    A ``ganflow.StepLoss`` has ``d_loss(step)`` and ``g_loss(step)``, each returning the scalar
+    its network minimizes, and optionally ``metrics(step)``, a dict of scalars to log (called
+    on the last discriminator update of each training step). ``step`` is a ``ganflow.Step``:
+    the update (``step.update``: "discriminator" or "generator", ``step.index`` of
+    ``step.d_steps``, ``step.global_step``), the real examples and ``labels``, ``z``, the
+    ``fake`` examples, both networks, and ``real_logits`` and ``fake_logits`` (float32,
+    shape (m, 1)), computed when first read. ``real`` and ``fake`` hold m examples each,
+    m = ``--batch-size``. In the generator update the real examples are there only if the
+    loss sets ``generator_uses_real = True``: each step then draws m more fresh examples.
+
+    The older shape, ``ganflow.Loss``, still works: ``discriminator_loss(real_logits,
+    fake_logits)`` and ``generator_loss(fake_logits)``, and an optional ``penalty(
+    discriminator, real, fake)`` added to each discriminator update (call the discriminator
+    with ``training=True``, as the update does).
+
+    Losses run inside the traced, possibly XLA-compiled training step: Python code runs once
+    when the step is traced (``print`` shows symbolic tensors; use ``tf.print`` or metrics),
+    draw randomness from ``step.seed_generator``, and compute in float32 (the engine casts
+    logits and the returned loss). The logged ``d_loss`` and ``g_loss`` are the totals each
+    network minimizes: regularizers and the penalty included. Before training, each loss is
+    tried once on a batch of 2 zeros; a loss that returns a vector instead of a scalar, or
+    fails, stops the run with its name. Selected with ``--loss NAME[:SETTINGS]``.
+    """
+
+
+@hookspec
+def ganflow_register_regularizers(register):
+    """Register regularizers: ``register(name, regularizer, description="", settings=None)``.
+
+    A ``ganflow.Regularizer`` is called as ``regularizer(step)`` (a ``ganflow.Step``, as
+    losses get it) and returns a scalar added to the loss of the network named by its
+    ``network`` attribute ("discriminator", the default, or "generator"). It may open its own
+    ``tf.GradientTape`` (e.g. to take D's gradient with respect to its input: R1, gradient
+    penalties). Besides its own settings, each takes ``every=N`` from the engine: it then
+    runs on every N-th update of its network, multiplied by N (lazy regularization). Its value
+    is logged as ``reg/NAME``, the mean over the updates it ran in. Selected with
+    ``--regularizer NAME[:SETTINGS]``, repeatable.
+    """
+
+
+@hookspec
+def ganflow_register_trainers(register):
+    """Register trainers: ``register(name, trainer, description="", settings=None)``.
+
+    A trainer turns a ``ganflow.TrainingSetup`` (the data spec and source, the architecture,
+    the loss and regularizers, latent size, k, seed, EMA, XLA, the run's length, and
+    ``setup.networks()`` and ``setup.optimizer(network)`` to build what it needs) into what
+    is trained. It has one of:
+
+    - ``build(setup) -> ganflow.GAN``: a compiled ``ganflow.GAN`` or subclass, which
+      ``keras.Model.fit`` then trains on batches of ``model.real_per_step(m)`` real examples.
+      To change the training step, subclass ``GAN`` and override ``train_step`` with its
+      public ``discriminator_update`` and ``generator_update``. The built-in ``gan`` trainer
+      (the default) is the k:1 alternation.
+    - ``fit_density(setup) -> ganflow.FittedDensity``: a model fitted at once (the built-in
+      ``mle``, maximum likelihood), logged and registered like a generator.
+
+    Selected with ``--trainer NAME[:SETTINGS]``.
+    """
+
+
+@hookspec
+def ganflow_register_optimizers(register):
+    """Register optimizers: ``register(name, factory, description="", settings=None)``.
+
+    ``factory(learning_rate, **settings)`` returns a ``keras.optimizers.Optimizer``;
+    ``learning_rate`` is a float or a Keras learning-rate schedule. Selected with
+    ``--optimizer NAME[:SETTINGS]`` for both networks, ``--g-optimizer`` and
+    ``--d-optimizer`` for one; the rates are ``--lr-g`` and ``--lr-d``.
+    """
+
+
+@hookspec
+def ganflow_register_schedules(register):
+    """Register learning-rate schedules: ``register(name, factory, description="",
+    settings=None)``.
+
+    ``factory(learning_rate, total_steps, **settings)`` returns a float or a
+    ``keras.optimizers.schedules.LearningRateSchedule`` from ``learning_rate`` over an
+    optimizer's ``total_steps`` updates (each network's own count: k per step for D).
+    Selected with ``--lr-schedule NAME[:SETTINGS]``.
     """
 
 
@@ -50,15 +137,14 @@ def ganflow_register_architectures(register):
     ``architecture.build_generator(spec, latent_dim)`` returns a keras.Model mapping
     (batch, latent_dim) to (batch, *spec.shape); ``architecture.build_discriminator(spec)``
     one mapping (batch, *spec.shape) to (batch, 1) logits. ``spec`` is a ``ganflow.DataSpec``.
-    Selected with ``ganflow run --arch NAME``.
+    The engine checks both shapes before training. Selected with ``--arch NAME``.
 
     With ``argument="SIZES"`` the registered object is a factory instead, called with the
     user's argument (``--arch mlp:256,256`` gives ``"256,256"``; None when an optional
     argument is left out) and returning the architecture.
 
-    An architecture fitted by maximum likelihood instead of adversarially (the built-in
-    ``gmm``) has ``fit(examples, seed) -> ganflow.FittedDensity``; ``ganflow run`` then fits,
-    evaluates and registers its sampler in place of training a GAN.
+    A model family fitted by maximum likelihood instead (the built-in ``gmm``) has
+    ``fit(source, seed) -> ganflow.FittedDensity`` and no networks; the ``mle`` trainer fits it.
     """
 
 
@@ -67,8 +153,8 @@ def ganflow_register_recipes(register):
     """Register recipes: ``register(name, defaults, description="")``.
 
     ``defaults`` is a dict of ``ganflow run`` settings by their config names (``arch``,
-    ``loss``, ``dataset``, ``epochs``, ``batch_size``, ``d_steps``, ``latent_dim``, ``lr_g``,
-    ``lr_d``, ``beta1``, ...; ``ganflow run --help`` lists them all). Selected with
+    ``loss``, ``dataset``, ``epochs``, ``batch_size``, ``d_steps``, ...): ``ganflow settings``
+    lists every name with its help. They are checked when the recipe registers. Selected with
     ``ganflow run --plugin NAME``; a config file and flags override any default.
     """
 

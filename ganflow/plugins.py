@@ -1,7 +1,9 @@
 """Loads plugins and collects what they register into typed registries.
 
-The rest of ganflow asks ``Plugins`` for a loss, dataset, architecture or recipe by name and
-never calls pluggy itself.
+The rest of ganflow asks ``Plugins`` for a loss, dataset, architecture, recipe, ... by name
+and never calls pluggy itself. Everything a plugin registers is checked when it registers;
+everything a plugin's code does later goes through ``call``, which turns its failures into
+one line naming the plugin.
 """
 
 from __future__ import annotations
@@ -10,21 +12,26 @@ import difflib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pluggy
 
 from ganflow import hookspecs
-from ganflow.errors import PluginError, UsageError
+from ganflow.errors import GanflowError, PluginError, UsageError
+from ganflow.settings import Setting, check_declarations, format_spec, resolve, split_spec
 
 ENTRY_POINT_GROUP = "ganflow"
+HOOK_PREFIX = "ganflow_"
 
 # The built-in plugins, loaded by name exactly as a third-party module would be.
 DEFAULT_PLUGINS = (
     "ganflow_plugins.losses",
+    "ganflow_plugins.optimizers",
+    "ganflow_plugins.trainers",
     "ganflow_plugins.datasets",
     "ganflow_plugins.dcgan",
     "ganflow_plugins.toy",
@@ -35,28 +42,79 @@ DEFAULT_PLUGINS = (
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered thing: its name, the object, the plugin that registered it."""
+    """One registered thing: its kind and name, the object, the plugin that registered it."""
 
+    kind: str
     name: str
     obj: Any
     plugin: str
     description: str = ""
     argument: str | None = None  # datasets, architectures: the placeholder after "name:"
     argument_optional: bool = False
+    settings: dict[str, Setting] = field(default_factory=dict)
 
     @property
     def usage(self) -> str:
-        """How the name is written: ``folder:PATH``, ``mlp[:SIZES]`` or ``digits``."""
+        """How the name is written: ``folder:PATH``, ``mlp[:SIZES]``, ``wgan[:SETTINGS]``."""
+        if self.settings:
+            return f"{self.name}[:SETTINGS]"
         if not self.argument:
             return self.name
         return f"{self.name}[:{self.argument}]" if self.argument_optional else f"{self.name}:{self.argument}"
+
+    def call(self, doing: str, function: Callable, *args, **kwargs):
+        """``function(*args, **kwargs)``: a failure in the plugin's code becomes a PluginError
+        that names the plugin, this entry and what it was doing, with the error's last line.
+        A ``GanflowError`` the plugin raised on purpose passes as it is."""
+        try:
+            return function(*args, **kwargs)
+        except GanflowError:
+            raise
+        except Exception as exc:
+            lines = str(exc).strip().splitlines()
+            raise PluginError(
+                f"plugin {self.plugin}: {self.kind} {self.name!r} failed {doing}: "
+                f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+                + " (ganflow --debug shows the traceback)") from exc
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered thing with the settings a run gives it (``--loss wgan:gp=5``)."""
+
+    entry: Entry
+    values: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def spec(self) -> str:
+        """The canonical ``name:key=value,...``, every setting included."""
+        return format_spec(self.name, self.values)
+
+    def build(self, *args):
+        """The object a run uses: the registered factory called with ``args`` and the
+        settings, or the registered object itself when it takes neither."""
+        if not args and not self.entry.settings:
+            return self.entry.obj
+        return self.entry.call("to build", self.entry.obj, *args, **self.values)
+
+    def params(self, prefix: str) -> dict[str, Any]:
+        """Each setting as an MLflow param: ``{prefix}.{key}``."""
+        return {f"{prefix}.{key}": value for key, value in self.values.items()}
 
 
 class Registry:
     """Named things of one kind; refuses duplicates and answers unknown names helpfully."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, check: Callable[[Entry], None] | None = None,
+                 takes_argument: bool = False, takes_settings: bool = False):
         self.kind = kind
+        self.check = check
+        self.takes_argument = takes_argument
+        self.takes_settings = takes_settings
         self._entries: dict[str, Entry] = {}
 
     def add(self, entry: Entry) -> None:
@@ -71,6 +129,8 @@ class Registry:
                 f"{self.kind} {entry.name!r} is registered by two plugins, {first} and "
                 f"{entry.plugin}: uninstall one of them or rename its {self.kind}"
             )
+        if self.check is not None:
+            self.check(entry)
         self._entries[entry.name] = entry
 
     def get(self, name: str) -> Entry:
@@ -94,35 +154,142 @@ class Registry:
         return name in self._entries
 
 
+def _problem(entry: Entry, text: str) -> PluginError:
+    return PluginError(f"plugin {entry.plugin}: {entry.kind} {entry.name!r} {text}")
+
+
+def _check_loss(entry: Entry) -> None:
+    from ganflow.step import loss_protocol
+
+    if entry.settings:
+        if not callable(entry.obj):
+            raise _problem(entry, "declares settings, so it must be a factory (e.g. the "
+                                  "class) called with them")
+    elif loss_protocol(entry.obj) is None:
+        raise _problem(entry, f"is a {type(entry.obj).__name__}, not a loss: give it "
+                              "d_loss(step) and g_loss(step) (subclass ganflow.StepLoss), or "
+                              "discriminator_loss(real_logits, fake_logits) and "
+                              "generator_loss(fake_logits) (ganflow.Loss)")
+
+
+def _check_regularizer(entry: Entry) -> None:
+    from ganflow.step import check_regularizer
+
+    if "every" in entry.settings:
+        raise _problem(entry, "declares the setting 'every', which the engine gives every "
+                              "regularizer: rename it")
+    if not entry.settings:
+        try:
+            check_regularizer(entry.obj)
+        except PluginError as exc:
+            raise _problem(entry, str(exc)) from None
+    elif not callable(entry.obj):
+        raise _problem(entry, "declares settings, so it must be a factory called with them")
+
+
+def _check_callable(what: str):
+    def check(entry: Entry) -> None:
+        if not callable(entry.obj):
+            raise _problem(entry, f"must be {what}, got a {type(entry.obj).__name__}")
+    return check
+
+
+def _check_architecture(entry: Entry) -> None:
+    if entry.argument:
+        _check_callable("a factory called with the argument")(entry)
+    elif not (hasattr(entry.obj, "build_generator") or hasattr(entry.obj, "fit")):
+        raise _problem(entry, "has neither build_generator(spec, latent_dim) and "
+                              "build_discriminator(spec) nor fit(source, seed)")
+
+
+def _check_trainer(entry: Entry) -> None:
+    if entry.settings:
+        _check_callable("a factory called with its settings")(entry)
+    elif not (callable(getattr(entry.obj, "build", None)) or
+              callable(getattr(entry.obj, "fit_density", None))):
+        raise _problem(entry, "has neither build(setup) nor fit_density(setup)")
+
+
+def _check_recipe(entry: Entry) -> None:
+    from ganflow.config import resolve as resolve_config
+
+    if not isinstance(entry.obj, dict):
+        raise _problem(entry, f"must be a dict of settings, got a {type(entry.obj).__name__}")
+    try:
+        resolve_config((f"recipe {entry.name}", {**entry.obj, "recipe": entry.name}))
+    except UsageError as exc:
+        raise PluginError(f"plugin {entry.plugin}: {exc} (`ganflow settings` lists every "
+                          "setting by its config name)") from None
+
+
+# hook name -> (attribute, kind, check, takes an argument, takes settings), in the order
+# `ganflow plugins` lists them.
+KINDS = {
+    "ganflow_register_recipes": ("recipes", "recipe", _check_recipe, False, False),
+    "ganflow_register_trainers": ("trainers", "trainer", _check_trainer, False, True),
+    "ganflow_register_losses": ("losses", "loss", _check_loss, False, True),
+    "ganflow_register_regularizers": ("regularizers", "regularizer", _check_regularizer,
+                                      False, True),
+    "ganflow_register_optimizers": ("optimizers", "optimizer",
+                                    _check_callable("a factory(learning_rate, **settings)"),
+                                    False, True),
+    "ganflow_register_schedules": ("schedules", "learning-rate schedule",
+                                   _check_callable("a factory(learning_rate, total_steps, "
+                                                   "**settings)"), False, True),
+    "ganflow_register_datasets": ("datasets", "dataset", _check_callable("a loader(options)"),
+                                  True, False),
+    "ganflow_register_architectures": ("architectures", "architecture", _check_architecture,
+                                       True, False),
+    "ganflow_register_feature_extractors": ("features", "feature extractor",
+                                            _check_callable("a factory(options)"), False, False),
+}
+# How `ganflow plugins` titles a registry, where its attribute name would not do.
+TITLES = {"features": "feature extractors", "schedules": "learning-rate schedules"}
+
+
 class Plugins:
     """Everything the loaded plugins registered."""
 
+    losses: Registry
+    regularizers: Registry
+    trainers: Registry
+    optimizers: Registry
+    schedules: Registry
+    datasets: Registry
+    architectures: Registry
+    recipes: Registry
+    features: Registry
+
     def __init__(self, pm: pluggy.PluginManager):
         self.pm = pm
-        self.losses = Registry("loss")
-        self.datasets = Registry("dataset")
-        self.architectures = Registry("architecture")
-        self.recipes = Registry("recipe")
-        self.features = Registry("feature extractor")
-        self._collect("ganflow_register_losses", self.losses)
-        self._collect("ganflow_register_datasets", self.datasets, takes_argument=True)
-        self._collect("ganflow_register_architectures", self.architectures, takes_argument=True)
-        self._collect("ganflow_register_recipes", self.recipes)
-        self._collect("ganflow_register_feature_extractors", self.features)
+        for hook_name, (attribute, kind, check, argument, settings) in KINDS.items():
+            registry = Registry(kind, check, argument, settings)
+            setattr(self, attribute, registry)
+            self._collect(hook_name, registry)
 
-    def _collect(self, hook_name: str, registry: Registry, takes_argument=False) -> None:
+    @property
+    def registries(self) -> dict[str, Registry]:
+        """Every registry by its title (``losses``, ``feature extractors``), in the order
+        ``ganflow plugins`` lists them."""
+        return {TITLES.get(attribute, attribute): getattr(self, attribute)
+                for attribute, *_ in KINDS.values()}
+
+    def _collect(self, hook_name: str, registry: Registry) -> None:
         # Each implementation is called on its own so every registration knows its plugin,
         # which is what lets a duplicate name point at both plugins.
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             plugin = impl.plugin_name
 
             def register(name, obj, description="", argument=None, argument_optional=False,
-                         _plugin=plugin):
-                if argument is not None and not takes_argument:
+                         settings=None, _plugin=plugin):
+                if argument is not None and not registry.takes_argument:
                     raise PluginError(
                         f"plugin {_plugin}: only datasets and architectures take an argument")
-                registry.add(Entry(name, obj, _plugin, description, argument,
-                                   bool(argument_optional)))
+                if settings is not None and not registry.takes_settings:
+                    raise PluginError(f"plugin {_plugin}: a {registry.kind} takes no settings")
+                declared = check_declarations(settings, _plugin, f"{registry.kind} {name!r}")
+                registry.add(Entry(registry.kind, name, obj, _plugin, description, argument,
+                                   bool(argument_optional), declared))
 
             try:
                 impl.function(register=register)
@@ -132,6 +299,15 @@ class Plugins:
                 raise PluginError(
                     f"plugin {plugin} failed in {hook_name}: {type(exc).__name__}: {exc}"
                 ) from exc
+
+    def component(self, registry: Registry, spec: str, option: str,
+                  given: dict[str, Any] | None = None) -> Component:
+        """Look up ``NAME`` or ``NAME:key=value,...``; settings checked against the entry's
+        declarations (``given`` adds settings already typed, from a config file)."""
+        name, values = split_spec(spec)
+        entry = registry.get(name)
+        what = f"{option} {name}: {registry.kind} {name!r}"
+        return Component(entry, resolve(entry.settings, {**values, **(given or {})}, what))
 
     def dataset(self, spec: str) -> tuple[Entry, str | None]:
         """Look up ``NAME`` or ``NAME:ARGUMENT``; returns the entry and the argument."""
@@ -146,13 +322,7 @@ class Plugins:
         entry, argument = self._lookup(self.architectures, "--arch", spec)
         if not entry.argument:
             return entry, entry.obj
-        try:
-            return entry, entry.obj(argument)
-        except UsageError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"plugin {entry.plugin}: architecture {spec!r} failed to build: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        return entry, entry.call(f"to build from {spec!r}", entry.obj, argument)
 
     @staticmethod
     def _lookup(registry: Registry, option: str, spec: str) -> tuple[Entry, str | None]:
@@ -168,7 +338,11 @@ class Plugins:
 
 
 def load_plugins(plugin_modules: tuple[str, ...] = ()) -> Plugins:
-    """Load built-ins, then the ``ganflow`` entry points, then each ``--plugin-module``."""
+    """Load built-ins, then the ``ganflow`` entry points, then each ``--plugin-module``.
+
+    A module already loaded (installed and also given by name or path, or given twice) is
+    loaded once.
+    """
     pm = pluggy.PluginManager("ganflow")
     pm.add_hookspecs(hookspecs)
     for name in DEFAULT_PLUGINS:
@@ -185,7 +359,8 @@ def load_plugins(plugin_modules: tuple[str, ...] = ()) -> Plugins:
             ) from exc
         _register(pm, module, ep.name)
     for spec in plugin_modules:
-        _register(pm, _import_plugin_module(spec), spec)
+        module = _loaded_from(pm, spec) or _import_plugin_module(spec)
+        _register(pm, module, spec)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -193,25 +368,66 @@ def load_plugins(plugin_modules: tuple[str, ...] = ()) -> Plugins:
                          if caller.spec is None and caller.get_hookimpls())
         raise PluginError(
             f"plugin {pm.get_name(exc.plugin)} implements {', '.join(unknown)}, which is not a "
-            f"ganflow hook; the hooks are: {', '.join(_hook_names())}"
+            f"ganflow hook{_did_you_mean(unknown[0])}; the hooks are: "
+            f"{', '.join(hook_names())}"
         ) from exc
     return Plugins(pm)
 
 
-def _hook_names() -> list[str]:
-    return sorted(name for name in dir(hookspecs) if name.startswith("ganflow_"))
+def hook_names() -> list[str]:
+    return sorted(name for name in dir(hookspecs) if name.startswith(HOOK_PREFIX))
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name, hook_names(), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _register(pm: pluggy.PluginManager, module, name: str) -> None:
+    if pm.is_registered(module):
+        return  # the same module by another route: loading it twice must be harmless
+    _check_undecorated(module, name)
     try:
         pm.register(module, name=name)
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {name} is invalid: {exc}") from exc
 
 
+def _check_undecorated(module, name: str) -> None:
+    """A hook function without ``@ganflow.hookimpl`` would be silently ignored: refuse it."""
+    for attribute, value in vars(module).items():
+        if not attribute.startswith(HOOK_PREFIX) or not inspect.isfunction(value):
+            continue
+        if getattr(value, "ganflow_impl", None) is not None:
+            continue
+        if value.__module__ != getattr(module, "__name__", None):
+            continue  # imported from elsewhere, not this plugin's own
+        if attribute in hook_names():
+            raise PluginError(f"plugin {name}: {attribute} is not decorated with "
+                              "@ganflow.hookimpl, so ganflow would never call it: add the "
+                              "decorator")
+        if attribute.startswith(HOOK_PREFIX + "register_"):
+            raise PluginError(f"plugin {name}: {attribute} is not a ganflow hook"
+                              f"{_did_you_mean(attribute)} (and it lacks @ganflow.hookimpl); "
+                              f"the hooks are: {', '.join(hook_names())}")
+
+
+def _loaded_from(pm: pluggy.PluginManager, spec: str):
+    """The already registered module that ``spec`` (a name or a path) names, if any."""
+    if not (spec.endswith(".py") or Path(spec).exists()):
+        module = sys.modules.get(spec)
+        return module if module is not None and pm.is_registered(module) else None
+    wanted = Path(spec).expanduser().resolve()
+    for module in pm.get_plugins():
+        path = getattr(module, "__file__", None)
+        if path and Path(path).resolve() == wanted:
+            return module
+    return None
+
+
 def _import_plugin_module(spec: str):
     """A ``--plugin-module`` value: a path to a .py file, or an importable module name."""
-    path = Path(spec)
+    path = Path(spec).expanduser()
     try:
         if spec.endswith(".py") or path.exists():
             if not path.is_file():

@@ -4,14 +4,19 @@ checked before the MLflow run starts, so a mistake costs seconds and leaves no h
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ganflow import noise
 from ganflow.config import RunConfig, load_config_file, resolve
-from ganflow.errors import UsageError
-from ganflow.plugins import Plugins
+from ganflow.errors import PluginError, UsageError
+from ganflow.plugins import Component, Entry, Plugins
+from ganflow.settings import Setting, convert, split_spec
+from ganflow.step import DISCRIMINATOR, GENERATOR, Regularization, as_step_loss
 from ganflow.types import DatasetOptions
+
 
 @dataclass
 class RunResult:
@@ -25,7 +30,7 @@ class RunResult:
     seconds: float
     metrics: dict[str, float]
     interrupted: bool = False
-    champion: object = None  # a tracking.Champion when the version was evaluated
+    champion: object = None  # a registry.Champion when the version was evaluated
 
 
 def resolve_config(
@@ -40,16 +45,159 @@ def resolve_config(
     return resolve(*layers)
 
 
+# The engine's own setting of every regularizer.
+EVERY = Setting(1, "run on every N-th update of its network only, multiplied by N", minimum=1)
+
+
+@dataclass
+class Resolved:
+    """A run's plugins, looked up by name with their settings checked; nothing built yet."""
+
+    trainer: Component
+    loss: Component
+    regularizers: list[tuple[Component, int]]  # (regularizer, every)
+    optimizers: dict[str, Component]  # by network
+    schedule: Component
+    arch: Entry
+    architecture: Any
+    dataset: Entry
+    dataset_argument: str | None
+    features: Entry | None = None
+
+    @cached_property
+    def trainer_object(self):
+        return self.trainer.build()
+
+    @cached_property
+    def loss_object(self):
+        return _built(self.loss)
+
+    @cached_property
+    def regularizations(self) -> list[Regularization]:
+        return [Regularization(component.name, _built(component), every)
+                for component, every in self.regularizers]
+
+    @property
+    def fits_density(self) -> bool:
+        return callable(getattr(self.trainer_object, "fit_density", None))
+
+    def params(self) -> dict[str, Any]:
+        """Every plugin setting, defaults included, as MLflow params."""
+        out = {**self.trainer.params("trainer"), **self.loss.params("loss"),
+               **self.schedule.params("lr_schedule")}
+        for network, component in self.optimizers.items():
+            out.update(component.params(f"{network[0]}_optimizer"))
+        for component, every in self.regularizers:
+            out.update(component.params(f"regularizer.{component.name}"))
+            out[f"regularizer.{component.name}.every"] = every
+        return out
+
+    def providers(self) -> dict[str, str]:
+        """Which plugin provided each named thing, as run tags."""
+        tags = {"ganflow.plugin.trainer": self.trainer.entry.plugin,
+                "ganflow.plugin.loss": self.loss.entry.plugin,
+                "ganflow.plugin.arch": self.arch.plugin,
+                "ganflow.plugin.dataset": self.dataset.plugin}
+        for component, _ in self.regularizers:
+            tags[f"ganflow.plugin.regularizer.{component.name}"] = component.entry.plugin
+        if self.features is not None:
+            tags["ganflow.plugin.features"] = self.features.plugin
+        return tags
+
+
+def resolve_plugins(config: RunConfig, plugins: Plugins) -> Resolved:
+    """Look up every name of the run and check every setting: a typo must not cost a
+    dataset load."""
+    regularizers = [_regularizer(plugins, spec) for spec in config.regularizers]
+    names = [component.name for component, _ in regularizers]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--regularizer: each regularizer may be given once, got "
+                         f"{', '.join(names)}")
+    optimizers = {
+        GENERATOR: plugins.component(plugins.optimizers, config.g_optimizer or config.optimizer,
+                                     "--g-optimizer" if config.g_optimizer else "--optimizer"),
+        DISCRIMINATOR: plugins.component(plugins.optimizers,
+                                         config.d_optimizer or config.optimizer,
+                                         "--d-optimizer" if config.d_optimizer else "--optimizer"),
+    }
+    resolved = Resolved(
+        trainer=plugins.component(plugins.trainers, config.trainer, "--trainer"),
+        loss=plugins.component(plugins.losses, config.loss, "--loss"),
+        regularizers=regularizers,
+        optimizers=optimizers,
+        schedule=plugins.component(plugins.schedules, config.lr_schedule, "--lr-schedule"),
+        arch=None, architecture=None, dataset=None, dataset_argument=None,
+    )
+    resolved.arch, resolved.architecture = plugins.architecture(config.arch)
+    resolved.dataset, resolved.dataset_argument = plugins.dataset(config.dataset)
+    if config.features:
+        resolved.features = plugins.features.get(config.features)
+    return resolved
+
+
+def _regularizer(plugins: Plugins, spec: str) -> tuple[Component, int]:
+    name, values = split_spec(spec)
+    every = convert(EVERY, values.pop("every", EVERY.default),
+                    f"--regularizer {name}: setting every")
+    component = plugins.component(plugins.regularizers, name, "--regularizer", given=values)
+    return component, every
+
+
 @dataclass
 class Prepared:
     """Everything a run needs, built and checked, nothing yet started."""
 
     config: RunConfig
+    resolved: Resolved
     source: Any
     gan: Any
     steps_per_epoch: int
-    providers: dict[str, str]
+    per_step: int
     evaluator: Any = None  # an evaluation.Evaluator with --eval-every
+    providers: dict[str, str] = field(default_factory=dict)
+
+
+def load_source(config: RunConfig, resolved: Resolved):
+    """The dataset plugin's source; its failures name the plugin."""
+    options = DatasetOptions(resolved.dataset_argument, config.data_dir, config.image_size)
+    return resolved.dataset.call("to load", resolved.dataset.obj, options)
+
+
+def setup_for(config: RunConfig, resolved: Resolved, source, steps_per_epoch: int = 0):
+    """The ``ganflow.TrainingSetup`` a trainer receives."""
+    from ganflow.training import TrainingSetup
+
+    def make_optimizer(network: str, total_updates: int):
+        rate = config.lr_g if network == GENERATOR else config.lr_d
+        schedule = resolved.schedule.build(rate, total_updates)
+        return resolved.optimizers[network].build(schedule)
+
+    return TrainingSetup(
+        spec=source.spec, source=source, architecture=resolved.architecture,
+        loss=resolved.loss_object, regularizers=resolved.regularizations,
+        latent_dim=config.latent_dim,
+        d_steps=config.d_steps, seed=config.seed, ema=config.ema,
+        jit_compile=config.jit_compile, steps_per_epoch=steps_per_epoch, epochs=config.epochs,
+        make_optimizer=make_optimizer, names={"arch": config.arch, "dataset": config.dataset},
+        settings=resolved.trainer.values,
+    )
+
+
+def _built(component: Component):
+    """A loss or regularizer object, checked for its contract (a factory's product is only
+    known once built)."""
+    obj = component.build()
+    try:
+        if component.entry.kind == "loss":
+            as_step_loss(obj)
+        else:
+            from ganflow.step import check_regularizer
+
+            check_regularizer(obj)
+    except PluginError as exc:
+        raise PluginError(f"plugin {component.entry.plugin}: {component.entry.kind} "
+                          f"{component.name!r}: {exc}") from None
+    return obj
 
 
 def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False) -> Prepared:
@@ -66,36 +214,32 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False) ->
     from ganflow.data import batches_per_pass
     from ganflow.gan import GAN
 
-    # Names first: a typo must not cost a dataset load.
-    loss = plugins.losses.get(config.loss)
-    arch, architecture = plugins.architecture(config.arch)
-    dataset, argument = plugins.dataset(config.dataset)
-    if config.features:
-        plugins.features.get(config.features)
-
-    source = dataset.obj(DatasetOptions(argument, config.data_dir, config.image_size))
-    spec = source.spec
-    per_pass = batches_per_pass(spec.size, config.batch_size, config.d_steps)  # fits at all?
-    steps_per_epoch = config.steps_per_epoch or per_pass
+    resolved = resolve_plugins(config, plugins)
+    trainer = resolved.trainer_object
+    if not callable(getattr(trainer, "build", None)):
+        raise UsageError(f"trainer {resolved.trainer.name} fits a density at once: "
+                         "runner.run fits it, prepare has nothing to build")
+    source = load_source(config, resolved)
+    setup = setup_for(config, resolved, source)
+    # Steps per pass as the default step consumes data (the schedules' lengths depend on it);
+    # corrected below if the trainer's model takes another amount.
+    per_step = config.batch_size * (
+        config.d_steps + int(GAN.reads_real(setup.loss, setup.regularizers)))
+    setup.steps_per_epoch = config.steps_per_epoch or batches_per_pass(
+        source.spec.size, config.batch_size, per_step)
 
     keras.utils.set_random_seed(config.seed)
-    generator = architecture.build_generator(spec, config.latent_dim)
-    discriminator = architecture.build_discriminator(spec)
-    _check_shapes(config, spec, generator, discriminator)
+    gan = _build_model(resolved, trainer, setup)
+    if not isinstance(gan, GAN):
+        raise PluginError(f"plugin {resolved.trainer.entry.plugin}: trainer "
+                          f"{resolved.trainer.name!r} built a {type(gan).__name__}; build(setup) "
+                          "must return a compiled ganflow.GAN (or subclass)")
+    steps_per_epoch = setup.steps_per_epoch
+    if gan.real_per_step(config.batch_size) != per_step:
+        per_step = gan.real_per_step(config.batch_size)
+        steps_per_epoch = config.steps_per_epoch or batches_per_pass(
+            source.spec.size, config.batch_size, per_step)
 
-    gan = GAN(generator, discriminator, config.latent_dim, config.d_steps, seed=config.seed,
-              ema=config.ema)
-    gan.compile(
-        d_optimizer=keras.optimizers.Adam(config.lr_d, beta_1=config.beta1, beta_2=config.beta2),
-        g_optimizer=keras.optimizers.Adam(config.lr_g, beta_1=config.beta1, beta_2=config.beta2),
-        loss=loss.obj,
-        jit_compile=config.jit_compile,
-    )
-    providers = {
-        "ganflow.plugin.loss": loss.plugin,
-        "ganflow.plugin.arch": arch.plugin,
-        "ganflow.plugin.dataset": dataset.plugin,
-    }
     evaluator = None
     inception_by_default = not config.features and evaluation.default_features(source) == "inception"
     if config.eval_every and eval_optional and inception_by_default:
@@ -106,26 +250,27 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False) ->
         # Before the run starts: missing weights or unlabelled data must cost seconds.
         evaluator = evaluation.build(plugins, source, config.dataset, config.features,
                                      config.feature_weights, config.eval_samples, config.seed)
-        providers["ganflow.plugin.features"] = plugins.features.get(evaluator.features).plugin
-    return Prepared(config, source, gan, steps_per_epoch, providers, evaluator)
+        resolved.features = plugins.features.get(evaluator.features)
+    return Prepared(config, resolved, source, gan, steps_per_epoch, per_step, evaluator,
+                    resolved.providers())
 
 
-def _check_shapes(config, spec, generator, discriminator) -> None:
-    import numpy as np
+def _build_model(resolved: Resolved, trainer, setup):
+    """``trainer.build(setup)``; a loss or regularizer that fails its check before training
+    is named with its plugin."""
+    from ganflow.gan import StepCheckError
 
-    z = np.zeros((2, config.latent_dim), dtype=np.float32)
-    made = tuple(generator(z, training=False).shape[1:])
-    if made != tuple(spec.shape):
-        raise UsageError(
-            f"architecture {config.arch}'s generator makes examples of shape {made}, but "
-            f"dataset {config.dataset} has examples of shape {tuple(spec.shape)}"
-        )
-    scored = tuple(discriminator(np.zeros((2, *spec.shape), np.float32), training=False).shape[1:])
-    if scored != (1,):
-        raise UsageError(
-            f"architecture {config.arch}'s discriminator outputs shape {scored} per example; "
-            "it must output (1,): one logit"
-        )
+    try:
+        return resolved.trainer.entry.call("to build the model", trainer.build, setup)
+    except StepCheckError as exc:
+        culprits = [(resolved.loss, resolved.loss_object)] + [
+            (component, use.regularizer)
+            for (component, _), use in zip(resolved.regularizers, resolved.regularizations)]
+        for component, obj in culprits:
+            if exc.component is obj:
+                raise PluginError(f"plugin {component.entry.plugin}: {component.entry.kind} "
+                                  f"{component.name!r}: {exc}") from exc
+        raise
 
 
 def _data_params(source) -> dict[str, Any]:
@@ -140,54 +285,49 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         eval_optional: bool = False) -> RunResult:
     """Train, track and register; Ctrl-C stops training and still logs the generator.
 
-    An architecture with ``fit`` (maximum likelihood) is fitted instead of trained as a GAN.
-    With ``--eval-every``, the registered version is tagged with its metrics and becomes the
+    A trainer that fits a density (``mle``) fits it instead of training a GAN. With
+    ``--eval-every``, the registered version is tagged with its metrics and becomes the
     ``champion`` if its FID is the best; ``report`` receives a line per evaluation.
     ``eval_optional``: see ``prepare``.
     """
     import mlflow
-    import numpy as np
 
-    from ganflow import tracking
+    from ganflow import callbacks, models, registry, tracking, views
     from ganflow.data import training_pipeline
 
-    arch, architecture = plugins.architecture(config.arch)
-    if callable(getattr(architecture, "fit", None)):
-        return run_maximum_likelihood(config, plugins, arch, architecture)
+    resolved = resolve_plugins(config, plugins)
+    if resolved.fits_density:
+        return run_maximum_likelihood(config, resolved)
     prepared = prepare(config, plugins, eval_optional)
     gan, source = prepared.gan, prepared.source
     tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
-    extra_params = _data_params(source)
+    extra_params = {**_data_params(source), **prepared.resolved.params()}
     if prepared.evaluator is not None:
         extra_params.update(prepared.evaluator.params)
     started = time.perf_counter()
     with tracking.start_run(config, extra_params, prepared.providers) as active:
         run_id = active.info.run_id
-        noise = np.random.default_rng(config.seed).standard_normal(
-            (config.samples, config.latent_dim)
-        ).astype(np.float32)
-        logger = tracking.MlflowLogger(
+        logger = callbacks.MlflowLogger(
             config.log_every,
             prepared.steps_per_epoch,
             Path(config.output_dir) / run_id / "samples",
-            tracking.SampleView(source, noise, config.seed),
+            views.SampleView(source, noise.latent(config.samples, config.latent_dim,
+                                                  config.seed, "grid"), config.seed),
         )
-        callbacks = [logger]
+        fit_callbacks = [logger]
         if prepared.evaluator is not None:
-            from ganflow import evaluation
-
-            eval_noise = evaluation.noise(config.eval_samples, config.latent_dim, config.seed)
-            evaluations = tracking.EvaluationLogger(prepared.evaluator, config.eval_every,
-                                                    prepared.steps_per_epoch, eval_noise, report)
-            callbacks.append(evaluations)
-        pipeline = training_pipeline(source, config.batch_size, config.d_steps, config.seed)
+            evaluations = callbacks.EvaluationLogger(
+                prepared.evaluator, config.eval_every, prepared.steps_per_epoch,
+                noise.latent(config.eval_samples, config.latent_dim, config.seed, "eval"), report)
+            fit_callbacks.append(evaluations)
+        pipeline = training_pipeline(source, prepared.per_step, config.seed)
         interrupted = False
         try:
             history = gan.fit(
                 pipeline,
                 epochs=config.epochs,
                 steps_per_epoch=prepared.steps_per_epoch,
-                callbacks=callbacks,
+                callbacks=fit_callbacks,
                 shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
                 verbose=verbose,
             )
@@ -199,20 +339,21 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
             interrupted = True
             metrics = {}
         model_name = None if interrupted or not config.register else config.model_name
-        tags = {"loss": config.loss, "dataset": config.dataset, "run_id": run_id}
-        if config.ema is not None:
-            tags["ema"] = str(config.ema)
-        evaluated = prepared.evaluator is not None and "eval/fid" in metrics
-        if evaluated:
-            tags.update(eval_dataset=config.dataset, eval_samples=str(config.eval_samples))
-        tags.update(tracking.version_tags(
-            metrics, prepared.evaluator.params if evaluated else None))
-        model_uri, version = tracking.log_generator(
-            gan.sampling_generator, config.latent_dim, model_name, tags
-        )
-        champion = None
-        if version is not None and evaluated:
-            champion = tracking.promote_champion(model_name, version)
+        model_uri = models.log_generator(gan.sampling_generator, config.latent_dim)
+        version = champion = None
+        if model_name is not None:
+            tags = {"loss": config.loss, "dataset": config.dataset, "run_id": run_id}
+            if config.ema is not None:
+                tags["ema"] = str(config.ema)
+            evaluated = prepared.evaluator is not None and "eval/fid" in metrics
+            if evaluated:
+                tags.update(eval_dataset=config.dataset, eval_samples=str(config.eval_samples))
+            tags.update(registry.version_tags(
+                metrics, prepared.evaluator.params if evaluated else None))
+            version = registry.register(model_uri, model_name, tags)
+            model_uri = f"models:/{model_name}/{version}"
+            if evaluated:
+                champion = registry.promote_champion(model_name, version)
         if interrupted:
             mlflow.set_tag("ganflow.interrupted", "true")
             mlflow.end_run(status="KILLED")
@@ -231,15 +372,17 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     )
 
 
-# Settings that only a GAN uses: a maximum-likelihood run does not log them.
-GAN_ONLY = ("loss", "epochs", "batch_size", "d_steps", "latent_dim", "lr_g", "lr_d", "beta1",
-            "beta2", "ema", "steps_per_epoch", "jit", "log_every", "eval_every", "eval_samples",
-            "features", "feature_weights")
+# Settings that only a trainer with networks uses: a maximum-likelihood run does not log them.
+GAN_ONLY = ("loss", "regularizers", "epochs", "batch_size", "d_steps", "latent_dim",
+            "optimizer", "g_optimizer", "d_optimizer", "lr_g", "lr_d", "lr_schedule", "ema",
+            "steps_per_epoch", "jit", "log_every", "eval_every", "eval_samples", "features",
+            "feature_weights")
 HELDOUT_SIZE = 10_000
 
 
-def run_maximum_likelihood(config: RunConfig, plugins: Plugins, arch, architecture) -> RunResult:
-    """Fit P_G by maximum likelihood, log the fit like a GAN run, register its sampler.
+def run_maximum_likelihood(config: RunConfig, resolved: Resolved) -> RunResult:
+    """Fit P_G at once (the trainer's ``fit_density``), log the fit like a GAN run, register
+    its sampler.
 
     Logs the mean log-likelihood of the training data and, when the data's density is known,
     of fresh held-out samples under the fit and under P_data itself (the best possible).
@@ -247,38 +390,51 @@ def run_maximum_likelihood(config: RunConfig, plugins: Plugins, arch, architectu
     import mlflow
     import numpy as np
 
-    from ganflow import tracking
+    from ganflow import models, registry, tracking, views
+    from ganflow.training import TrainingSetup
 
-    dataset, argument = plugins.dataset(config.dataset)
-    source = dataset.obj(DatasetOptions(argument, config.data_dir, config.image_size))
+    source = load_source(config, resolved)
+    setup = TrainingSetup(
+        spec=source.spec, source=source, architecture=resolved.architecture, loss=None,
+        regularizers=[], latent_dim=config.latent_dim, d_steps=config.d_steps, seed=config.seed,
+        ema=None, jit_compile=config.jit_compile, steps_per_epoch=0, epochs=config.epochs,
+        names={"arch": config.arch, "dataset": config.dataset},
+        settings=resolved.trainer.values)
+    trainer = resolved.trainer_object
     tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
-    providers = {"ganflow.plugin.arch": arch.plugin, "ganflow.plugin.dataset": dataset.plugin,
+    providers = {"ganflow.plugin.trainer": resolved.trainer.entry.plugin,
+                 "ganflow.plugin.arch": resolved.arch.plugin,
+                 "ganflow.plugin.dataset": resolved.dataset.plugin,
                  "ganflow.objective": "maximum-likelihood"}
     started = time.perf_counter()
-    with tracking.start_run(config, _data_params(source), providers, exclude=GAN_ONLY) as active:
+    params = {**_data_params(source), **resolved.trainer.params("trainer")}
+    with tracking.start_run(config, params, providers, exclude=GAN_ONLY) as active:
         run_id = active.info.run_id
-        fitted = architecture.fit(source, config.seed)
+        fitted = resolved.trainer.entry.call("to fit", trainer.fit_density, setup)
         latent_dim = int(fitted.generator.input_shape[-1])
         mlflow.log_params({"latent_dim": latent_dim,
                            **{f"fit_{k}": v for k, v in fitted.info.items()}})
         train = np.stack(list(source.examples().as_numpy_iterator()))
         metrics = {"train_log_likelihood": float(np.mean(fitted.log_prob(train)))}
         if source.density is not None:
-            heldout = source.density.sample(HELDOUT_SIZE, seed=config.seed + 1)
+            heldout = source.density.sample(HELDOUT_SIZE, seed=noise.rng(config.seed, "heldout"))
             metrics["heldout_log_likelihood"] = float(np.mean(fitted.log_prob(heldout)))
             metrics["heldout_log_likelihood_data"] = float(np.mean(source.density.log_prob(heldout)))
-        noise = np.random.default_rng(config.seed).standard_normal(
-            (config.samples, latent_dim)).astype(np.float32)
-        view = tracking.SampleView(source, noise, config.seed)
+        view = views.SampleView(source, noise.latent(config.samples, latent_dim, config.seed,
+                                                     "grid"), config.seed)
         samples_path, toy = view(fitted.generator,
                                  Path(config.output_dir) / run_id / "samples" / "fitted.png",
                                  "maximum likelihood")
         mlflow.log_artifact(str(samples_path), artifact_path="samples")
         metrics.update(toy)
         mlflow.log_metrics(metrics, step=0)
+        model_uri = models.log_generator(fitted.generator, latent_dim)
+        version = None
         model_name = config.model_name if config.register else None
-        tags = {"objective": "maximum-likelihood", "dataset": config.dataset, "run_id": run_id}
-        model_uri, version = tracking.log_generator(fitted.generator, latent_dim, model_name, tags)
+        if model_name is not None:
+            tags = {"objective": "maximum-likelihood", "dataset": config.dataset, "run_id": run_id}
+            version = registry.register(model_uri, model_name, tags)
+            model_uri = f"models:/{model_name}/{version}"
     return RunResult(
         run_id=run_id,
         experiment=mlflow.get_experiment(active.info.experiment_id).name,

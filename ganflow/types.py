@@ -98,12 +98,15 @@ class DataSource:
 
 
 class Loss:
-    """A GAN objective, on the discriminator's logits s (D(x) = sigmoid(s)).
+    """A GAN objective on the discriminator's logits s (D(x) = sigmoid(s)): the first loss
+    contract, still supported. ``ganflow.StepLoss`` sees the whole update instead.
 
     Subclass it, or write any object with the same methods. Both losses are minimized and
     return a scalar. ``penalty``, when not None, is called as
     ``penalty(discriminator, real, fake)`` on each discriminator update and its scalar is added
-    to the discriminator loss (it may open its own GradientTape, e.g. for a gradient penalty).
+    to the discriminator loss (it may open its own GradientTape, e.g. for a gradient penalty;
+    ``real`` and ``fake`` hold --batch-size examples each; call the discriminator with
+    ``training=True``). The logged ``d_loss`` includes it.
     """
 
     penalty: Callable[..., Any] | None = None

@@ -87,7 +87,7 @@ def ganflow_register_recipes(register):
             "latent_dim": 64,
             "lr_g": 2e-4,
             "lr_d": 2e-4,
-            "beta1": 0.5,
+            "optimizer": "adam:beta1=0.5",
             "eval_every": 25,
         },
         "DCGAN on the bundled 32x32 digits, FID every 25 epochs; a few minutes on a laptop CPU",

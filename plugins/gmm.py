@@ -1,6 +1,6 @@
 """The maximum-likelihood baseline: ``--arch gmm[:K]`` and the ``gmm-mle`` recipe.
 
-P_G is a Gaussian mixture with spherical components, fitted by EM (scikit-learn's
+The architecture has no networks: the ``mle`` trainer fits it. P_G is a Gaussian mixture with spherical components, fitted by EM (scikit-learn's
 GaussianMixture) to maximize sum_i log P_G(x_i). Its sampler is a Keras generator from standard
 normal noise (``ganflow.Mixture.sampler``), logged and registered like a GAN's, so ``ganflow
 sample`` and the MLflow UI treat both alike.
@@ -16,7 +16,7 @@ DEFAULT_COMPONENTS = 10
 
 
 class GMM:
-    """Fitted, not trained adversarially: ``ganflow run`` calls ``fit`` instead of ``GAN.fit``.
+    """Fitted, not trained adversarially: the ``mle`` trainer calls ``fit``.
 
     ``n_components`` defaults to the data's own number of components when its density is known
     (the model family then contains P_data, which is the baseline the lecture draws), else 10.
@@ -57,13 +57,6 @@ class GMM:
                   "em_converged": bool(gm.converged_)},
         )
 
-    def build_generator(self, spec, latent_dim):
-        raise ganflow.UsageError("architecture gmm is fitted by maximum likelihood, not trained "
-                                 "as a GAN generator")
-
-    def build_discriminator(self, spec):
-        return self.build_generator(spec, None)
-
 
 @ganflow.hookimpl
 def ganflow_register_architectures(register):
@@ -74,5 +67,5 @@ def ganflow_register_architectures(register):
 
 @ganflow.hookimpl
 def ganflow_register_recipes(register):
-    register("gmm-mle", {"arch": "gmm", "dataset": "ring8"},
+    register("gmm-mle", {"trainer": "mle", "arch": "gmm", "dataset": "ring8"},
              "the maximum-likelihood baseline: a Gaussian mixture fitted by EM; seconds")

@@ -1,10 +1,14 @@
-"""The two generator objectives of the original GAN, on logits.
+"""The two generator objectives of the original GAN, on a ``ganflow.Step``'s logits.
 
 The discriminator loss is -V(G, D) for both: D ascends V by minimizing it. They differ in G:
 - minimax: G minimizes E[log(1 - D(G(z)))] = -E[softplus(s)], exactly the V it plays against.
   Its gradient vanishes while D confidently rejects the fakes, so it starts slowly.
 - non-saturating: G minimizes E[-log D(G(z))] = E[softplus(-s)], "label the fakes as real":
   same fixed point, strong gradients early. The default.
+
+Both report the lecture's quantities, which mean what their names say only for these losses:
+d_real = mean D(x), d_fake = mean D(G(z)), value = V on the batch and jsd_estimate =
+(V + 2 log 2) / 2 (the JSD that V implies if D were optimal).
 """
 
 from keras import ops
@@ -12,17 +16,26 @@ from keras import ops
 import ganflow
 
 
-class MinimaxLoss(ganflow.Loss):
-    def discriminator_loss(self, real_logits, fake_logits):
-        return ops.mean(ops.softplus(-real_logits)) + ops.mean(ops.softplus(fake_logits))
+class MinimaxLoss(ganflow.StepLoss):
+    def d_loss(self, step):
+        return ops.mean(ops.softplus(-step.real_logits)) + ops.mean(ops.softplus(step.fake_logits))
 
-    def generator_loss(self, fake_logits):
-        return -ops.mean(ops.softplus(fake_logits))
+    def g_loss(self, step):
+        return -ops.mean(ops.softplus(step.fake_logits))
+
+    def metrics(self, step):
+        value = ganflow.value_function(step.real_logits, step.fake_logits)
+        return {
+            "d_real": ops.mean(ops.sigmoid(step.real_logits)),
+            "d_fake": ops.mean(ops.sigmoid(step.fake_logits)),
+            "value": value,
+            "jsd_estimate": (value + ganflow.LOG_4) / 2.0,
+        }
 
 
 class NonSaturatingLoss(MinimaxLoss):
-    def generator_loss(self, fake_logits):
-        return ops.mean(ops.softplus(-fake_logits))
+    def g_loss(self, step):
+        return ops.mean(ops.softplus(-step.fake_logits))
 
 
 @ganflow.hookimpl

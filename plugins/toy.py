@@ -163,8 +163,7 @@ TOY_DEFAULTS = {
     "batch_size": 256,
     "lr_g": 2e-4,
     "lr_d": 2e-4,
-    "beta1": 0.5,
-    "beta2": 0.9,
+    "optimizer": "adam:beta1=0.5,beta2=0.9",
     "ema": 0.999,
     "samples": 2000,
 }

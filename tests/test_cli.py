@@ -156,10 +156,10 @@ def bad(cli, *args):
                          "(did you mean 'dcgan'?)"),
     (["--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["--d-steps", "0"], "--d-steps must be at least 1, got 0"),
-    (["--lr-g", "-1"], "--lr-g must be positive, got -1.0"),
+    (["--lr-g", "-1"], "--lr-g must be a positive number, got -1.0"),
     (["--batch-size", "1000", "--d-steps", "2"],
-     "one training step needs batch-size x d-steps = 1000 x 2 = 2000 examples, but the "
-     "dataset has only 1797: lower --batch-size"),
+     "one training step needs batch-size x 2 updates = 1000 x 2 = 2000 real examples, but "
+     "the dataset has only 1797: lower --batch-size"),
     (["--dataset", "tfds"], "dataset 'tfds' needs an argument: --dataset tfds:NAME"),
     (["--config", "nope.yaml"], "--config nope.yaml: no such file"),
 ])
@@ -216,8 +216,10 @@ import ganflow
 from ganflow_plugins.losses import NonSaturatingLoss
 
 class Interrupting(NonSaturatingLoss):
-    def generator_loss(self, fake_logits):
-        raise KeyboardInterrupt  # as Ctrl-C during training would
+    def g_loss(self, step):
+        if step.training:  # not in the check before training: in the training step itself
+            raise KeyboardInterrupt  # as Ctrl-C during training would
+        return super().g_loss(step)
 
 @ganflow.hookimpl
 def ganflow_register_losses(register):

@@ -17,7 +17,7 @@ def test_layers_recipe_then_file_then_flags(plugins, tmp_path):
 def test_params_hold_every_field_as_text():
     params = RunConfig(plugin_modules=("a.py", "b"), image_size=None).params()
     assert set(params) == set(RunConfig.__dataclass_fields__)
-    assert params["plugin_modules"] == "a.py,b" and params["image_size"] == ""
+    assert params["plugin_modules"] == "a.py;b" and params["image_size"] == ""
     assert params["register"] == "True" and params["lr_g"] == "0.0002"
 
 
@@ -27,7 +27,10 @@ def test_params_hold_every_field_as_text():
     ({"epochs": True}, "flags: epochs must be int, got True"),
     ({"register": "maybe"}, "flags: register must be bool, got 'maybe'"),
     ({"jit": "always"}, "--jit must be one of auto, on, off, got 'always'"),
-    ({"beta1": 1.0}, "--beta1 must be in [0, 1), got 1.0"),
+    ({"beta1": 0.5}, "flags: beta1 is no longer a setting: Adam's betas are settings of the "
+                     "optimizer now: optimizer: adam:beta1=0.5"),
+    ({"regularizers": [1]}, "flags: regularizers must be a list of text, got [1]"),
+    ({"lr_d": float("inf")}, "--lr-d must be a positive number, got inf"),
     ({"steps_per_epoch": 0}, "--steps-per-epoch must be at least 1, got 0"),
 ])
 def test_bad_settings_are_named(layer, message):

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import TINY, write_plugin
-from ganflow import tracking
+from ganflow import registry
 from ganflow.types import DatasetOptions, FeatureOptions
 
 EVAL = ["--eval-every", "1", "--eval-samples", "200"]
@@ -232,7 +232,7 @@ def test_champion_is_never_lost_when_runs_finish_together(workdir):
         def finish(version):
             barrier.wait()
             try:
-                tracking.promote_champion("raced", version)
+                registry.promote_champion("raced", version)
             except Exception as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 

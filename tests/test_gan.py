@@ -53,7 +53,7 @@ def make_gan(d_steps, discriminator=None, jit=False, run_eagerly=False, seed=0):
 def test_k_discriminator_updates_per_generator_update(d_steps):
     gan = make_gan(d_steps)
     steps = 5
-    gan.fit(training_pipeline(numbered_source(60), 4, d_steps, seed=0), epochs=1,
+    gan.fit(training_pipeline(numbered_source(60), 4 * d_steps, seed=0), epochs=1,
             steps_per_epoch=steps, verbose=0)
     assert int(gan.d_optimizer.iterations) == d_steps * steps
     assert int(gan.g_optimizer.iterations) == steps
@@ -64,7 +64,7 @@ def test_each_discriminator_update_sees_fresh_real_data():
     d = RecordingDiscriminator()
     gan = make_gan(k, discriminator=d, run_eagerly=True)
     steps = n // (m * k)  # exactly one pass over the data
-    gan.fit(training_pipeline(numbered_source(n), m, k, seed=0), epochs=1,
+    gan.fit(training_pipeline(numbered_source(n), m * k, seed=0), epochs=1,
             steps_per_epoch=steps, verbose=0)
 
     real_batches = [b for b in d.seen if b.min() >= 10.0]  # fakes come out of tanh
@@ -77,7 +77,7 @@ def test_each_discriminator_update_sees_fresh_real_data():
 
 def test_metrics_report_v_and_its_jsd_estimate():
     gan = make_gan(1)
-    history = gan.fit(training_pipeline(numbered_source(32), 8, 1, seed=0), epochs=1,
+    history = gan.fit(training_pipeline(numbered_source(32), 8, seed=0), epochs=1,
                       steps_per_epoch=2, verbose=0)
     h = {k: v[-1] for k, v in history.history.items()}
     assert set(h) == {"d_loss", "g_loss", "d_real", "d_fake", "value", "jsd_estimate"}
@@ -88,7 +88,7 @@ def test_metrics_report_v_and_its_jsd_estimate():
 
 def train_weights(seed):
     gan = make_gan(2, seed=seed)
-    gan.fit(training_pipeline(numbered_source(48), 4, 2, seed=seed), epochs=1, steps_per_epoch=4,
+    gan.fit(training_pipeline(numbered_source(48), 4 * 2, seed=seed), epochs=1, steps_per_epoch=4,
             verbose=0)
     return [w.numpy() for w in gan.generator.weights]
 
@@ -104,7 +104,7 @@ def test_xla_compiled_step_trains():
     # plain step's; what must hold is that it compiles, counts updates right and learns.
     gan = make_gan(2, jit=True)
     before = [w.numpy() for w in gan.generator.trainable_weights]
-    history = gan.fit(training_pipeline(numbered_source(48), 4, 2, seed=0), epochs=1,
+    history = gan.fit(training_pipeline(numbered_source(48), 4 * 2, seed=0), epochs=1,
                       steps_per_epoch=3, verbose=0)
     after = [w.numpy() for w in gan.generator.trainable_weights]
     assert int(gan.d_optimizer.iterations) == 6 and int(gan.g_optimizer.iterations) == 3
@@ -123,7 +123,7 @@ def test_ema_generator_follows_the_moving_average_of_g():
     gan = GAN(tiny_generator(), RecordingDiscriminator(), LATENT, seed=0, ema=0.999)
     gan.compile(keras.optimizers.Adam(1e-2), keras.optimizers.Adam(1e-2), NonSaturatingLoss())
     start = [w.copy() for w in gan.generator.get_weights()]
-    pipeline = training_pipeline(numbered_source(40), 4, 1, seed=0)
+    pipeline = training_pipeline(numbered_source(40), 4, seed=0)
     gan.fit(pipeline, epochs=1, steps_per_epoch=1, verbose=0)
     after_one = gan.generator.get_weights()
     # After G's first update (t = 1) the warm-up decay is min(0.999, (1 + t) / (10 + t)) = 2/11.
@@ -144,5 +144,5 @@ def test_a_generator_without_weights_stays_fixed_while_d_trains():
     gan = GAN(p_g.sampler(), disc, latent_dim=2, seed=0)
     gan.compile(keras.optimizers.Adam(1e-2), keras.optimizers.Adam(1e-2), NonSaturatingLoss())
     data = ganflow.DataSource.from_arrays(ganflow.Mixture([3.0], [0.5]).sample(512, seed=0))
-    gan.fit(training_pipeline(data, 64, 1, seed=0), epochs=1, steps_per_epoch=30, verbose=0)
+    gan.fit(training_pipeline(data, 64, seed=0), epochs=1, steps_per_epoch=30, verbose=0)
     assert int(gan.d_optimizer.iterations) == 30 and int(gan.g_optimizer.iterations) == 0

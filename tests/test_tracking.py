@@ -1,27 +1,41 @@
+from types import SimpleNamespace
+
+import keras
 import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from ganflow.callbacks import MlflowLogger
 from ganflow.cli import ui_command
 from ganflow.images import image_grid
-from ganflow.tracking import MlflowLogger
 
 
-def test_windows_are_exact_means_recovered_from_running_means(workdir):
+def test_windows_are_exact_means_of_the_updates_in_them(workdir):
     per_step = [1.0, 3.0, 5.0, 7.0, 9.0]  # one epoch of 5 steps, then a second epoch
+    d_loss, lazy = keras.metrics.Mean(name="d_loss"), keras.metrics.Mean(name="reg/lazy")
     logger = MlflowLogger(log_every=2, steps_per_epoch=5, samples_dir=workdir, view=None)
+    logger.set_model(SimpleNamespace(metrics=[d_loss, lazy]))
     mlflow.set_experiment("windows")  # not an experiment id left by another test's store
     with mlflow.start_run() as run:
         for epoch in range(2):
+            for tracker in (d_loss, lazy):
+                tracker.reset_state()  # as Keras does at each epoch's start
             logger.on_epoch_begin(epoch)
             for b in range(5):
-                values = per_step[: b + 1]
-                logger.on_train_batch_end(b, {"d_loss": np.mean(values) + 10 * epoch})
-    history = MlflowClient().get_metric_history(run.info.run_id, "d_loss")
+                d_loss.update_state(per_step[b] + 10 * epoch)
+                # A lazy regularizer that runs on steps 1 and 4 of each epoch (0-based) only.
+                lazy.update_state(100.0 * (b + 1), sample_weight=float(b in (1, 4)))
+                logger.on_train_batch_end(b)
+    client = MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "d_loss")
     assert [(m.step, m.value) for m in history] == [
         (2, 2.0), (4, 6.0), (5, 9.0), (7, 12.0), (9, 16.0), (10, 19.0)
     ]
+    # Each window holds the mean over the updates the regularizer ran in; none: not logged.
+    lazy_history = client.get_metric_history(run.info.run_id, "reg/lazy")
+    assert [(m.step, m.value) for m in lazy_history] == [(2, 200.0), (5, 500.0), (7, 200.0),
+                                                         (10, 500.0)]
 
 
 def test_grid_tiles_with_padding_and_scales_small_images():

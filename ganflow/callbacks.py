@@ -1,0 +1,129 @@
+"""Keras callbacks that log a run to MLflow while it trains: metric windows, epoch means,
+sample pictures and sample-quality evaluations.
+
+No autolog and no mlflow.keras.MlflowCallback: with a GAN subclass they log the wrong
+optimizer, fail the signature, step metrics at 0 and hash the whole tf.data dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+
+
+class MlflowLogger(keras.callbacks.Callback):
+    """Logs metric windows, epoch means and a sample picture each epoch to the active run.
+
+    Steps are generator updates. A window's value is the mean over the updates in it, read off
+    the model's ``Mean`` trackers exactly: (total_now - total_then) / (count_now - count_then).
+    A metric that skipped every update of a window (a lazy regularizer) is not logged there.
+    ``view`` (a ``SampleView``) draws the picture from the model's sampling generator (the EMA
+    copy when there is one) and may return metrics, logged at the same step.
+    """
+
+    def __init__(self, log_every: int, steps_per_epoch: int, samples_dir: Path, view):
+        super().__init__()
+        self.log_every = log_every
+        self.steps_per_epoch = steps_per_epoch
+        self.samples_dir = Path(samples_dir)
+        self.view = view
+        self.last_grid: Path | None = None
+        self.last_view_metrics: dict[str, float] = {}
+        self._epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self._write_grid(0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._mark = {}  # metric name -> (total, count) at the last window; Keras resets both
+
+    def on_train_batch_end(self, batch, logs=None):
+        seen = batch + 1
+        if seen % self.log_every and seen != self.steps_per_epoch:
+            return
+        window = {}
+        for tracker in self.model.metrics:
+            total, count = float(tracker.total), float(tracker.count)
+            old_total, old_count = self._mark.get(tracker.name, (0.0, 0.0))
+            if count > old_count:
+                window[tracker.name] = (total - old_total) / (count - old_count)
+            self._mark[tracker.name] = (total, count)
+        mlflow.log_metrics(window, step=self._step(seen))
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self._step(self.steps_per_epoch)
+        mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in (logs or {}).items()}, step=step)
+        self._write_grid(epoch + 1)
+
+    def _step(self, seen: int) -> int:
+        return self._epoch * self.steps_per_epoch + seen
+
+    def _write_grid(self, epoch: int) -> None:
+        path = self.samples_dir / f"epoch_{epoch:04d}.png"
+        self.last_grid, metrics = self.view(self.model.sampling_generator, path, f"epoch {epoch}")
+        mlflow.log_artifact(str(self.last_grid), artifact_path="samples")
+        if metrics:
+            mlflow.log_metrics(metrics, step=epoch * self.steps_per_epoch)
+            self.last_view_metrics = metrics
+
+
+class EvaluationLogger(keras.callbacks.Callback):
+    """Logs sample-quality metrics (``ganflow.evaluation``) before training, every ``every``
+    epochs and after the last, at the step of that epoch's last generator update.
+
+    Samples come from fixed noise. Metrics of the sampling generator are ``eval/NAME``; with
+    an EMA copy, G's own weights are scored too, as ``eval_no_ema/NAME``. ``report``, when
+    given, receives a line per evaluation (the CLI prints it).
+    """
+
+    def __init__(self, evaluator, every: int, steps_per_epoch: int, noise: np.ndarray,
+                 report=None):
+        super().__init__()
+        self.evaluator = evaluator
+        self.every = every
+        self.steps_per_epoch = steps_per_epoch
+        self.noise = noise
+        self.report = report
+        self.last: dict[str, float] = {}
+        self._pending: str | None = None
+
+    def on_train_begin(self, logs=None):
+        self._evaluate(0)
+        self._flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        if done % self.every == 0 or done == self.params.get("epochs"):
+            self._evaluate(done)
+
+    # Keras's progress bar finishes an epoch's line after this callback's on_epoch_end: the
+    # line is printed once the bar has moved on.
+    def on_epoch_begin(self, epoch, logs=None):
+        self._flush()
+
+    def on_train_end(self, logs=None):
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._pending and self.report:
+            self.report(self._pending)
+        self._pending = None
+
+    def _evaluate(self, epoch: int) -> None:
+        from ganflow.evaluation import generate
+
+        values = self.evaluator(generate(self.model.sampling_generator, self.noise))
+        logged = {f"eval/{k}": v for k, v in values.items()}
+        if self.model.ema_generator is not None:
+            if epoch > 0:  # before training the average is G itself
+                values = self.evaluator(generate(self.model.generator, self.noise))
+            logged.update({f"eval_no_ema/{k}": v for k, v in values.items()})
+        mlflow.log_metrics(logged, step=epoch * self.steps_per_epoch)
+        self.last = logged
+        shown = ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in logged.items()
+                          if k.startswith("eval/") and k != "eval/kid_std")
+        self._pending = f"evaluation after epoch {epoch}: {shown}"

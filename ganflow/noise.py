@@ -1,0 +1,45 @@
+"""Every random draw ganflow makes outside a dataset comes from here, by seed and stream name.
+
+A stream is an independent sequence derived from the run's ``--seed``: the same seed and
+stream always give the same numbers, and two streams never share any. Fixed noise batches
+(sample grids, evaluations) are NumPy draws; noise inside the training step comes from Keras
+``SeedGenerator``s (``seed_generator``), which TensorFlow can trace.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Stream ids; never reuse or renumber one, or saved numbers stop being reproducible.
+STREAMS = {
+    "eval": 1,  # fixed noise of sample-quality evaluations (run and `ganflow evaluate`)
+    "reference": 2,  # which real examples an evaluation compares with
+    "grid": 3,  # the fixed noise of each epoch's sample picture
+    "sample": 4,  # `ganflow sample`
+    "heldout": 5,  # held-out draws from a known density (maximum-likelihood runs)
+    "theory": 6,  # `ganflow theory`'s fixed noise
+    "plugins": 7,  # randomness of losses and regularizers (Step.seed_generator)
+}
+
+
+def rng(seed: int, stream: str) -> np.random.Generator:
+    """A NumPy generator for ``stream`` under ``seed``."""
+    return np.random.default_rng([int(seed), STREAMS[stream]])
+
+
+def latent(count: int, dim: int, seed: int, stream: str) -> np.ndarray:
+    """``count`` standard normal latent vectors (float32) of ``stream`` under ``seed``."""
+    return rng(seed, stream).standard_normal((count, dim)).astype(np.float32)
+
+
+def seed_generator(seed: int | None, stream: str):
+    """A ``keras.random.SeedGenerator`` for ``stream``: ``"train"`` (G's noise in the training
+    step) takes the seed itself; other streams a seed derived from it."""
+    import keras
+
+    if seed is None:
+        return keras.random.SeedGenerator(None)
+    if stream == "train":
+        return keras.random.SeedGenerator(int(seed))
+    derived = np.random.SeedSequence([int(seed), STREAMS[stream]]).generate_state(1)[0]
+    return keras.random.SeedGenerator(int(derived) % (2**31 - 1))

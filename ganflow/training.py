@@ -1,0 +1,90 @@
+"""What a trainer receives: ``TrainingSetup``, everything a run resolved, and the means to
+build networks and optimizers from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ganflow.errors import UsageError
+from ganflow.step import DISCRIMINATOR, GENERATOR
+
+
+@dataclass
+class TrainingSetup:
+    """Everything a trainer needs, resolved and checked.
+
+    spec, source: the data (``ganflow.DataSpec``, ``ganflow.DataSource``).
+    architecture: the ``--arch`` object; ``networks()`` builds and checks its two networks.
+    loss: the ``--loss`` object (a ``ganflow.StepLoss`` or ``ganflow.Loss``).
+    regularizers: the ``--regularizer``s, as ``ganflow.Regularization``s.
+    latent_dim, d_steps, seed, ema, jit_compile: the run's settings of those names.
+    steps_per_epoch, epochs: the run's length in training steps.
+    settings: the trainer's own settings (``--trainer NAME:key=value``).
+    """
+
+    spec: Any
+    source: Any
+    architecture: Any
+    loss: Any
+    regularizers: list
+    latent_dim: int
+    d_steps: int
+    seed: int
+    ema: float | None
+    jit_compile: Any
+    steps_per_epoch: int
+    epochs: int
+    # (network, total updates) -> a fresh optimizer with its learning-rate schedule
+    make_optimizer: Callable[[str, int], Any] | None = None
+    names: dict[str, str] = field(default_factory=dict)  # arch, dataset: as the user wrote them
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        """Training steps in the whole run."""
+        return self.steps_per_epoch * self.epochs
+
+    @property
+    def num_classes(self) -> int | None:
+        """Label classes when the data is labelled, else None."""
+        return self.spec.num_classes if getattr(self.source, "labelled", False) else None
+
+    def optimizer(self, network: str, updates_per_step: int | None = None):
+        """A fresh optimizer for ``network`` ("generator" or "discriminator"), with the run's
+        optimizer, learning rate and schedule. ``updates_per_step`` (default: k for D, 1 for
+        G) sets the schedule's length: the network's updates in the whole run."""
+        if network not in (GENERATOR, DISCRIMINATOR):
+            raise ValueError(f"network must be {GENERATOR!r} or {DISCRIMINATOR!r}")
+        if updates_per_step is None:
+            updates_per_step = self.d_steps if network == DISCRIMINATOR else 1
+        return self.make_optimizer(network, self.total_steps * updates_per_step)
+
+    def networks(self):
+        """(generator, discriminator) from the architecture, checked against the data: G
+        must make examples of the data's shape, D one logit per example."""
+        import numpy as np
+
+        architecture = self.architecture
+        arch = self.names.get("arch", type(architecture).__name__)
+        if not callable(getattr(architecture, "build_generator", None)):
+            raise UsageError(f"architecture {arch} has no networks to train adversarially "
+                             "(it is fitted by maximum likelihood): use --trainer mle")
+        generator = architecture.build_generator(self.spec, self.latent_dim)
+        discriminator = architecture.build_discriminator(self.spec)
+        z = np.zeros((2, self.latent_dim), dtype=np.float32)
+        made = tuple(generator(z, training=False).shape[1:])
+        if made != tuple(self.spec.shape):
+            raise UsageError(
+                f"architecture {arch}'s generator makes examples of shape {made}, but "
+                f"dataset {self.names.get('dataset', 'the dataset')} has examples of shape "
+                f"{tuple(self.spec.shape)}"
+            )
+        examples = np.zeros((2, *self.spec.shape), np.float32)
+        scored = tuple(discriminator(examples, training=False).shape[1:])
+        if scored != (1,):
+            raise UsageError(
+                f"architecture {arch}'s discriminator outputs shape {scored} per example; "
+                "it must output (1,): one logit"
+            )
+        return generator, discriminator

@@ -1,0 +1,50 @@
+"""How a run shows its generator each epoch: a picture, and exact metrics on toy data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ganflow import noise
+from ganflow.images import save_grid
+
+TOY_EVAL_SAMPLES = 10_000
+
+
+class SampleView:
+    """How a run shows its generator: a PNG per epoch and, for toy data, exact metrics.
+
+    Images become a grid of the fixed noise batch ``grid_noise``. Points become a scatter (2-D) or density
+    (1-D) plot against real data; when the data's density is known, ``TOY_EVAL_SAMPLES``
+    samples from fixed noise are scored with ``ganflow.toy.toy_metrics`` as ``toy/...``.
+    """
+
+    def __init__(self, source, grid_noise: np.ndarray, seed: int):
+        self.source = source
+        self.noise = grid_noise
+        self.density = getattr(source, "density", None)
+        self.is_image = source.spec.is_image
+        self.eval_noise = None
+        self.real = None
+        if not self.is_image:
+            count = TOY_EVAL_SAMPLES if self.density is not None else len(grid_noise)
+            self.eval_noise = noise.latent(count, grid_noise.shape[1], seed, "eval")
+            if self.density is None:
+                self.real = np.stack([x for x in source.examples().take(len(grid_noise)).as_numpy_iterator()])
+
+    def __call__(self, generator, path: Path, title: str) -> tuple[Path, dict[str, float]]:
+        from ganflow.evaluation import generate
+
+        if self.is_image:
+            return save_grid(generate(generator, self.noise), path), {}
+        from ganflow import toy
+
+        points = generate(generator, self.eval_noise)
+        metrics = {}
+        if self.density is not None:
+            metrics = toy.toy_metrics(points, self.density)
+            title = f"{title}: {toy.format_metrics(metrics)}"
+        shown = points[: len(self.noise)]
+        path = toy.plot_points(shown, path, title, real=self.real, density=self.density)
+        return path, {f"toy/{k}": float(v) for k, v in metrics.items()}

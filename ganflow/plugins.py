@@ -30,6 +30,7 @@ HOOK_PREFIX = "ganflow_"
 # The built-in plugins, loaded by name exactly as a third-party module would be.
 DEFAULT_PLUGINS = (
     "ganflow_plugins.losses",
+    "ganflow_plugins.regularizers",
     "ganflow_plugins.optimizers",
     "ganflow_plugins.trainers",
     "ganflow_plugins.datasets",

@@ -401,16 +401,17 @@ def run_maximum_likelihood(config: RunConfig, resolved: Resolved) -> RunResult:
         names={"arch": config.arch, "dataset": config.dataset},
         settings=resolved.trainer.values)
     trainer = resolved.trainer_object
+    started = time.perf_counter()
+    # Fitted before the MLflow run starts: a fit that cannot be made leaves no failed run.
+    fitted = resolved.trainer.entry.call("to fit", trainer.fit_density, setup)
     tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
     providers = {"ganflow.plugin.trainer": resolved.trainer.entry.plugin,
                  "ganflow.plugin.arch": resolved.arch.plugin,
                  "ganflow.plugin.dataset": resolved.dataset.plugin,
                  "ganflow.objective": "maximum-likelihood"}
-    started = time.perf_counter()
     params = {**_data_params(source), **resolved.trainer.params("trainer")}
     with tracking.start_run(config, params, providers, exclude=GAN_ONLY) as active:
         run_id = active.info.run_id
-        fitted = resolved.trainer.entry.call("to fit", trainer.fit_density, setup)
         latent_dim = int(fitted.generator.input_shape[-1])
         mlflow.log_params({"latent_dim": latent_dim,
                            **{f"fit_{k}": v for k, v in fitted.info.items()}})

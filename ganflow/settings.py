@@ -88,6 +88,7 @@ def resolve(declared: dict[str, Setting], given: dict[str, Any], what: str) -> d
 def convert(setting: Setting, value: Any, what: str) -> Any:
     """``value`` (text from a flag, or a typed value from a config file) as the setting's type."""
     kind = setting.kind
+    given = value
     try:
         if kind is bool:
             if isinstance(value, str):
@@ -108,7 +109,7 @@ def convert(setting: Setting, value: Any, what: str) -> Any:
         else:
             value = str(value)
     except (ValueError, KeyError, TypeError):
-        raise UsageError(f"{what} must be a finite {TYPES[kind]}, got {value!r}") from None
+        raise UsageError(f"{what} must be a finite {TYPES[kind]}, got {given!r}") from None
     if setting.choices and value not in setting.choices:
         raise UsageError(f"{what} must be one of {', '.join(map(str, setting.choices))}, "
                          f"got {value!r}")

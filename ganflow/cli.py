@@ -19,7 +19,6 @@ from ganflow.config import FIELDS, JIT_CHOICES, flag, kind_of  # noqa: E402
 from ganflow.errors import GanflowError, UsageError  # noqa: E402
 
 CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
-DEBUG_ENV = "GANFLOW_DEBUG"
 
 
 def import_tensorflow_quietly():
@@ -50,7 +49,7 @@ def reports_errors(command):
         try:
             return command(*args, **kwargs)
         except GanflowError as exc:
-            if os.environ.get(DEBUG_ENV):
+            if click.get_current_context().find_root().params.get("debug"):
                 import traceback
 
                 traceback.print_exc()
@@ -96,8 +95,6 @@ plugin_module_option = click.option(
 @click.option("--debug", is_flag=True, help="show the traceback behind an error")
 def main(debug):
     """Train GANs on TensorFlow/Keras 3 from plugins, tracked in MLflow."""
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
 
 
 @main.command()

@@ -217,7 +217,8 @@ def _check_recipe(entry: Entry) -> None:
     if not isinstance(entry.obj, dict):
         raise _problem(entry, f"must be a dict of settings, got a {type(entry.obj).__name__}")
     try:
-        resolve_config((f"recipe {entry.name}", {**entry.obj, "recipe": entry.name}))
+        defaults = {str(k).replace("-", "_"): v for k, v in entry.obj.items()}
+        resolve_config((f"recipe {entry.name}", {**defaults, "recipe": entry.name}))
     except UsageError as exc:
         raise PluginError(f"plugin {entry.plugin}: {exc} (`ganflow settings` lists every "
                           "setting by its config name)") from None

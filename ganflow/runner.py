@@ -37,7 +37,7 @@ def resolve_config(
     plugins: Plugins, recipe: str, config_file: str | None, flags: dict[str, Any]
 ) -> RunConfig:
     """Recipe defaults < config file < flags (None means "not given")."""
-    defaults = plugins.recipes.get(recipe).obj
+    defaults = {k.replace("-", "_"): v for k, v in plugins.recipes.get(recipe).obj.items()}
     layers = [(f"recipe {recipe}", {**defaults, "recipe": recipe})]
     if config_file:
         layers.append((f"--config {config_file}", load_config_file(config_file)))

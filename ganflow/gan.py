@@ -7,7 +7,8 @@ regularizers of its network. Noise comes from the model's own SeedGenerator, so 
 reproduces a run.
 
 Trainers change the step by subclassing ``GAN`` and overriding ``train_step``, built from the
-public ``discriminator_update`` and ``generator_update``.
+public ``split``, ``part``, ``discriminator_update``, ``generator_update``, ``update_ema`` and
+``report``.
 """
 
 from __future__ import annotations
@@ -121,21 +122,32 @@ class GAN(keras.Model):
         return keras.random.normal((m, self.latent_dim), seed=self.seed_generator)
 
     def train_step(self, data):
+        real, labels, m = self.split(data)
+        for i in range(self.d_steps):
+            d_loss, step = self.discriminator_update(self.part(real, i, m),
+                                                     self.part(labels, i, m), index=i)
+        if self.generator_uses_real:  # the last m examples are the generator update's
+            g_loss = self.generator_update(m, self.part(real, self.d_steps, m),
+                                           self.part(labels, self.d_steps, m))
+        else:
+            g_loss = self.generator_update(m)
+        self.update_ema()
+        return self.report(d_loss, g_loss, step)
+
+    def split(self, data):
+        """A batch from the pipeline as (real examples, labels or None, m)."""
         real, labels = data if isinstance(data, (tuple, list)) else (data, None)
         m = ops.shape(real)[0] // (self.d_steps + int(self.generator_uses_real))
+        return real, labels, m
 
-        def part(x, i):
-            return None if x is None else x[i * m : (i + 1) * m]
+    @staticmethod
+    def part(x, i, m):
+        """Slice ``i`` of ``m`` examples (None stays None)."""
+        return None if x is None else x[i * m : (i + 1) * m]
 
-        for i in range(self.d_steps):
-            d_loss, step = self.discriminator_update(part(real, i), part(labels, i), index=i)
-        extra = self.d_steps if self.generator_uses_real else None
-        g_loss = self.generator_update(
-            m, None if extra is None else part(real, extra), None if extra is None else part(labels, extra))
-        if self.ema_generator is not None:
-            self._update_ema()
-
-        # Reported from the last D update, on the logits it was trained on.
+    def report(self, d_loss, g_loss, step):
+        """Update the metrics with a training step's losses and the loss's own metrics of its
+        last discriminator update (``step``); returns what ``train_step`` returns."""
         self.trackers["d_loss"].update_state(d_loss)
         self.trackers["g_loss"].update_state(g_loss)
         for name, value in self.gan_loss.metrics(step).items():
@@ -238,7 +250,10 @@ class GAN(keras.Model):
                                  f"{type(component).__name__}", component)
         return names
 
-    def _update_ema(self):
+    def update_ema(self):
+        """Move the EMA copy of G towards G's weights (nothing without ``ema``)."""
+        if self.ema_generator is None:
+            return
         # Warm-up as in tf.train.ExponentialMovingAverage(num_updates=t), t = G updates so far:
         # early on the average forgets its random start faster, so early samples are not a
         # blur of the initial G.

@@ -27,8 +27,8 @@ def readme_block(language, after):
 @pytest.fixture
 def lsgan_installed(tmp_path, monkeypatch):
     """The README's example plugin, installed as a distribution with a `ganflow` entry point."""
-    (tmp_path / "ganflow_lsgan.py").write_text(readme_block("python", "## Writing a loss plugin"))
-    toml = readme_block("toml", "## Writing a loss plugin")
+    (tmp_path / "ganflow_lsgan.py").write_text(readme_block("python", "### A loss on logits"))
+    toml = readme_block("toml", "### A loss on logits")
     entry = re.search(r"\[project.entry-points.ganflow\]\n(\w+) = \"(\w+)\"", toml)
     dist = tmp_path / "ganflow_lsgan-0.1.0.dist-info"
     dist.mkdir()

@@ -166,3 +166,48 @@ def test_settings_lists_config_names_with_a_recipes_values(cli):
     assert 'optimizer = "adam:beta1=0.5"    (--optimizer)' in out
     assert "regularizers = unset    (--regularizer)" in out
     assert "plugin_modules = unset    (--plugin-module)" in out
+
+
+THIRD_PARTY = '''
+import keras
+import ganflow
+
+
+def lion(learning_rate, beta1):
+    return keras.optimizers.Lion(learning_rate, beta_1=beta1)
+
+
+def halved(learning_rate, total_steps, at):
+    boundary = int(at * total_steps)
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        [boundary], [learning_rate, learning_rate / 2])
+
+
+@ganflow.hookimpl
+def ganflow_register_optimizers(register):
+    register("lion", lion, "Lion (Chen et al. 2023)",
+             settings={"beta1": ganflow.Setting(0.9, "interpolation factor", minimum=0.0)})
+
+
+@ganflow.hookimpl
+def ganflow_register_schedules(register):
+    register("halved", halved, "the rate, halved after a share of the run",
+             settings={"at": ganflow.Setting(0.5, "share of the run", minimum=0.0)})
+'''
+
+
+def test_third_party_optimizer_and_schedule(tmp_path):
+    from ganflow.plugins import load_plugins
+
+    path = tmp_path / "lion.py"
+    path.write_text(THIRD_PARTY)
+    plugins = load_plugins((str(path),))
+    config = resolve_config(plugins, "dcgan", None, {
+        "optimizer": "lion:beta1=0.95", "lr_schedule": "halved:at=0.25", "epochs": 2,
+        "steps_per_epoch": 10, "eval_every": 0, "plugin_modules": (str(path),)})
+    gan = prepare(config, plugins).gan
+    assert isinstance(gan.g_optimizer, keras.optimizers.Lion) and gan.g_optimizer.beta_1 == 0.95
+    gan.g_optimizer.iterations.assign(6)  # the run has 20 generator updates: halved after 5
+    assert float(gan.g_optimizer.learning_rate) == pytest.approx(1e-4)
+    gan.d_optimizer.iterations.assign(4)
+    assert float(gan.d_optimizer.learning_rate) == pytest.approx(2e-4)

@@ -50,6 +50,16 @@ def workdir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def offline(monkeypatch):
+    """No network, whatever this machine has: downloads must fail fast with advice.
+
+    Plugins look ``ganflow.reachable`` up when they call it, so this is what they see."""
+    import ganflow
+
+    monkeypatch.setattr(ganflow, "reachable", lambda host, port=443, timeout=5.0: False)
+
+
+@pytest.fixture
 def cli():
     """Invoke the ganflow CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
 

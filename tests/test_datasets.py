@@ -99,7 +99,7 @@ def test_tfds_loads_a_prepared_dataset(tmp_path):
     assert first_examples(resized, 2).shape == (2, 32, 32, 1)
 
 
-def test_tfds_offline_and_unprepared_fails_fast_with_advice(tmp_path):
+def test_tfds_offline_and_unprepared_fails_fast_with_advice(tmp_path, offline):
     started = time.monotonic()
     with pytest.raises(ganflow.UsageError) as err:
         load_tfds(ganflow.DatasetOptions(argument="mnist", data_dir=str(tmp_path)))
@@ -111,3 +111,14 @@ def test_tfds_offline_and_unprepared_fails_fast_with_advice(tmp_path):
 def test_tfds_unknown_dataset():
     with pytest.raises(ganflow.UsageError, match="tensorflow-datasets has no dataset 'no_such_ds'"):
         load_tfds(ganflow.DatasetOptions(argument="no_such_ds"))
+
+
+def test_reachable_tells_an_open_port_from_a_closed_one():
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert ganflow.reachable("127.0.0.1", port, timeout=2)
+    assert not ganflow.reachable("127.0.0.1", port, timeout=2)  # closed now

@@ -113,7 +113,8 @@ def test_evaluate_mistakes_are_one_line(cli, workdir, args, message):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_inception_offline_without_weights_fails_within_seconds(cli, workdir, monkeypatch):
+def test_inception_offline_without_weights_fails_within_seconds(cli, workdir, monkeypatch,
+                                                                offline):
     monkeypatch.setenv("KERAS_HOME", str(workdir / "empty-keras-home"))
     assert cli("run", *TINY).exit_code == 0
     started = time.perf_counter()
@@ -247,7 +248,7 @@ def test_champion_is_never_lost_when_runs_finish_together(workdir):
         assert client.get_model_version_by_alias("raced", "champion").version == best.version, round_
 
 
-def test_unlabelled_data_and_third_party_features(cli, workdir, blobs, monkeypatch):
+def test_unlabelled_data_and_third_party_features(cli, workdir, blobs, monkeypatch, offline):
     monkeypatch.setenv("KERAS_HOME", str(workdir / "empty-keras-home"))
     base = ["run", "--plugin-module", blobs, "--dataset", "blobs", "--batch-size", "16",
             *TINY[:4], "-q", *EVAL[:2], "--eval-samples", "40"]

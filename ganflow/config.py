@@ -37,8 +37,9 @@ class RunConfig:
     arch: str = setting("dcgan", "architecture plugin (see `ganflow plugins`)", "NAME[:ARG]")
     loss: str = setting("non-saturating", "loss: minimax, non-saturating or a plugin's, with "
                         "its settings as NAME:key=value,...", "NAME[:SETTINGS]")
-    regularizers: tuple[str, ...] = setting((), "add a regularizer to its network's loss, "
-                                            "e.g. NAME:every=16 (repeatable)", "NAME[:SETTINGS]")
+    regularizers: tuple[str, ...] = setting((), "add a regularizer to its network's loss: r1, "
+                                            "r2 or a plugin's, e.g. r1:gamma=10,every=16 "
+                                            "(repeatable)", "NAME[:SETTINGS]")
     dataset: str = setting("digits", "dataset: digits, tfds:NAME, folder:PATH, or a plugin's",
                            "NAME[:ARG]")
     data_dir: str | None = setting(None, "where tfds data is prepared (tfds's own default if "

@@ -4,7 +4,7 @@ checked before the MLflow run starts, so a mistake costs seconds and leaves no h
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -154,7 +154,10 @@ class Prepared:
     steps_per_epoch: int
     per_step: int
     evaluator: Any = None  # an evaluation.Evaluator with --eval-every
-    providers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def providers(self) -> dict[str, str]:
+        return self.resolved.providers()
 
 
 def load_source(config: RunConfig, resolved: Resolved):
@@ -163,8 +166,9 @@ def load_source(config: RunConfig, resolved: Resolved):
     return resolved.dataset.call("to load", resolved.dataset.obj, options)
 
 
-def setup_for(config: RunConfig, resolved: Resolved, source, steps_per_epoch: int = 0):
-    """The ``ganflow.TrainingSetup`` a trainer receives."""
+def setup_for(config: RunConfig, resolved: Resolved, source):
+    """The ``ganflow.TrainingSetup`` a trainer receives (its ``steps_per_epoch`` still to be
+    set: it depends on how many real examples a step takes)."""
     from ganflow.training import TrainingSetup
 
     def make_optimizer(network: str, total_updates: int):
@@ -177,7 +181,7 @@ def setup_for(config: RunConfig, resolved: Resolved, source, steps_per_epoch: in
         loss=resolved.loss_object, regularizers=resolved.regularizations,
         latent_dim=config.latent_dim,
         d_steps=config.d_steps, seed=config.seed, ema=config.ema,
-        jit_compile=config.jit_compile, steps_per_epoch=steps_per_epoch, epochs=config.epochs,
+        jit_compile=config.jit_compile, steps_per_epoch=0, epochs=config.epochs,
         make_optimizer=make_optimizer, names={"arch": config.arch, "dataset": config.dataset},
         settings=resolved.trainer.values,
     )
@@ -200,8 +204,10 @@ def _built(component: Component):
     return obj
 
 
-def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False) -> Prepared:
-    """Build and check everything a run needs.
+def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False,
+            resolved: Resolved | None = None) -> Prepared:
+    """Build and check everything a run needs (``resolved``: the run's plugins, if looked up
+    already).
 
     With ``eval_optional`` (the recipe, not the user, asked for ``--eval-every``), images
     without labels are not evaluated, with a line on stderr that says so: their default
@@ -214,7 +220,7 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False) ->
     from ganflow.data import batches_per_pass
     from ganflow.gan import GAN
 
-    resolved = resolve_plugins(config, plugins)
+    resolved = resolved or resolve_plugins(config, plugins)
     trainer = resolved.trainer_object
     if not callable(getattr(trainer, "build", None)):
         raise UsageError(f"trainer {resolved.trainer.name} fits a density at once: "
@@ -251,8 +257,7 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False) ->
         evaluator = evaluation.build(plugins, source, config.dataset, config.features,
                                      config.feature_weights, config.eval_samples, config.seed)
         resolved.features = plugins.features.get(evaluator.features)
-    return Prepared(config, resolved, source, gan, steps_per_epoch, per_step, evaluator,
-                    resolved.providers())
+    return Prepared(config, resolved, source, gan, steps_per_epoch, per_step, evaluator)
 
 
 def _build_model(resolved: Resolved, trainer, setup):
@@ -298,7 +303,7 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     resolved = resolve_plugins(config, plugins)
     if resolved.fits_density:
         return run_maximum_likelihood(config, resolved)
-    prepared = prepare(config, plugins, eval_optional)
+    prepared = prepare(config, plugins, eval_optional, resolved)
     gan, source = prepared.gan, prepared.source
     tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
     extra_params = {**_data_params(source), **prepared.resolved.params()}

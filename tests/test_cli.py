@@ -85,7 +85,7 @@ def test_run_tracks_registers_and_samples_end_to_end(cli, workdir):
     assert Image.open(local).size == (8 * 34 * 2 + 4, 8 * 34 * 2 + 4)  # 8x8 tiles, 2x scaled
     assert f"samples: ganflow-runs/{run.info.run_id}/samples/epoch_0002.png" in result.stdout
     final = client.get_metric_history(run.info.run_id, "epoch/d_loss")[-1].value
-    assert f"final:   d_fake " in result.stdout and f"d_loss {final:.4f}" in result.stdout
+    assert "final:   d_fake " in result.stdout and f"d_loss {final:.4f}" in result.stdout
 
     (version,) = client.search_model_versions("name='dcgan-generator'")
     assert version.run_id == run.info.run_id

@@ -24,6 +24,7 @@ setup(
         "numpy>=1.26,<3",
         "pyyaml>=6,<7",
     ],
-    extras_require={"test": ["pytest>=8,<10"]},
+    # setuptools: a test builds the README's plugin package into a wheel, offline.
+    extras_require={"test": ["pytest>=8,<10", "setuptools>=61"]},
     entry_points={"console_scripts": ["ganflow=ganflow.cli:main"]},
 )

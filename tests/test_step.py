@@ -261,3 +261,26 @@ def test_the_check_moves_no_weights_statistics_or_noise():
     fresh = GAN(tiny_generator(), linear_discriminator(), LATENT, seed=0)
     np.testing.assert_array_equal(ops.convert_to_numpy(gan.noise(3)),
                                   ops.convert_to_numpy(fresh.noise(3)))
+
+
+class OutputEnergy(ganflow.Regularizer):
+    """A generator-side penalty: c E[G(z)^2]."""
+
+    network = "generator"
+
+    def __call__(self, step):
+        return 0.5 * ops.mean(ops.square(step.fake))
+
+
+def test_a_generator_regularizer_moves_g_alone_every_nth_generator_update():
+    every, steps = 3, 6
+    gan = compile_gan(ZeroLoss(), regularizers=[
+        ganflow.Regularization("energy", OutputEnergy(), every=every)], lr=0.05)
+    g0, d0 = gan.generator.get_weights(), gan.discriminator.get_weights()
+    history = gan.fit(training_pipeline(numbered_source(40), 4, seed=0), epochs=1,
+                      steps_per_epoch=steps, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(d0, gan.discriminator.get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(g0, gan.generator.get_weights()))
+    # It ran in G updates 0 and 3, times 3: g_loss averages 3 x its value over 2 of 6 steps.
+    assert history.history["g_loss"][-1] == pytest.approx(
+        every * history.history["reg/energy"][-1] * 2 / steps, rel=1e-5)

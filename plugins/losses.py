@@ -1,4 +1,7 @@
-"""The two generator objectives of the original GAN, on a ``ganflow.Step``'s logits.
+"""GAN objectives on a ``ganflow.Step``'s logits: the lecture's two, and the library users
+expect (hinge, Wasserstein with a gradient penalty, least squares).
+
+The original GAN's two generator objectives:
 
 The discriminator loss is -V(G, D) for both: D ascends V by minimizing it. They differ in G:
 - minimax: G minimizes E[log(1 - D(G(z)))] = -E[softplus(s)], exactly the V it plays against.
@@ -14,6 +17,7 @@ d_real = mean D(x), d_fake = mean D(G(z)), value = V on the batch and jsd_estima
 from keras import ops
 
 import ganflow
+from ganflow_plugins.regularizers import PENALTY, gradient_penalty
 
 
 class MinimaxLoss(ganflow.StepLoss):
@@ -38,7 +42,58 @@ class NonSaturatingLoss(MinimaxLoss):
         return ops.mean(ops.softplus(-step.fake_logits))
 
 
+class HingeLoss(ganflow.StepLoss):
+    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018): D minimizes E[relu(1 - s(x))] +
+    E[relu(1 + s(G(z)))], G minimizes -E[s(G(z))]."""
+
+    def d_loss(self, step):
+        return (ops.mean(ops.relu(1.0 - step.real_logits))
+                + ops.mean(ops.relu(1.0 + step.fake_logits)))
+
+    def g_loss(self, step):
+        return -ops.mean(step.fake_logits)
+
+
+class WassersteinLoss(ganflow.StepLoss):
+    """WGAN (Arjovsky et al. 2017) with a gradient penalty (Gulrajani et al. 2017): the critic
+    minimizes E[s(G(z))] - E[s(x)] + gp E[(||grad s(x_hat)|| - 1)^2], G minimizes -E[s(G(z))].
+    The logged ``critic_gap`` = E[s(x)] - E[s(G(z))] estimates the Wasserstein-1 distance when
+    the critic is 1-Lipschitz, which the penalty encourages; ``gp=0`` leaves it unconstrained."""
+
+    def __init__(self, gp, sides):
+        self.gp = gp
+        self.one_sided = sides == "one-sided"
+
+    def d_loss(self, step):
+        loss = ops.mean(step.fake_logits) - ops.mean(step.real_logits)
+        if self.gp:
+            loss = loss + self.gp * gradient_penalty(step, self.one_sided)
+        return loss
+
+    def g_loss(self, step):
+        return -ops.mean(step.fake_logits)
+
+    def metrics(self, step):
+        return {"critic_gap": ops.mean(step.real_logits) - ops.mean(step.fake_logits)}
+
+
+class LeastSquaresLoss(ganflow.StepLoss):
+    """Least squares (Mao et al. 2017), a = 0, b = c = 1: D regresses real logits to 1 and
+    fakes to 0, G its fakes to 1."""
+
+    def d_loss(self, step):
+        return 0.5 * (ops.mean(ops.square(step.real_logits - 1.0))
+                      + ops.mean(ops.square(step.fake_logits)))
+
+    def g_loss(self, step):
+        return 0.5 * ops.mean(ops.square(step.fake_logits - 1.0))
+
+
 @ganflow.hookimpl
 def ganflow_register_losses(register):
     register("minimax", MinimaxLoss(), "G minimizes E[log(1 - D(G(z)))], the lecture's V")
     register("non-saturating", NonSaturatingLoss(), "G minimizes E[-log D(G(z))]")
+    register("hinge", HingeLoss(), "D: E relu(1 - s(x)) + E relu(1 + s(G(z))); G: -E s(G(z))")
+    register("wgan", WassersteinLoss, "Wasserstein critic with a gradient penalty (WGAN-GP)",
+             settings={"gp": PENALTY["weight"], "sides": PENALTY["sides"]})
+    register("lsgan", LeastSquaresLoss(), "least squares: D regresses real to 1, fake to 0")

@@ -1,11 +1,18 @@
-"""Gradient regularizers of the discriminator: R1 and R2 (Mescheder et al. 2018).
+"""Gradient regularizers of the discriminator: R1, R2 and the gradient penalty.
 
-R1 = gamma / 2 * E_data[||grad_x D(x)||^2] penalizes D's gradient on real data, R2 the same on
-generated data; both push D towards the equilibrium where it is flat on the data. Add one with
-``--regularizer r1:gamma=10``; ``every=16`` makes it lazy (StyleGAN2's schedule: every 16th D
-update, times 16). The gradient is of D's logit, taken with D in training mode.
+- R1 = gamma / 2 * E_data[||grad_x D(x)||^2] penalizes D's gradient on real data, R2 the same on
+  generated data (Mescheder et al. 2018): both push D towards the equilibrium where it is flat
+  on the data. ``--regularizer r1:gamma=10``; ``every=16`` makes it lazy (StyleGAN2's schedule:
+  every 16th D update, times 16).
+- gp = weight * E[(||grad D(x_hat)|| - 1)^2] at x_hat = alpha x + (1 - alpha) G(z), alpha
+  uniform in [0, 1] per example (Gulrajani et al. 2017, WGAN-GP); one-sided, only norms above
+  1 are penalized: max(0, ||grad|| - 1)^2 (Petzka et al. 2018). The ``wgan`` loss has it built
+  in; ``--regularizer gp`` adds it to any other loss (Fedus et al. 2018).
+
+Gradients are of D's logit, taken with D as the update calls it (training mode).
 """
 
+import keras
 from keras import ops
 
 import ganflow
@@ -22,6 +29,32 @@ def gradient_norm_squared(step, examples):
     # The gradient of the logits is that of their sum: each example's own, as they are separate.
     gradient = ops.cast(tape.gradient(logits, examples), "float32")
     return ops.sum(ops.reshape(ops.square(gradient), (ops.shape(gradient)[0], -1)), axis=1)
+
+
+def gradient_penalty(step, one_sided=False):
+    """E[(||grad D(x_hat)|| - 1)^2] (or of max(0, ||grad|| - 1)) at random interpolates of the
+    step's real and fake examples, float32."""
+    real, fake = ops.cast(step.real, "float32"), ops.cast(step.fake, "float32")
+    shape = (ops.shape(real)[0],) + (1,) * (len(real.shape) - 1)
+    alpha = keras.random.uniform(shape, seed=step.seed_generator)
+    interpolates = ops.cast(alpha * real + (1.0 - alpha) * fake, step.real.dtype)
+    norm = ops.sqrt(gradient_norm_squared(step, interpolates) + 1e-12)
+    excess = ops.relu(norm - 1.0) if one_sided else norm - 1.0
+    return ops.mean(ops.square(excess))
+
+
+SIDES = ("two-sided", "one-sided")
+
+
+class GradientPenalty(ganflow.Regularizer):
+    """weight * E[(||grad D(x_hat)|| - 1)^2] at interpolates (one-sided: only norms above 1)."""
+
+    def __init__(self, weight, sides):
+        self.weight = weight
+        self.one_sided = sides == "one-sided"
+
+    def __call__(self, step):
+        return self.weight * gradient_penalty(step, self.one_sided)
 
 
 class R1(ganflow.Regularizer):
@@ -42,6 +75,11 @@ class R2(R1):
 
 
 GAMMA = {"gamma": ganflow.Setting(10.0, "the penalty's weight", minimum=0.0)}
+PENALTY = {
+    "weight": ganflow.Setting(10.0, "the penalty's weight (WGAN-GP's lambda)", minimum=0.0),
+    "sides": ganflow.Setting("two-sided", "two-sided: (||grad|| - 1)^2; one-sided: only "
+                             "norms above 1", choices=SIDES),
+}
 
 
 @ganflow.hookimpl
@@ -49,3 +87,5 @@ def ganflow_register_regularizers(register):
     register("r1", R1, "gamma/2 E_data ||grad D(x)||^2 on real data (Mescheder et al. 2018)",
              settings=GAMMA)
     register("r2", R2, "gamma/2 E_G ||grad D(G(z))||^2 on generated data", settings=GAMMA)
+    register("gp", GradientPenalty, "weight E(||grad D(x_hat)|| - 1)^2 at real/fake "
+             "interpolates (WGAN-GP)", settings=PENALTY)

@@ -147,8 +147,8 @@ def bad(cli, *args):
 @pytest.mark.parametrize("args, message", [
     (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: dcgan, gmm-mle, toy, toy1d "
                            "(did you mean 'dcgan'?)"),
-    (["--loss", "minmax"], "unknown loss 'minmax'; known: minimax, non-saturating "
-                           "(did you mean 'minimax'?)"),
+    (["--loss", "minmax"], "unknown loss 'minmax'; known: hinge, lsgan, minimax, "
+                           "non-saturating, wgan (did you mean 'minimax'?)"),
     (["--dataset", "digit"], "unknown dataset 'digit'; known: digits, folder, gauss1d, grid25, "
                              "ring8, tfds "
                              "(did you mean 'digits'?)"),
@@ -207,7 +207,7 @@ def test_console_script_in_a_real_process(workdir):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "Error: unknown loss 'nope'; known: minimax, non-saturating"
+        "Error: unknown loss 'nope'; known: hinge, lsgan, minimax, non-saturating, wgan"
     ]
 
 

@@ -38,17 +38,17 @@ def build_wheel(folder: Path, out: Path) -> Path:
 
 
 def test_the_readme_packaging_example_ships_only_its_module(tmp_path):
-    project = tmp_path / "ganflow-lsgan"
+    project = tmp_path / "ganflow-pearson"
     (project / "notes").mkdir(parents=True)
     (project / "notes" / "__init__.py").write_text("")  # a folder that must not be shipped
     (project / "pyproject.toml").write_text(readme_block("toml", "### A loss on logits"))
-    (project / "ganflow_lsgan.py").write_text(readme_block("python", "### A loss on logits"))
+    (project / "ganflow_pearson.py").write_text(readme_block("python", "### A loss on logits"))
     wheel = build_wheel(project, tmp_path / "dist")
     files = zipfile.ZipFile(wheel).namelist()
-    assert [f for f in files if ".dist-info/" not in f] == ["ganflow_lsgan.py"]
+    assert [f for f in files if ".dist-info/" not in f] == ["ganflow_pearson.py"]
     entry_points = zipfile.ZipFile(wheel).read(
-        "ganflow_lsgan-0.1.0.dist-info/entry_points.txt").decode()
-    assert "[ganflow]\nlsgan = ganflow_lsgan" in entry_points
+        "ganflow_pearson-0.1.0.dist-info/entry_points.txt").decode()
+    assert "[ganflow]\npearson = ganflow_pearson" in entry_points
 
 
 EXAMPLES = {

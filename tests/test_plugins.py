@@ -25,14 +25,14 @@ def readme_block(language, after):
 
 
 @pytest.fixture
-def lsgan_installed(tmp_path, monkeypatch):
+def pearson_installed(tmp_path, monkeypatch):
     """The README's example plugin, installed as a distribution with a `ganflow` entry point."""
-    (tmp_path / "ganflow_lsgan.py").write_text(readme_block("python", "### A loss on logits"))
+    (tmp_path / "ganflow_pearson.py").write_text(readme_block("python", "### A loss on logits"))
     toml = readme_block("toml", "### A loss on logits")
     entry = re.search(r"\[project.entry-points.ganflow\]\n(\w+) = \"(\w+)\"", toml)
-    dist = tmp_path / "ganflow_lsgan-0.1.0.dist-info"
+    dist = tmp_path / "ganflow_pearson-0.1.0.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ganflow-lsgan\nVersion: 0.1.0\n")
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ganflow-pearson\nVersion: 0.1.0\n")
     (dist / "entry_points.txt").write_text(f"[ganflow]\n{entry.group(1)} = {entry.group(2)}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     return entry.group(1)
@@ -40,8 +40,11 @@ def lsgan_installed(tmp_path, monkeypatch):
 
 def test_builtins_are_registered_by_their_modules(plugins):
     assert {e.name: e.plugin for e in plugins.losses} == {
-        "minimax": "ganflow_plugins.losses",
-        "non-saturating": "ganflow_plugins.losses",
+        name: "ganflow_plugins.losses"
+        for name in ("hinge", "lsgan", "minimax", "non-saturating", "wgan")
+    }
+    assert {e.name: e.plugin for e in plugins.regularizers} == {
+        name: "ganflow_plugins.regularizers" for name in ("gp", "r1", "r2")
     }
     assert {e.name: e.plugin for e in plugins.recipes} == {
         "dcgan": "ganflow_plugins.dcgan", "gmm-mle": "ganflow_plugins.gmm",
@@ -61,7 +64,7 @@ def test_unknown_name_lists_known_names_and_closest_match(plugins):
     with pytest.raises(UsageError) as err:
         plugins.losses.get("non-saturatng")
     assert str(err.value) == (
-        "unknown loss 'non-saturatng'; known: minimax, non-saturating "
+        "unknown loss 'non-saturatng'; known: hinge, lsgan, minimax, non-saturating, wgan "
         "(did you mean 'non-saturating'?)"
     )
 
@@ -75,27 +78,28 @@ def test_dataset_argument_is_required_or_refused(plugins):
         plugins.dataset("digits:8")
 
 
-def test_entry_point_plugin_is_listed_and_used_by_run(lsgan_installed, cli, workdir):
+def test_entry_point_plugin_is_listed_and_used_by_run(pearson_installed, cli, workdir):
     listed = cli("plugins", "--json")
     assert listed.exit_code == 0
     losses = {row["name"]: row["plugin"] for row in json.loads(listed.stdout)["losses"]}
-    assert losses["lsgan"] == lsgan_installed
+    assert losses["pearson"] == pearson_installed
 
-    result = cli("run", "--loss", "lsgan", "--no-register", *TINY)
+    result = cli("run", "--loss", "pearson", "--no-register", *TINY)
     assert result.exit_code == 0, result.output
     (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
-    assert run.data.params["loss"] == "lsgan"
-    assert run.data.tags["ganflow.plugin.loss"] == "lsgan"
+    assert run.data.params["loss"] == "pearson"
+    assert run.data.tags["ganflow.plugin.loss"] == "pearson"
     assert "d_loss" in run.data.metrics
 
 
-def test_readme_loss_matches_its_closed_form(lsgan_installed):
+def test_readme_loss_matches_its_closed_form(pearson_installed):
     import numpy as np
 
-    loss = load_plugins().losses.get("lsgan").obj
+    loss = load_plugins().losses.get("pearson").obj
     real, fake = np.array([[2.0], [0.0]], np.float32), np.array([[1.0], [-1.0]], np.float32)
-    assert float(loss.discriminator_loss(real, fake)) == pytest.approx(0.5 * (1.0 + 1.0))
-    assert float(loss.generator_loss(fake)) == pytest.approx(0.5 * (0.0 + 4.0) / 2)
+    # 0.5 (E[(s_real - 1)^2] + E[(s_fake + 1)^2]) and 0.5 E[s_fake^2]
+    assert float(loss.discriminator_loss(real, fake)) == pytest.approx(0.5 * (1.0 + 2.0))
+    assert float(loss.generator_loss(fake)) == pytest.approx(0.5 * 1.0)
 
 
 def test_entry_point_that_fails_to_import_is_named(tmp_path, monkeypatch):

@@ -47,10 +47,11 @@ def main():
     config = resolve_config(plugins, "dcgan", None, {"eval_every": 0})
     prepared = prepare(config, plugins)
     if args.model_uri:
-        model, latent_dim = models.load_sampler(args.model_uri)
+        sampler = models.load_sampler(args.model_uri)
+        latent_dim = sampler.latent_dim
 
         def generate(z):
-            return models.predict_quietly(model, z)
+            return sampler(z)
     else:
         latent_dim = config.latent_dim
 

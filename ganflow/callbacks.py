@@ -75,18 +75,20 @@ class EvaluationLogger(keras.callbacks.Callback):
     """Logs sample-quality metrics (``ganflow.evaluation``) before training, every ``every``
     epochs and after the last, at the step of that epoch's last generator update.
 
-    Samples come from fixed noise. Metrics of the sampling generator are ``eval/NAME``; with
-    an EMA copy, G's own weights are scored too, as ``eval_no_ema/NAME``. ``report``, when
-    given, receives a line per evaluation (the CLI prints it).
+    Samples come from fixed noise (and, for a conditional generator, fixed ``labels``).
+    Metrics of the sampling generator are ``eval/NAME``; with an EMA copy, G's own weights are
+    scored too, as ``eval_no_ema/NAME``. ``report``, when given, receives a line per
+    evaluation (the CLI prints it).
     """
 
     def __init__(self, evaluator, every: int, steps_per_epoch: int, noise: np.ndarray,
-                 report=None):
+                 report=None, labels: np.ndarray | None = None):
         super().__init__()
         self.evaluator = evaluator
         self.every = every
         self.steps_per_epoch = steps_per_epoch
         self.noise = noise
+        self.labels = labels
         self.report = report
         self.last: dict[str, float] = {}
         self._pending: str | None = None
@@ -116,11 +118,14 @@ class EvaluationLogger(keras.callbacks.Callback):
     def _evaluate(self, epoch: int) -> None:
         from ganflow.evaluation import generate
 
-        values = self.evaluator(generate(self.model.sampling_generator, self.noise))
+        def score(generator):
+            return self.evaluator(generate(generator, self.noise, self.labels), self.labels)
+
+        values = score(self.model.sampling_generator)
         logged = {f"eval/{k}": v for k, v in values.items()}
         if self.model.ema_generator is not None:
             if epoch > 0:  # before training the average is G itself
-                values = self.evaluator(generate(self.model.generator, self.noise))
+                values = score(self.model.generator)
             logged.update({f"eval_no_ema/{k}": v for k, v in values.items()})
         mlflow.log_metrics(logged, step=epoch * self.steps_per_epoch)
         self.last = logged

@@ -239,10 +239,15 @@ def settings(recipe, plugin_modules):
               help="noise seed: the same seed gives the same samples")
 @click.option("-o", "--output", metavar="FILE",
               help="where to write (default samples.png, or samples.npz with --npz)")
-@click.option("--npz", is_flag=True, help="write the raw array (samples, z) instead of a PNG grid")
+@click.option("--npz", is_flag=True,
+              help="write the raw arrays (samples, z, and labels of a conditional generator) "
+                   "instead of a PNG grid")
+@click.option("--class", "label", type=click.IntRange(min=0), metavar="N",
+              help="a conditional generator's class to sample (default: every class, one "
+                   "row of the grid each)")
 @click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")
 @reports_errors
-def sample(model_uri, count, seed, output, npz, tracking_uri):
+def sample(model_uri, count, seed, output, npz, label, tracking_uri):
     """Sample a logged generator: MODEL_URI is any models:/ or runs:/ URI."""
     import numpy as np
 
@@ -250,12 +255,14 @@ def sample(model_uri, count, seed, output, npz, tracking_uri):
     from ganflow.images import save_grid
 
     tracking.use_tracking_uri(tracking_uri, must_exist=True)
-    samples, z = models.sample(model_uri, count, seed)
+    samples, z, labels = models.sample(model_uri, count, seed, label)
     output = output or ("samples.npz" if npz else "samples.png")
     if npz:
-        np.savez(output, samples=samples, z=z)
+        np.savez(output, samples=samples, z=z, **({} if labels is None else {"labels": labels}))
     elif samples.ndim == 4:
-        save_grid(samples, output)
+        rows_by_class = labels is not None and label is None
+        save_grid(samples, output, columns=int(np.bincount(labels).max()) if rows_by_class
+                  else None)
     else:
         from ganflow.toy import plot_points
 

@@ -40,6 +40,8 @@ class RunConfig:
     regularizers: tuple[str, ...] = setting((), "add a regularizer to its network's loss: r1, "
                                             "r2 or a plugin's, e.g. r1:gamma=10,every=16 "
                                             "(repeatable)", "NAME[:SETTINGS]")
+    conditional: bool = setting(False, "condition G and D on the class label, G(z, y) and "
+                                "D(x, y) (needs labelled data)")
     dataset: str = setting("digits", "dataset: digits, tfds:NAME, folder:PATH, or a plugin's",
                            "NAME[:ARG]")
     data_dir: str | None = setting(None, "where tfds data is prepared (tfds's own default if "

@@ -25,7 +25,8 @@ DEFAULT_SAMPLES = 10_000
 # Examples per forward pass when generating or extracting features.
 CHUNK = 500
 # The order metrics are shown and logged in.
-METRIC_NAMES = ("fid", "kid", "kid_std", "precision", "recall", "class_coverage", "class_kl")
+METRIC_NAMES = ("fid", "kid", "kid_std", "precision", "recall", "class_coverage", "class_kl",
+                "class_accuracy")
 LOWER_IS_BETTER = {"fid", "kid", "class_kl"}
 
 
@@ -63,8 +64,10 @@ class Evaluator:
     def __post_init__(self):
         self.real_stats = metrics.statistics(self.real_features)
 
-    def __call__(self, samples: np.ndarray) -> dict[str, float]:
-        """The metrics of ``samples`` (n, *shape), by name (``METRIC_NAMES``)."""
+    def __call__(self, samples: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
+        """The metrics of ``samples`` (n, *shape), by name (``METRIC_NAMES``). ``labels``: the
+        classes a conditional generator was asked for; ``class_accuracy`` is then the share of
+        samples the extractor classifies as asked."""
         samples = np.asarray(samples, np.float32)
         if samples.shape[1:] != self.shape:
             raise UsageError(f"the samples have shape {samples.shape[1:]}, the data "
@@ -79,7 +82,15 @@ class Evaluator:
             histogram = metrics.class_histogram(classes, len(self.data_histogram))
             out["class_coverage"] = metrics.class_coverage(histogram, self.data_histogram)
             out["class_kl"] = metrics.class_kl(histogram, self.data_histogram)
+        if classes is not None and labels is not None:
+            out["class_accuracy"] = float(np.mean(classes == np.asarray(labels)))
         return out
+
+    def labels(self, count: int, seed: int) -> np.ndarray:
+        """Labels to ask a conditional generator for: drawn with the data's class shares."""
+        if self.data_histogram is None:
+            raise UsageError("a conditional generator is evaluated on labelled data only")
+        return noise.labels(count, self.data_histogram, seed)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -152,13 +163,18 @@ def extract(extractor, examples: np.ndarray) -> tuple[np.ndarray, np.ndarray | N
     return got, (None if any(c is None for c in classes) else np.concatenate(classes))
 
 
-def generate(generator, noise: np.ndarray) -> np.ndarray:
-    """A Keras generator's samples for ``noise``, a chunk at a time, in inference mode."""
+def generate(generator, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """A Keras generator's samples for noise ``z`` (and ``labels``, for a conditional one), a
+    chunk at a time, in inference mode."""
     import keras
 
+    def inputs(start):
+        chunk = z[start : start + CHUNK]
+        return chunk if labels is None else [chunk, labels[start : start + CHUNK]]
+
     return np.concatenate([
-        keras.ops.convert_to_numpy(generator(noise[start : start + CHUNK], training=False))
-        for start in range(0, len(noise), CHUNK)
+        keras.ops.convert_to_numpy(generator(inputs(start), training=False))
+        for start in range(0, len(z), CHUNK)
     ])
 
 
@@ -205,7 +221,7 @@ def evaluate_model(plugins, model_uri: str, dataset: str | None = None,
     from ganflow import models
 
     started = time.perf_counter()
-    model, latent_dim = models.load_sampler(model_uri)
+    sampler = models.load_sampler(model_uri)
     params, tags = models.training_run(model_uri)
     dataset = dataset or params.get("dataset")
     if not dataset:
@@ -225,14 +241,15 @@ def evaluate_model(plugins, model_uri: str, dataset: str | None = None,
     if features:
         plugins.features.get(features)
     source = entry.call("to load", entry.obj, DatasetOptions(argument, data_dir, image_size))
-    made = models.sample_shape(model)
+    made = sampler.shape
     if made != tuple(source.spec.shape):
         raise UsageError(f"{model_uri} makes samples of shape {made} but {dataset} has "
                          f"examples of shape {tuple(source.spec.shape)}: pass the dataset "
                          "(and --image-size) it was trained on")
     evaluator = build(plugins, source, dataset, features, weights, count, seed)
-    samples = models.predict_quietly(model, noise.latent(count, latent_dim, seed, "eval"))
-    values = evaluator(samples)
+    labels = evaluator.labels(count, seed) if sampler.num_classes else None
+    samples = sampler(noise.latent(count, sampler.latent_dim, seed, "eval"), labels)
+    values = evaluator(samples, labels)
     return Report(model_uri, dataset, evaluator.features, count, len(evaluator.real_features),
                   evaluator.real_features.shape[1], seed, values, evaluator.info,
                   time.perf_counter() - started)

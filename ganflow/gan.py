@@ -48,13 +48,17 @@ class GAN(keras.Model):
     """
 
     def __init__(self, generator, discriminator, latent_dim, d_steps=1, seed=None, ema=None,
-                 num_classes=None, **kwargs):
+                 num_classes=None, conditional=False, augment=None, **kwargs):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
         self.latent_dim = int(latent_dim)
         self.d_steps = int(d_steps)
         self.num_classes = num_classes
+        if conditional and not num_classes:
+            raise ValueError("a conditional GAN needs num_classes")
+        self.conditional = bool(conditional)
+        self.augment = augment  # (x, seed_generator) -> x, before D while training
         self.seed_generator = noise.seed_generator(seed, "train")
         self.plugin_seed_generator = noise.seed_generator(seed, "plugins")
         self.ema = ema
@@ -84,7 +88,9 @@ class GAN(keras.Model):
         # Building the optimizers here, against their own variables, is what tf.distribute and
         # XLA need: no variable may be created inside the compiled step. One forward pass first
         # builds networks that create their weights lazily (subclassed models).
-        self.discriminator(self.generator(ops.zeros((1, self.latent_dim))))
+        label = ops.zeros((1,), "int32")
+        self.discriminator(self.conditioned(self.generator(self.conditioned(
+            ops.zeros((1, self.latent_dim)), label)), label))
         d_optimizer.build(self.discriminator.trainable_variables)
         g_optimizer.build(self.generator.trainable_variables)
         names = self.check_step()
@@ -115,8 +121,13 @@ class GAN(keras.Model):
         if not self.generator.built:
             self.generator.build(input_shape)
 
-    def call(self, z, training=False):
-        return self.generator(z, training=training)
+    def call(self, inputs, training=False):
+        """G's samples of ``z``, or of ``[z, labels]`` in a conditional GAN."""
+        return self.generator(inputs, training=training)
+
+    def conditioned(self, x, labels):
+        """A network's input: ``x``, or ``[x, labels]`` in a conditional GAN."""
+        return [x, labels] if self.conditional else x
 
     def noise(self, m):
         return keras.random.normal((m, self.latent_dim), seed=self.seed_generator)
@@ -129,14 +140,18 @@ class GAN(keras.Model):
         if self.generator_uses_real:  # the last m examples are the generator update's
             g_loss = self.generator_update(m, self.part(real, self.d_steps, m),
                                            self.part(labels, self.d_steps, m))
-        else:
-            g_loss = self.generator_update(m)
+        else:  # fakes for the labels the last D update saw, in a conditional GAN
+            g_loss = self.generator_update(m, labels=step.labels if self.conditional else None)
         self.update_ema()
         return self.report(d_loss, g_loss, step)
 
     def split(self, data):
         """A batch from the pipeline as (real examples, labels or None, m)."""
         real, labels = data if isinstance(data, (tuple, list)) else (data, None)
+        if self.conditional and labels is None:
+            raise ValueError("a conditional GAN trains on (examples, labels) batches")
+        if labels is not None:
+            labels = ops.cast(labels, "int32")
         m = ops.shape(real)[0] // (self.d_steps + int(self.generator_uses_real))
         return real, labels, m
 
@@ -167,7 +182,8 @@ class GAN(keras.Model):
 
     def generator_update(self, m, real=None, labels=None):
         """One update of G on ``m`` fresh noise samples (and ``real``, when the loss reads
-        real data in this update); returns its loss."""
+        real data in this update; ``labels`` for the fakes, in a conditional GAN); returns its
+        loss."""
         step = self._step(GENERATOR, m, real, labels, self.d_steps)
         with tf.GradientTape() as tape:
             loss = self._total(self.gan_loss.g_loss(step), step, self.g_optimizer)
@@ -182,7 +198,8 @@ class GAN(keras.Model):
         return Step(update, generator=self.generator, discriminator=self.discriminator,
                     z=self.noise(m), real=real, labels=labels, index=index,
                     d_steps=self.d_steps, global_step=self.g_optimizer.iterations,
-                    training=True, seed_generator=self.plugin_seed_generator, batch_size=m)
+                    training=True, seed_generator=self.plugin_seed_generator, batch_size=m,
+                    conditional=self.conditional, augment=self.augment)
 
     @staticmethod
     def _replica_scale():
@@ -216,16 +233,18 @@ class GAN(keras.Model):
         it did not ask for raises ``StepCheckError`` naming the culprit."""
         m = PROBE_BATCH
         z = ops.zeros((m, self.latent_dim))
-        real = ops.zeros((m, *self.generator(z, training=False).shape[1:]))
         labels = ops.zeros((m,), "int32") if self.num_classes else None
+        real = ops.zeros((m, *self.generator(self.conditioned(z, labels),
+                                             training=False).shape[1:]))
         seeds = keras.random.SeedGenerator(0)
 
         def probe(update, real_part):
+            given = real_part is not None or self.conditional
             return Step(update, generator=self.generator, discriminator=self.discriminator,
-                        z=z, real=real_part, labels=labels if real_part is not None else None,
+                        z=z, real=real_part, labels=labels if given else None,
                         d_steps=self.d_steps, index=0 if update == DISCRIMINATOR else self.d_steps,
                         global_step=ops.zeros((), "int64"), training=False,
-                        seed_generator=seeds, batch_size=m)
+                        seed_generator=seeds, batch_size=m, conditional=self.conditional)
 
         loss = self.gan_loss
         component = getattr(loss, "loss", loss)  # the plugin's own object, when adapted

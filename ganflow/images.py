@@ -34,8 +34,8 @@ def image_grid(images: np.ndarray, columns: int | None = None) -> Image.Image:
     return picture
 
 
-def save_grid(images: np.ndarray, path: str | Path) -> Path:
+def save_grid(images: np.ndarray, path: str | Path, columns: int | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images).save(path)
+    image_grid(images, columns).save(path)
     return path

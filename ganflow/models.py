@@ -1,7 +1,11 @@
 """The generator as an MLflow model: logged with the Keras flavor and a (latent -> sample)
-signature, loaded back as a pyfunc sampler from any models:/ or runs:/ URI."""
+signature, or ({z, label} -> sample) for a conditional one, and loaded back as a ``Sampler``
+from any models:/ or runs:/ URI."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import keras
 import mlflow
@@ -17,21 +21,57 @@ GENERATOR_ARTIFACT = "generator"
 PIP_REQUIREMENTS = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
 
 
-def log_generator(generator, latent_dim: int) -> str:
-    """Log the generator (Keras flavor, latent -> sample signature); returns its model URI."""
+def log_generator(generator, latent_dim: int, num_classes: int | None = None) -> str:
+    """Log the generator (Keras flavor, with its signature); returns its model URI.
+
+    A conditional generator (``num_classes``) is logged with named inputs ``z`` and ``label``,
+    so ``pyfunc`` callers pass ``{"z": ..., "label": ...}``; its class count is in the model's
+    metadata.
+    """
     z = np.zeros((2, latent_dim), dtype=np.float32)
-    signature = infer_signature(z, keras.ops.convert_to_numpy(generator(z, training=False)))
+    metadata = {"ganflow_latent_dim": latent_dim}
+    model, example = generator, z
+    if num_classes:
+        z_in = keras.Input((latent_dim,), name="z")
+        label_in = keras.Input((), dtype="int32", name="label")
+        model = keras.Model({"z": z_in, "label": label_in}, generator([z_in, label_in]),
+                            name="conditional_generator")
+        example = {"z": z, "label": np.zeros((2,), np.int32)}
+        metadata["ganflow_num_classes"] = int(num_classes)
+    out = keras.ops.convert_to_numpy(model(example, training=False))
     info = mlflow.keras.log_model(
-        generator,
+        model,
         name=GENERATOR_ARTIFACT,
-        signature=signature,
+        signature=infer_signature(example, out),
         pip_requirements=PIP_REQUIREMENTS,
+        metadata=metadata,
     )
     return info.model_uri
 
 
-def load_sampler(model_uri: str):
-    """A logged generator as (pyfunc model, latent_dim), for any models:/ or runs:/ URI."""
+@dataclass
+class Sampler:
+    """A logged generator, loaded: ``sampler(z)`` or ``sampler(z, labels)`` gives samples."""
+
+    model: Any  # the pyfunc model
+    latent_dim: int
+    num_classes: int | None = None  # a conditional generator's classes, else None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One sample's shape, from the output signature."""
+        return tuple(int(d) for d in self.model.metadata.get_output_schema().inputs[0].shape[1:])
+
+    def __call__(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        if self.num_classes:
+            if labels is None:
+                raise UsageError("this generator is conditional: it needs a label per sample")
+            return predict_quietly(self.model, {"z": z, "label": np.asarray(labels, np.int32)})
+        return predict_quietly(self.model, z)
+
+
+def load_sampler(model_uri: str) -> Sampler:
+    """A logged generator, from any models:/ or runs:/ URI."""
     from ganflow.mixture import sampler_layer
 
     sampler_layer()  # registers the layer of maximum-likelihood mixture samplers with Keras
@@ -41,31 +81,41 @@ def load_sampler(model_uri: str):
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot load {model_uri}: {first_line}") from None
     schema = model.metadata.get_input_schema()
-    if schema is None or not schema.is_tensor_spec() or len(schema.inputs[0].shape) != 2:
+    inputs = {} if schema is None or not schema.is_tensor_spec() else \
+        {spec.name: spec for spec in schema.inputs}
+    num_classes = (model.metadata.metadata or {}).get("ganflow_num_classes")
+    z = inputs.get("z") if num_classes else (schema.inputs[0] if inputs else None)
+    if z is None or len(z.shape) != 2:
         raise UsageError(f"{model_uri} has no (batch, latent_dim) input signature: "
                          "it was not logged by ganflow")
-    return model, int(schema.inputs[0].shape[1])
+    return Sampler(model, int(z.shape[1]), num_classes)
 
 
-def sample_shape(model) -> tuple[int, ...]:
-    """One sample's shape, from a loaded generator's output signature."""
-    return tuple(int(d) for d in model.metadata.get_output_schema().inputs[0].shape[1:])
+def sample(model_uri: str, count: int, seed: int, label: int | None = None):
+    """(samples, z, labels): ``count`` samples of the generator at ``model_uri``, noise from
+    ``seed``. A conditional one makes ``label``, or every class in turn (``noise.class_rows``;
+    labels is then the classes asked for, else None)."""
+    sampler = load_sampler(model_uri)
+    z = noise.latent(count, sampler.latent_dim, seed, "sample")
+    labels = None
+    if sampler.num_classes:
+        if label is not None and not 0 <= label < sampler.num_classes:
+            raise UsageError(f"--class {label}: this generator knows classes 0 to "
+                             f"{sampler.num_classes - 1}")
+        labels = (np.full(count, label, np.int32) if label is not None
+                  else noise.class_rows(count, sampler.num_classes)[:count])
+    elif label is not None:
+        raise UsageError(f"--class {label}: {model_uri} is not a conditional generator")
+    return sampler(z, labels), z, labels
 
 
-def sample(model_uri: str, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(samples, z): ``count`` samples from the generator at ``model_uri``, noise from ``seed``."""
-    model, latent_dim = load_sampler(model_uri)
-    z = noise.latent(count, latent_dim, seed, "sample")
-    return predict_quietly(model, z), z
-
-
-def predict_quietly(model, z: np.ndarray) -> np.ndarray:
-    """A loaded pyfunc generator's samples for ``z``, without Keras's progress bar on stdout
-    (the Keras flavor's pyfunc calls model.predict)."""
+def predict_quietly(model, inputs) -> np.ndarray:
+    """A loaded pyfunc generator's samples for ``inputs``, without Keras's progress bar on
+    stdout (the Keras flavor's pyfunc calls model.predict)."""
     was_on = keras.utils.is_interactive_logging_enabled()
     keras.utils.disable_interactive_logging()
     try:
-        return np.asarray(model.predict(z))
+        return np.asarray(model.predict(inputs))
     finally:
         if was_on:
             keras.utils.enable_interactive_logging()

@@ -19,6 +19,7 @@ STREAMS = {
     "heldout": 5,  # held-out draws from a known density (maximum-likelihood runs)
     "theory": 6,  # `ganflow theory`'s fixed noise
     "plugins": 7,  # randomness of losses and regularizers (Step.seed_generator)
+    "labels": 8,  # the labels a conditional generator is asked for in an evaluation
 }
 
 
@@ -30,6 +31,20 @@ def rng(seed: int, stream: str) -> np.random.Generator:
 def latent(count: int, dim: int, seed: int, stream: str) -> np.ndarray:
     """``count`` standard normal latent vectors (float32) of ``stream`` under ``seed``."""
     return rng(seed, stream).standard_normal((count, dim)).astype(np.float32)
+
+
+def labels(count: int, shares, seed: int, stream: str = "labels") -> np.ndarray:
+    """``count`` class labels (int32) drawn with the probabilities ``shares``."""
+    shares = np.asarray(shares, np.float64)
+    return rng(seed, stream).choice(len(shares), size=count, p=shares / shares.sum()).astype(
+        np.int32)
+
+
+def class_rows(count: int, num_classes: int) -> np.ndarray:
+    """Labels for a grid with one row per class: each class ``ceil(count / num_classes)``
+    times, in order (int32)."""
+    per_class = -(-count // num_classes)
+    return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
 
 
 def seed_generator(seed: int | None, stream: str):

@@ -183,6 +183,7 @@ def setup_for(config: RunConfig, resolved: Resolved, source):
         d_steps=config.d_steps, seed=config.seed, ema=config.ema,
         jit_compile=config.jit_compile, steps_per_epoch=0, epochs=config.epochs,
         make_optimizer=make_optimizer, names={"arch": config.arch, "dataset": config.dataset},
+        conditional=config.conditional,
         settings=resolved.trainer.values,
     )
 
@@ -226,6 +227,9 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False,
         raise UsageError(f"trainer {resolved.trainer.name} fits a density at once: "
                          "runner.run fits it, prepare has nothing to build")
     source = load_source(config, resolved)
+    if config.conditional and not (source.labelled and source.spec.num_classes):
+        raise UsageError(f"--conditional needs labelled data, and {config.dataset} has no "
+                         "labels: drop --conditional, or use a labelled dataset")
     setup = setup_for(config, resolved, source)
     # Steps per pass as the default step consumes data (the schedules' lengths depend on it);
     # corrected below if the trainer's model takes another amount.
@@ -316,14 +320,16 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
             config.log_every,
             prepared.steps_per_epoch,
             Path(config.output_dir) / run_id / "samples",
-            views.SampleView(source, noise.latent(config.samples, config.latent_dim,
-                                                  config.seed, "grid"), config.seed),
+            views.SampleView(source, config.latent_dim, config.samples, config.seed,
+                             gan.num_classes if gan.conditional else None),
         )
         fit_callbacks = [logger]
         if prepared.evaluator is not None:
             evaluations = callbacks.EvaluationLogger(
                 prepared.evaluator, config.eval_every, prepared.steps_per_epoch,
-                noise.latent(config.eval_samples, config.latent_dim, config.seed, "eval"), report)
+                noise.latent(config.eval_samples, config.latent_dim, config.seed, "eval"), report,
+                prepared.evaluator.labels(config.eval_samples, config.seed)
+                if gan.conditional else None)
             fit_callbacks.append(evaluations)
         pipeline = training_pipeline(source, prepared.per_step, config.seed)
         interrupted = False
@@ -344,7 +350,8 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
             interrupted = True
             metrics = {}
         model_name = None if interrupted or not config.register else config.model_name
-        model_uri = models.log_generator(gan.sampling_generator, config.latent_dim)
+        model_uri = models.log_generator(gan.sampling_generator, config.latent_dim,
+                                         gan.num_classes if gan.conditional else None)
         version = champion = None
         if model_name is not None:
             tags = {"loss": config.loss, "dataset": config.dataset, "run_id": run_id}
@@ -426,8 +433,7 @@ def run_maximum_likelihood(config: RunConfig, resolved: Resolved) -> RunResult:
             heldout = source.density.sample(HELDOUT_SIZE, seed=noise.rng(config.seed, "heldout"))
             metrics["heldout_log_likelihood"] = float(np.mean(fitted.log_prob(heldout)))
             metrics["heldout_log_likelihood_data"] = float(np.mean(source.density.log_prob(heldout)))
-        view = views.SampleView(source, noise.latent(config.samples, latent_dim, config.seed,
-                                                     "grid"), config.seed)
+        view = views.SampleView(source, latent_dim, config.samples, config.seed)
         samples_path, toy = view(fitted.generator,
                                  Path(config.output_dir) / run_id / "samples" / "fitted.png",
                                  "maximum likelihood")

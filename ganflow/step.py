@@ -47,7 +47,10 @@ class Step:
         (else None). In the generator update, ``real`` is there only when the loss (or a
         generator regularizer) sets ``generator_uses_real = True``; the step then draws m more
         real examples for it, so it is fresh there too.
-    z: the m noise vectors of this update; ``fake`` = G(z).
+    conditional: whether both networks take the label: ``fake`` = G(z, labels) and D scores
+        (x, labels). The fakes are made for the labels of the update's real examples (in the
+        generator update: of its own real examples, else of the last discriminator update's).
+    z: the m noise vectors of this update; ``fake`` = G(z), or G(z, labels).
     real_logits, fake_logits: D's logits (float32) of ``real`` and ``fake``, shape (m, 1).
     generator, discriminator: both networks; ``training`` is the flag they are called with
         (True while training: BatchNorm uses batch statistics, dropout is on).
@@ -58,7 +61,8 @@ class Step:
     def __init__(self, update: str, *, generator, discriminator, z=None, real=None,
                  labels=None, fake=None, real_logits=None, fake_logits=None, index: int = 0,
                  d_steps: int = 1, global_step: Any = 0, training: bool = True,
-                 seed_generator=None, batch_size=None):
+                 seed_generator=None, batch_size=None, conditional: bool = False,
+                 augment=None):
         if update not in (DISCRIMINATOR, GENERATOR):
             raise ValueError(f"update must be {DISCRIMINATOR!r} or {GENERATOR!r}, got {update!r}")
         self.update = update
@@ -76,6 +80,10 @@ class Step:
         self.training = training
         self.seed_generator = seed_generator
         self._batch_size = batch_size
+        self.conditional = conditional
+        self.augment = augment
+        if conditional and labels is None:
+            raise ValueError("a conditional step needs labels")
 
     @property
     def is_discriminator_update(self) -> bool:
@@ -110,7 +118,8 @@ class Step:
         if self._fake is None:
             if self.z is None:
                 raise ValueError("this step has neither fake examples nor noise to make them")
-            self._fake = self.generator(self.z, training=self.training)
+            inputs = [self.z, self.labels] if self.conditional else self.z
+            self._fake = self.generator(inputs, training=self.training)
         return self._fake
 
     @property
@@ -127,10 +136,15 @@ class Step:
 
     def discriminate(self, x):
         """D's logits of ``x`` (float32, whatever the network's dtype), called with
-        ``training=step.training``: e.g. on interpolates for a gradient penalty."""
+        ``training=step.training`` (and the labels, in a conditional run): e.g. on
+        interpolates for a gradient penalty. While training, ``x`` first goes through the
+        run's differentiable augmentations (``--augment``), as every input of D does."""
         from keras import ops
 
-        return ops.cast(self.discriminator(x, training=self.training), "float32")
+        if self.augment is not None and self.training:
+            x = self.augment(x, self.seed_generator)
+        inputs = [x, self.labels] if self.conditional else x
+        return ops.cast(self.discriminator(inputs, training=self.training), "float32")
 
     def fork(self) -> Step:
         """The same update with its forward passes not yet made: what a lazy regularizer
@@ -139,7 +153,8 @@ class Step:
                     z=self.z, real=self._real, labels=self.labels, fake=self._fake,
                     index=self.index, d_steps=self.d_steps, global_step=self.global_step,
                     training=self.training, seed_generator=self.seed_generator,
-                    batch_size=self._batch_size)
+                    batch_size=self._batch_size, conditional=self.conditional,
+                    augment=self.augment)
 
     @classmethod
     def from_logits(cls, real_logits=None, fake_logits=None, update: str = DISCRIMINATOR,

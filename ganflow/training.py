@@ -19,6 +19,9 @@ class TrainingSetup:
     loss: the ``--loss`` object (a ``ganflow.StepLoss`` or ``ganflow.Loss``).
     regularizers: the ``--regularizer``s, as ``ganflow.Regularization``s.
     latent_dim, d_steps, seed, ema, jit_compile: the run's settings of those names.
+    conditional: whether G and D take the class label (``--conditional``); ``num_classes``
+        is then the data's number of classes.
+    augment: the ``--augment`` chain, a function (x, seed_generator) -> x, or None.
     steps_per_epoch, epochs: the run's length in training steps.
     settings: the trainer's own settings (``--trainer NAME:key=value``).
     """
@@ -37,6 +40,8 @@ class TrainingSetup:
     epochs: int
     # (network, total updates) -> a fresh optimizer with its learning-rate schedule
     make_optimizer: Callable[[str, int], Any] | None = None
+    conditional: bool = False
+    augment: Callable[[Any, Any], Any] | None = None
     names: dict[str, str] = field(default_factory=dict)  # arch, dataset: as the user wrote them
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -62,7 +67,10 @@ class TrainingSetup:
 
     def networks(self):
         """(generator, discriminator) from the architecture, checked against the data: G
-        must make examples of the data's shape, D one logit per example."""
+        must make examples of the data's shape, D one logit per example. In a conditional
+        run both are built with ``num_classes=`` and take ``[input, labels]``."""
+        import inspect
+
         import numpy as np
 
         architecture = self.architecture
@@ -70,10 +78,22 @@ class TrainingSetup:
         if not callable(getattr(architecture, "build_generator", None)):
             raise UsageError(f"architecture {arch} has no networks to train adversarially "
                              "(it is fitted by maximum likelihood): use --trainer mle")
-        generator = architecture.build_generator(self.spec, self.latent_dim)
-        discriminator = architecture.build_discriminator(self.spec)
+        extra = {}
+        if self.conditional:
+            if "num_classes" not in inspect.signature(architecture.build_generator).parameters:
+                raise UsageError(f"architecture {arch} builds no conditional networks (its "
+                                 "build_generator takes no num_classes): use --arch dcgan, or "
+                                 "drop --conditional")
+            extra = {"num_classes": self.num_classes}
+        generator = architecture.build_generator(self.spec, self.latent_dim, **extra)
+        discriminator = architecture.build_discriminator(self.spec, **extra)
+        labels = np.zeros((2,), np.int32)
+
+        def given(x):
+            return [x, labels] if self.conditional else x
+
         z = np.zeros((2, self.latent_dim), dtype=np.float32)
-        made = tuple(generator(z, training=False).shape[1:])
+        made = tuple(generator(given(z), training=False).shape[1:])
         if made != tuple(self.spec.shape):
             raise UsageError(
                 f"architecture {arch}'s generator makes examples of shape {made}, but "
@@ -81,7 +101,7 @@ class TrainingSetup:
                 f"{tuple(self.spec.shape)}"
             )
         examples = np.zeros((2, *self.spec.shape), np.float32)
-        scored = tuple(discriminator(examples, training=False).shape[1:])
+        scored = tuple(discriminator(given(examples), training=False).shape[1:])
         if scored != (1,):
             raise UsageError(
                 f"architecture {arch}'s discriminator outputs shape {scored} per example; "

@@ -15,13 +15,19 @@ TOY_EVAL_SAMPLES = 10_000
 class SampleView:
     """How a run shows its generator: a PNG per epoch and, for toy data, exact metrics.
 
-    Images become a grid of the fixed noise batch ``grid_noise``. Points become a scatter (2-D) or density
-    (1-D) plot against real data; when the data's density is known, ``TOY_EVAL_SAMPLES``
-    samples from fixed noise are scored with ``ganflow.toy.toy_metrics`` as ``toy/...``.
+    Images become a grid of ``samples`` fixed noise vectors; a conditional generator's
+    (``num_classes``) has one row per class. Points become a scatter (2-D) or density (1-D)
+    plot against real data; when the data's density is known, ``TOY_EVAL_SAMPLES`` samples
+    from the fixed evaluation noise are scored with ``ganflow.toy.toy_metrics`` as ``toy/...``.
     """
 
-    def __init__(self, source, grid_noise: np.ndarray, seed: int):
+    def __init__(self, source, latent_dim: int, samples: int, seed: int,
+                 num_classes: int | None = None):
         self.source = source
+        self.labels = None if not num_classes else noise.class_rows(samples, num_classes)
+        self.columns = None if not num_classes else len(self.labels) // num_classes
+        count = samples if self.labels is None else len(self.labels)
+        grid_noise = noise.latent(count, latent_dim, seed, "grid")
         self.noise = grid_noise
         self.density = getattr(source, "density", None)
         self.is_image = source.spec.is_image
@@ -37,7 +43,8 @@ class SampleView:
         from ganflow.evaluation import generate
 
         if self.is_image:
-            return save_grid(generate(generator, self.noise), path), {}
+            images = generate(generator, self.noise, self.labels)
+            return save_grid(images, path, self.columns), {}
         from ganflow import toy
 
         points = generate(generator, self.eval_noise)

@@ -1,9 +1,15 @@
-"""DCGAN (Radford et al. 2015), sized from the dataset: the ``dcgan`` architecture and recipe.
+"""DCGAN (Radford et al. 2015), sized from the dataset: the ``dcgan`` architecture, the
+``dcgan`` recipe and its conditional twin ``cdcgan``.
 
 G: a dense projection to a small s x s map, then stride-2 transposed convolutions, each doubling
 the side and halving the channels, BatchNorm and ReLU between, tanh out. D mirrors it with
 stride-2 convolutions and LeakyReLU(0.2), ending in one logit. A side of 28 starts from 7x7
 (two doublings), 32 from 4x4 (three), 64 from 4x4 (four).
+
+``--arch dcgan:sn`` wraps every layer of D with weights in Keras's SpectralNormalization
+(Miyato et al. 2018). Conditional (``--conditional``): G embeds the label and concatenates it
+with z; D is a projection discriminator (Miyato & Koyama 2018): logit = w . phi(x) +
+embed(y) . phi(x), phi(x) D's last features.
 """
 
 from __future__ import annotations
@@ -16,9 +22,26 @@ import ganflow
 MIN_START = 4  # the smallest map G starts from
 
 
+EMBEDDING = 32  # size of G's label embedding
+
+
 class DCGAN:
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, spectral_norm: bool = False):
         self.width = width  # channels of D's first and G's last hidden layer
+        self.spectral_norm = spectral_norm
+
+    @classmethod
+    def from_argument(cls, argument: str | None) -> DCGAN:
+        """``None`` or ``sn`` (spectral normalization in D)."""
+        if argument is None:
+            return cls()
+        if argument != "sn":
+            raise ganflow.UsageError(f"--arch dcgan:{argument}: the only option is sn "
+                                     "(spectral normalization in D): --arch dcgan:sn")
+        return cls(spectral_norm=True)
+
+    def _weighted(self, layer):
+        return layers.SpectralNormalization(layer) if self.spectral_norm else layer
 
     def _plan(self, spec: ganflow.DataSpec) -> tuple[int, int]:
         """(doublings, starting side) for the dataset's image size."""
@@ -38,57 +61,77 @@ class DCGAN:
             )
         return doublings, side // 2**doublings
 
-    def build_generator(self, spec, latent_dim):
+    def build_generator(self, spec, latent_dim, num_classes=None):
         doublings, start = self._plan(spec)
         channels = self.width * 2 ** (doublings - 1)
-        g = keras.Sequential(name="generator")
-        g.add(keras.Input((latent_dim,)))
-        g.add(layers.Dense(start * start * channels, use_bias=False))
-        g.add(layers.BatchNormalization())
-        g.add(layers.ReLU())
-        g.add(layers.Reshape((start, start, channels)))
+        stack = [layers.Dense(start * start * channels, use_bias=False),
+                 layers.BatchNormalization(), layers.ReLU(),
+                 layers.Reshape((start, start, channels))]
         for _ in range(doublings - 1):
             channels //= 2
-            g.add(layers.Conv2DTranspose(channels, 4, strides=2, padding="same", use_bias=False))
-            g.add(layers.BatchNormalization())
-            g.add(layers.ReLU())
-        g.add(layers.Conv2DTranspose(spec.shape[-1], 4, strides=2, padding="same"))
-        g.add(layers.Activation("tanh", dtype="float32"))
-        return g
+            stack += [layers.Conv2DTranspose(channels, 4, strides=2, padding="same",
+                                             use_bias=False),
+                      layers.BatchNormalization(), layers.ReLU()]
+        stack += [layers.Conv2DTranspose(spec.shape[-1], 4, strides=2, padding="same"),
+                  layers.Activation("tanh", dtype="float32")]
+        if num_classes is None:
+            return keras.Sequential([keras.Input((latent_dim,)), *stack], name="generator")
+        z = keras.Input((latent_dim,), name="z")
+        label = keras.Input((), dtype="int32", name="label")
+        x = layers.Concatenate()([z, layers.Embedding(num_classes, EMBEDDING)(label)])
+        for layer in stack:
+            x = layer(x)
+        return keras.Model([z, label], x, name="generator")
 
-    def build_discriminator(self, spec):
+    def build_discriminator(self, spec, num_classes=None):
         doublings, _ = self._plan(spec)
-        d = keras.Sequential(name="discriminator")
-        d.add(keras.Input(spec.shape))
+        features = []
         for i in range(doublings):
-            d.add(layers.Conv2D(self.width * 2**i, 4, strides=2, padding="same"))
-            d.add(layers.LeakyReLU(0.2))
-        d.add(layers.Flatten())
-        d.add(layers.Dense(1, dtype="float32"))
-        return d
+            features += [self._weighted(layers.Conv2D(self.width * 2**i, 4, strides=2,
+                                                      padding="same")),
+                         layers.LeakyReLU(0.2)]
+        features.append(layers.Flatten())
+        score = self._weighted(layers.Dense(1, dtype="float32"))
+        if num_classes is None:
+            return keras.Sequential([keras.Input(spec.shape), *features, score],
+                                    name="discriminator")
+        image = keras.Input(spec.shape, name="x")
+        label = keras.Input((), dtype="int32", name="label")
+        phi = image
+        for layer in features:
+            phi = layer(phi)
+        embedded = self._weighted(layers.Embedding(num_classes, phi.shape[-1]))(label)
+        projection = layers.Dot(axes=1)([layers.Activation("linear", dtype="float32")(embedded),
+                                         layers.Activation("linear", dtype="float32")(phi)])
+        logit = layers.Add(dtype="float32")([score(phi), projection])
+        return keras.Model([image, label], logit, name="discriminator")
 
 
 @ganflow.hookimpl
 def ganflow_register_architectures(register):
-    register("dcgan", DCGAN(), "strided (transposed) convolutions sized from the image size")
+    register("dcgan", DCGAN.from_argument, "strided (transposed) convolutions sized from the "
+             "image size; dcgan:sn adds spectral normalization to D", argument="sn",
+             argument_optional=True)
+
+
+DCGAN_RECIPE = {
+    "arch": "dcgan",
+    "loss": "non-saturating",
+    "dataset": "digits",
+    "epochs": 100,
+    "batch_size": 32,
+    "d_steps": 1,
+    "latent_dim": 64,
+    "lr_g": 2e-4,
+    "lr_d": 2e-4,
+    "optimizer": "adam:beta1=0.5",
+    "eval_every": 25,
+}
 
 
 @ganflow.hookimpl
 def ganflow_register_recipes(register):
-    register(
-        "dcgan",
-        {
-            "arch": "dcgan",
-            "loss": "non-saturating",
-            "dataset": "digits",
-            "epochs": 100,
-            "batch_size": 32,
-            "d_steps": 1,
-            "latent_dim": 64,
-            "lr_g": 2e-4,
-            "lr_d": 2e-4,
-            "optimizer": "adam:beta1=0.5",
-            "eval_every": 25,
-        },
-        "DCGAN on the bundled 32x32 digits, FID every 25 epochs; a few minutes on a laptop CPU",
-    )
+    register("dcgan", DCGAN_RECIPE,
+             "DCGAN on the bundled 32x32 digits, FID every 25 epochs; a few minutes on a laptop CPU")
+    register("cdcgan", {**DCGAN_RECIPE, "conditional": True},
+             "conditional DCGAN on the digits: G(z, y), a projection discriminator")

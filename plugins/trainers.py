@@ -10,7 +10,8 @@ class GANTrainer:
     def build(self, setup):
         generator, discriminator = setup.networks()
         gan = ganflow.GAN(generator, discriminator, setup.latent_dim, setup.d_steps,
-                          seed=setup.seed, ema=setup.ema, num_classes=setup.num_classes)
+                          seed=setup.seed, ema=setup.ema, num_classes=setup.num_classes,
+                          conditional=setup.conditional, augment=setup.augment)
         gan.compile(
             d_optimizer=setup.optimizer("discriminator"),
             g_optimizer=setup.optimizer("generator"),

@@ -221,7 +221,9 @@ def settings(recipe, plugin_modules):
     if recipe:
         from ganflow.plugins import load_plugins
 
-        defaults = load_plugins(plugin_modules).recipes.get(recipe).obj
+        from ganflow.config import recipe_layer
+
+        defaults = recipe_layer(recipe, load_plugins(plugin_modules).recipes.get(recipe).obj)[1]
     for name, field in FIELDS.items():
         value = defaults.get(name, field.default)
         shown = "unset" if value is None or value == () else json.dumps(value)

@@ -154,6 +154,13 @@ def kind_of(name: str) -> str:
     return "tuple" if kind.startswith("tuple") else kind
 
 
+def recipe_layer(name: str, defaults: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A recipe's defaults as a ``resolve`` layer: keys with dashes or underscores, and the
+    recipe's own name."""
+    return f"recipe {name}", {**{str(k).replace("-", "_"): v for k, v in defaults.items()},
+                              "recipe": name}
+
+
 def load_config_file(path: str) -> dict[str, Any]:
     """A JSON or YAML file of settings by field name (dashes or underscores)."""
     p = Path(path)

@@ -31,8 +31,8 @@ def training_pipeline(source: DataSource, per_step: int, seed: int):
     are cached after the first pass.
     """
     if source.spec.size < per_step:
-        raise UsageError(f"a training step needs {per_step} real examples, but the dataset "
-                         f"has only {source.spec.size}")
+        raise ValueError(f"a training step needs {per_step} real examples, but the dataset "
+                         f"has only {source.spec.size}: check with batches_per_pass first")
     return (
         source.dataset()
         .cache()

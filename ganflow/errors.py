@@ -17,3 +17,9 @@ class PluginError(GanflowError):
     """A plugin failed to import, to validate, or registered a name another plugin has."""
 
     exit_code = 1
+
+
+def last_line(exc: BaseException) -> str:
+    """An exception's last line of text: what went wrong, without the story before it."""
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else ""

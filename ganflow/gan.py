@@ -6,9 +6,9 @@ another m noise samples. Every update hands a ``ganflow.Step`` to the loss and t
 regularizers of its network. Noise comes from the model's own SeedGenerator, so a seed
 reproduces a run.
 
-Trainers change the step by subclassing ``GAN`` and overriding ``train_step``, built from the
-public ``split``, ``part``, ``discriminator_update``, ``generator_update``, ``update_ema`` and
-``report``.
+Trainers build one with ``GAN.from_setup``; they change the step by subclassing ``GAN`` and
+overriding ``train_step``, built from the public ``split``, ``part``, ``generator_part``,
+``discriminator_update``, ``generator_update``, ``update_ema`` and ``report``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import tensorflow as tf
 from keras import ops
 
 from ganflow import noise
-from ganflow.errors import PluginError
-from ganflow.step import (DISCRIMINATOR, GENERATOR, LOG_4, Regularization, Step, as_step_loss,
-                          value_function)
+from ganflow.errors import PluginError, UsageError, last_line
+from ganflow.step import (DISCRIMINATOR, GENERATOR, LOG_4, LogitLoss, Regularization, Step,
+                          as_step_loss, value_function)
 
 __all__ = ["GAN", "LOG_4", "value_function"]
 
@@ -70,6 +70,21 @@ class GAN(keras.Model):
             self.ema_generator = keras.models.clone_model(generator)
             self.ema_generator.set_weights(generator.get_weights())
         self.trackers = {}
+
+    @classmethod
+    def from_setup(cls, setup, generator_updates_per_step: int = 1, **kwargs):
+        """A compiled model for a trainer's ``ganflow.TrainingSetup``: the architecture's
+        networks, the run's optimizers (the generator's schedule sized for
+        ``generator_updates_per_step``), loss, regularizers and settings. ``kwargs`` go to the
+        constructor (a subclass's own arguments)."""
+        generator, discriminator = setup.networks()
+        gan = cls(generator, discriminator, setup.latent_dim, setup.d_steps, seed=setup.seed,
+                  ema=setup.ema, num_classes=setup.num_classes, conditional=setup.conditional,
+                  augment=setup.augment, **kwargs)
+        gan.compile(setup.optimizer(DISCRIMINATOR),
+                    setup.optimizer(GENERATOR, updates_per_step=generator_updates_per_step),
+                    setup.loss, setup.regularizers, jit_compile=setup.jit_compile)
+        return gan
 
     @property
     def sampling_generator(self):
@@ -137,11 +152,7 @@ class GAN(keras.Model):
         for i in range(self.d_steps):
             d_loss, step = self.discriminator_update(self.part(real, i, m),
                                                      self.part(labels, i, m), index=i)
-        if self.generator_uses_real:  # the last m examples are the generator update's
-            g_loss = self.generator_update(m, self.part(real, self.d_steps, m),
-                                           self.part(labels, self.d_steps, m))
-        else:  # fakes for the labels the last D update saw, in a conditional GAN
-            g_loss = self.generator_update(m, labels=step.labels if self.conditional else None)
+        g_loss = self.generator_update(m, *self.generator_part(real, labels, m, step))
         self.update_ema()
         return self.report(d_loss, g_loss, step)
 
@@ -159,6 +170,14 @@ class GAN(keras.Model):
     def part(x, i, m):
         """Slice ``i`` of ``m`` examples (None stays None)."""
         return None if x is None else x[i * m : (i + 1) * m]
+
+    def generator_part(self, real, labels, m, step):
+        """(real, labels) for the generator update: the batch's last m examples when the loss
+        reads real data there (``generator_uses_real``); else no real data, and in a
+        conditional GAN the labels of ``step``, the last discriminator update."""
+        if self.generator_uses_real:
+            return self.part(real, self.d_steps, m), self.part(labels, self.d_steps, m)
+        return None, (step.labels if self.conditional else None)
 
     def report(self, d_loss, g_loss, step):
         """Update the metrics with a training step's losses and the loss's own metrics of its
@@ -197,7 +216,9 @@ class GAN(keras.Model):
     def _step(self, update, m, real, labels, index) -> Step:
         return Step(update, generator=self.generator, discriminator=self.discriminator,
                     z=self.noise(m), real=real, labels=labels, index=index,
-                    d_steps=self.d_steps, global_step=self.g_optimizer.iterations,
+                    d_steps=self.d_steps,
+                    # A snapshot: read before this step's own G update adds one.
+                    global_step=ops.convert_to_tensor(self.g_optimizer.iterations),
                     training=True, seed_generator=self.plugin_seed_generator, batch_size=m,
                     conditional=self.conditional, augment=self.augment)
 
@@ -247,7 +268,7 @@ class GAN(keras.Model):
                         seed_generator=seeds, batch_size=m, conditional=self.conditional)
 
         loss = self.gan_loss
-        component = getattr(loss, "loss", loss)  # the plugin's own object, when adapted
+        component = loss.loss if isinstance(loss, LogitLoss) else loss  # the plugin's own
         step = probe(DISCRIMINATOR, real)
         _scalar(_attempt(component, "d_loss", lambda: loss.d_loss(step)), component, "d_loss")
         metrics = _attempt(component, "metrics", lambda: loss.metrics(step))
@@ -285,12 +306,12 @@ class GAN(keras.Model):
 def _attempt(component, what: str, call):
     try:
         return call()
-    except StepCheckError:
-        raise
+    except (StepCheckError, UsageError):
+        raise  # a UsageError is the plugin telling the user what to change
     except PluginError as exc:
         raise StepCheckError(str(exc), component) from exc
     except Exception as exc:
-        last = (str(exc).strip().splitlines() or [""])[-1]
+        last = last_line(exc)
         raise StepCheckError(f"{type(component).__name__} {what} failed on a batch of "
                              f"{PROBE_BATCH}: {type(exc).__name__}: {last}", component) from exc
 

@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator
 import pluggy
 
 from ganflow import hookspecs
-from ganflow.errors import GanflowError, PluginError, UsageError
-from ganflow.settings import Setting, check_declarations, format_spec, resolve, split_spec
+from ganflow.errors import GanflowError, PluginError, UsageError, last_line
+from ganflow.settings import Setting, check_declarations, convert, resolve, split_spec
 
 ENTRY_POINT_GROUP = "ganflow"
 HOOK_PREFIX = "ganflow_"
@@ -72,10 +72,9 @@ class Entry:
         except GanflowError:
             raise
         except Exception as exc:
-            lines = str(exc).strip().splitlines()
             raise PluginError(
                 f"plugin {self.plugin}: {self.kind} {self.name!r} failed {doing}: "
-                f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+                f"{type(exc).__name__}: {last_line(exc)}".rstrip(": ")
                 + " (ganflow --debug shows the traceback)") from exc
 
 
@@ -89,11 +88,6 @@ class Component:
     @property
     def name(self) -> str:
         return self.entry.name
-
-    @property
-    def spec(self) -> str:
-        """The canonical ``name:key=value,...``, every setting included."""
-        return format_spec(self.name, self.values)
 
     def build(self, *args):
         """The object a run uses: the registered factory called with ``args`` and the
@@ -159,9 +153,18 @@ def _problem(entry: Entry, text: str) -> PluginError:
     return PluginError(f"plugin {entry.plugin}: {entry.kind} {entry.name!r} {text}")
 
 
+def _not_a_class(entry: Entry) -> None:
+    """A class registered without settings would be used as the object itself, uncalled."""
+    if inspect.isclass(entry.obj) and not entry.settings:
+        raise _problem(entry, f"is the class {entry.obj.__name__}: register an instance "
+                              f"({entry.obj.__name__}()), or declare settings to make the class "
+                              "a factory called with them")
+
+
 def _check_loss(entry: Entry) -> None:
     from ganflow.step import loss_protocol
 
+    _not_a_class(entry)
     if entry.settings:
         if not callable(entry.obj):
             raise _problem(entry, "declares settings, so it must be a factory (e.g. the "
@@ -176,6 +179,7 @@ def _check_loss(entry: Entry) -> None:
 def _check_regularizer(entry: Entry) -> None:
     from ganflow.step import check_regularizer
 
+    _not_a_class(entry)
     if "every" in entry.settings:
         raise _problem(entry, "declares the setting 'every', which the engine gives every "
                               "regularizer: rename it")
@@ -204,6 +208,7 @@ def _check_architecture(entry: Entry) -> None:
 
 
 def _check_trainer(entry: Entry) -> None:
+    _not_a_class(entry)
     if entry.settings:
         _check_callable("a factory called with its settings")(entry)
     elif not (callable(getattr(entry.obj, "build", None)) or
@@ -212,17 +217,22 @@ def _check_trainer(entry: Entry) -> None:
 
 
 def _check_recipe(entry: Entry) -> None:
+    """Setting names, types and ranges; the plugin names in it are checked once every plugin
+    has registered (``Plugins.check_recipes``)."""
+    from ganflow.config import recipe_layer
     from ganflow.config import resolve as resolve_config
 
     if not isinstance(entry.obj, dict):
         raise _problem(entry, f"must be a dict of settings, got a {type(entry.obj).__name__}")
     try:
-        defaults = {str(k).replace("-", "_"): v for k, v in entry.obj.items()}
-        resolve_config((f"recipe {entry.name}", {**defaults, "recipe": entry.name}))
+        resolve_config(recipe_layer(entry.name, entry.obj))
     except UsageError as exc:
         raise PluginError(f"plugin {entry.plugin}: {exc} (`ganflow settings` lists every "
                           "setting by its config name)") from None
 
+
+# The engine's own setting of every regularizer.
+EVERY = Setting(1, "run on every N-th update of its network only, multiplied by N", minimum=1)
 
 # hook name -> (attribute, kind, check, takes an argument, takes settings), in the order
 # `ganflow plugins` lists them.
@@ -268,6 +278,31 @@ class Plugins:
             registry = Registry(kind, check, argument, settings)
             setattr(self, attribute, registry)
             self._collect(hook_name, registry)
+        self.check_recipes()
+
+    def check_recipes(self) -> None:
+        """Every name and plugin setting a recipe gives exists and is valid (nothing is built
+        or loaded): a recipe's typo shows in ``ganflow plugins``, not only when it runs."""
+        from ganflow.config import recipe_layer
+        from ganflow.config import resolve as resolve_config
+
+        for entry in self.recipes:
+            config = resolve_config(recipe_layer(entry.name, entry.obj))
+            try:
+                self.component(self.trainers, config.trainer, "trainer")
+                self.component(self.losses, config.loss, "loss")
+                self.component(self.schedules, config.lr_schedule, "lr_schedule")
+                for key in ("optimizer", "g_optimizer", "d_optimizer"):
+                    if getattr(config, key):
+                        self.component(self.optimizers, getattr(config, key), key)
+                for spec in config.regularizers:
+                    self.regularizer(spec)
+                self._lookup(self.architectures, "arch", config.arch)
+                self._lookup(self.datasets, "dataset", config.dataset)
+                if config.features:
+                    self.features.get(config.features)
+            except UsageError as exc:
+                raise PluginError(f"plugin {entry.plugin}: recipe {entry.name}: {exc}") from None
 
     @property
     def registries(self) -> dict[str, Registry]:
@@ -299,17 +334,25 @@ class Plugins:
                 raise
             except Exception as exc:
                 raise PluginError(
-                    f"plugin {plugin} failed in {hook_name}: {type(exc).__name__}: {exc}"
-                ) from exc
+                    f"plugin {plugin} failed in {hook_name}: {type(exc).__name__}: "
+                    f"{last_line(exc)}") from exc
 
     def component(self, registry: Registry, spec: str, option: str,
                   given: dict[str, Any] | None = None) -> Component:
         """Look up ``NAME`` or ``NAME:key=value,...``; settings checked against the entry's
-        declarations (``given`` adds settings already typed, from a config file)."""
+        declarations (``given``: more settings, as text or typed values)."""
         name, values = split_spec(spec)
         entry = registry.get(name)
         what = f"{option} {name}: {registry.kind} {name!r}"
         return Component(entry, resolve(entry.settings, {**values, **(given or {})}, what))
+
+    def regularizer(self, spec: str) -> tuple[Component, int]:
+        """``--regularizer NAME[:SETTINGS]``: the regularizer and its ``every`` (the engine's
+        own setting of every regularizer)."""
+        name, values = split_spec(spec)
+        every = convert(EVERY, values.pop("every", EVERY.default),
+                        f"--regularizer {name}: setting every")
+        return self.component(self.regularizers, name, "--regularizer", given=values), every
 
     def dataset(self, spec: str) -> tuple[Entry, str | None]:
         """Look up ``NAME`` or ``NAME:ARGUMENT``; returns the entry and the argument."""
@@ -350,15 +393,17 @@ def load_plugins(plugin_modules: tuple[str, ...] = ()) -> Plugins:
     for name in DEFAULT_PLUGINS:
         _register(pm, importlib.import_module(name), name)
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if pm.has_plugin(ep.name):
-            continue
         try:
             module = ep.load()
         except Exception as exc:
             raise PluginError(
                 f"plugin {ep.name!r} (entry point {ep.value}) failed to import: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {last_line(exc)}"
             ) from exc
+        known = pm.get_plugin(ep.name)
+        if known is not None and known is not module:
+            raise PluginError(f"two plugins are named {ep.name!r}: {ep.value} and "
+                              f"{getattr(known, '__name__', known)}: uninstall one of them")
         _register(pm, module, ep.name)
     for spec in plugin_modules:
         module = _loaded_from(pm, spec) or _import_plugin_module(spec)
@@ -389,6 +434,9 @@ def _register(pm: pluggy.PluginManager, module, name: str) -> None:
     if pm.is_registered(module):
         return  # the same module by another route: loading it twice must be harmless
     _check_undecorated(module, name)
+    if pm.get_plugin(name) is not None:
+        raise PluginError(f"two plugins are named {name!r}: {getattr(module, '__name__', module)}"
+                          f" and {getattr(pm.get_plugin(name), '__name__', '?')}: rename one")
     try:
         pm.register(module, name=name)
     except pluggy.PluginValidationError as exc:
@@ -445,5 +493,5 @@ def _import_plugin_module(spec: str):
         raise
     except Exception as exc:
         raise PluginError(
-            f"plugin module {spec!r} failed to import: {type(exc).__name__}: {exc}"
+            f"plugin module {spec!r} failed to import: {type(exc).__name__}: {last_line(exc)}"
         ) from exc

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ganflow import noise
-from ganflow.config import RunConfig, load_config_file, resolve
+from ganflow.config import RunConfig, load_config_file, recipe_layer, resolve
 from ganflow.errors import PluginError, UsageError
 from ganflow.plugins import Component, Entry, Plugins
-from ganflow.settings import Setting, convert, split_spec
 from ganflow.step import DISCRIMINATOR, GENERATOR, Regularization, as_step_loss
 from ganflow.types import DatasetOptions
 
@@ -37,16 +36,11 @@ def resolve_config(
     plugins: Plugins, recipe: str, config_file: str | None, flags: dict[str, Any]
 ) -> RunConfig:
     """Recipe defaults < config file < flags (None means "not given")."""
-    defaults = {k.replace("-", "_"): v for k, v in plugins.recipes.get(recipe).obj.items()}
-    layers = [(f"recipe {recipe}", {**defaults, "recipe": recipe})]
+    layers = [recipe_layer(recipe, plugins.recipes.get(recipe).obj)]
     if config_file:
         layers.append((f"--config {config_file}", load_config_file(config_file)))
     layers.append(("flags", flags))
     return resolve(*layers)
-
-
-# The engine's own setting of every regularizer.
-EVERY = Setting(1, "run on every N-th update of its network only, multiplied by N", minimum=1)
 
 
 @dataclass
@@ -108,7 +102,7 @@ class Resolved:
 def resolve_plugins(config: RunConfig, plugins: Plugins) -> Resolved:
     """Look up every name of the run and check every setting: a typo must not cost a
     dataset load."""
-    regularizers = [_regularizer(plugins, spec) for spec in config.regularizers]
+    regularizers = [plugins.regularizer(spec) for spec in config.regularizers]
     names = [component.name for component, _ in regularizers]
     if len(set(names)) != len(names):
         raise UsageError(f"--regularizer: each regularizer may be given once, got "
@@ -133,14 +127,6 @@ def resolve_plugins(config: RunConfig, plugins: Plugins) -> Resolved:
     if config.features:
         resolved.features = plugins.features.get(config.features)
     return resolved
-
-
-def _regularizer(plugins: Plugins, spec: str) -> tuple[Component, int]:
-    name, values = split_spec(spec)
-    every = convert(EVERY, values.pop("every", EVERY.default),
-                    f"--regularizer {name}: setting every")
-    component = plugins.component(plugins.regularizers, name, "--regularizer", given=values)
-    return component, every
 
 
 @dataclass
@@ -183,8 +169,7 @@ def setup_for(config: RunConfig, resolved: Resolved, source):
         d_steps=config.d_steps, seed=config.seed, ema=config.ema,
         jit_compile=config.jit_compile, steps_per_epoch=0, epochs=config.epochs,
         make_optimizer=make_optimizer, names={"arch": config.arch, "dataset": config.dataset},
-        conditional=config.conditional,
-        settings=resolved.trainer.values,
+        conditional=config.conditional, architecture_entry=resolved.arch,
     )
 
 
@@ -231,12 +216,11 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False,
         raise UsageError(f"--conditional needs labelled data, and {config.dataset} has no "
                          "labels: drop --conditional, or use a labelled dataset")
     setup = setup_for(config, resolved, source)
-    # Steps per pass as the default step consumes data (the schedules' lengths depend on it);
-    # corrected below if the trainer's model takes another amount.
+    # Steps per pass as the default step consumes data: the schedules' lengths depend on it.
     per_step = config.batch_size * (
         config.d_steps + int(GAN.reads_real(setup.loss, setup.regularizers)))
-    setup.steps_per_epoch = config.steps_per_epoch or batches_per_pass(
-        source.spec.size, config.batch_size, per_step)
+    per_pass = batches_per_pass(source.spec.size, config.batch_size, per_step)  # fits at all?
+    setup.steps_per_epoch = config.steps_per_epoch or per_pass
 
     keras.utils.set_random_seed(config.seed)
     gan = _build_model(resolved, trainer, setup)
@@ -245,10 +229,16 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False,
                           f"{resolved.trainer.name!r} built a {type(gan).__name__}; build(setup) "
                           "must return a compiled ganflow.GAN (or subclass)")
     steps_per_epoch = setup.steps_per_epoch
-    if gan.real_per_step(config.batch_size) != per_step:
+    if gan.real_per_step(config.batch_size) != per_step:  # a trainer's own step
         per_step = gan.real_per_step(config.batch_size)
-        steps_per_epoch = config.steps_per_epoch or batches_per_pass(
-            source.spec.size, config.batch_size, per_step)
+        per_pass = batches_per_pass(source.spec.size, config.batch_size, per_step)
+        if not config.steps_per_epoch and resolved.schedule.name != "constant":
+            raise PluginError(
+                f"plugin {resolved.trainer.entry.plugin}: trainer {resolved.trainer.name!r} "
+                f"takes {per_step} real examples per step where its loss and k ask for "
+                f"{config.batch_size * (config.d_steps + int(gan.generator_uses_real))}: "
+                "the learning-rate schedule would not span the run; pass --steps-per-epoch")
+        steps_per_epoch = config.steps_per_epoch or per_pass
 
     evaluator = None
     inception_by_default = not config.features and evaluation.default_features(source) == "inception"
@@ -411,7 +401,7 @@ def run_maximum_likelihood(config: RunConfig, resolved: Resolved) -> RunResult:
         regularizers=[], latent_dim=config.latent_dim, d_steps=config.d_steps, seed=config.seed,
         ema=None, jit_compile=config.jit_compile, steps_per_epoch=0, epochs=config.epochs,
         names={"arch": config.arch, "dataset": config.dataset},
-        settings=resolved.trainer.values)
+        architecture_entry=resolved.arch)
     trainer = resolved.trainer_object
     started = time.perf_counter()
     # Fitted before the MLflow run starts: a fit that cannot be made leaves no failed run.

@@ -135,10 +135,3 @@ def check_declarations(settings: Any, plugin: str, what: str) -> dict[str, Setti
         except (UsageError, PluginError) as exc:
             raise PluginError(f"plugin {plugin}: the default of {exc}") from None
     return dict(settings)
-
-
-def format_spec(name: str, values: dict[str, Any]) -> str:
-    """The canonical ``name:key=value,...`` of resolved settings (``name`` alone without)."""
-    if not values:
-        return name
-    return name + ":" + ",".join(f"{k}={v}" for k, v in values.items())

@@ -40,7 +40,7 @@ class Step:
 
     update: ``"discriminator"`` or ``"generator"``: which network this update trains.
     index, d_steps: this is discriminator update ``index`` (0-based) of ``d_steps`` (k) in this
-        training step; 0 and k in the generator update.
+        training step; in the generator update ``index`` is k.
     global_step: generator updates done before this step (a scalar tensor): 0, 1, 2, ...
     batch_size: m, the examples (real and fake) in this update.
     real, labels: m fresh real examples, and their integer labels when the data is labelled
@@ -147,10 +147,11 @@ class Step:
         return ops.cast(self.discriminator(inputs, training=self.training), "float32")
 
     def fork(self) -> Step:
-        """The same update with its forward passes not yet made: what a lazy regularizer
-        receives, so tensors made inside a conditional branch never leak out of it."""
+        """The same update, sharing what is computed so far: what a lazy regularizer receives,
+        so that what it computes inside its conditional branch stays there."""
         return Step(self.update, generator=self.generator, discriminator=self.discriminator,
                     z=self.z, real=self._real, labels=self.labels, fake=self._fake,
+                    real_logits=self._real_logits, fake_logits=self._fake_logits,
                     index=self.index, d_steps=self.d_steps, global_step=self.global_step,
                     training=self.training, seed_generator=self.seed_generator,
                     batch_size=self._batch_size, conditional=self.conditional,

@@ -23,7 +23,8 @@ class TrainingSetup:
         is then the data's number of classes.
     augment: the ``--augment`` chain, a function (x, seed_generator) -> x, or None.
     steps_per_epoch, epochs: the run's length in training steps.
-    settings: the trainer's own settings (``--trainer NAME:key=value``).
+    names: the ``arch`` and ``dataset`` as the user wrote them, for messages.
+    architecture_entry: the architecture's registry entry: its failures name its plugin.
     """
 
     spec: Any
@@ -42,8 +43,8 @@ class TrainingSetup:
     make_optimizer: Callable[[str, int], Any] | None = None
     conditional: bool = False
     augment: Callable[[Any, Any], Any] | None = None
-    names: dict[str, str] = field(default_factory=dict)  # arch, dataset: as the user wrote them
-    settings: dict[str, Any] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    architecture_entry: Any = None
 
     @property
     def total_steps(self) -> int:
@@ -85,8 +86,10 @@ class TrainingSetup:
                                  "build_generator takes no num_classes): use --arch dcgan, or "
                                  "drop --conditional")
             extra = {"num_classes": self.num_classes}
-        generator = architecture.build_generator(self.spec, self.latent_dim, **extra)
-        discriminator = architecture.build_discriminator(self.spec, **extra)
+        generator = self._call("to build its generator", architecture.build_generator,
+                               self.spec, self.latent_dim, **extra)
+        discriminator = self._call("to build its discriminator",
+                                   architecture.build_discriminator, self.spec, **extra)
         labels = np.zeros((2,), np.int32)
 
         def given(x):
@@ -108,3 +111,19 @@ class TrainingSetup:
                 "it must output (1,): one logit"
             )
         return generator, discriminator
+
+    def fit(self):
+        """The architecture's density fitted to the data by maximum likelihood
+        (``architecture.fit(source, seed)``, a ``ganflow.FittedDensity``)."""
+        if not callable(getattr(self.architecture, "fit", None)):
+            arch = self.names.get("arch", type(self.architecture).__name__)
+            raise UsageError(
+                f"architecture {arch} has no density to fit by maximum likelihood (it has "
+                "networks): use --arch gmm[:K], or --trainer gan")
+        return self._call("to fit", self.architecture.fit, self.source, self.seed)
+
+    def _call(self, doing: str, function, *args, **kwargs):
+        """An architecture's own code: its failures name its plugin."""
+        if self.architecture_entry is None:
+            return function(*args, **kwargs)
+        return self.architecture_entry.call(doing, function, *args, **kwargs)

@@ -145,7 +145,7 @@ def bad(cli, *args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: dcgan, gmm-mle, toy, toy1d "
+    (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: cdcgan, dcgan, gmm-mle, toy, toy1d "
                            "(did you mean 'dcgan'?)"),
     (["--loss", "minmax"], "unknown loss 'minmax'; known: hinge, lsgan, minimax, "
                            "non-saturating, wgan (did you mean 'minimax'?)"),
@@ -161,6 +161,9 @@ def bad(cli, *args):
      "one training step needs batch-size x 2 updates = 1000 x 2 = 2000 real examples, but "
      "the dataset has only 1797: lower --batch-size"),
     (["--dataset", "tfds"], "dataset 'tfds' needs an argument: --dataset tfds:NAME"),
+    (["--steps-per-epoch", "5", "--batch-size", "1000", "--d-steps", "2"],
+     "one training step needs batch-size x 2 updates = 1000 x 2 = 2000 real examples, but the "
+     "dataset has only 1797: lower --batch-size"),
     (["--config", "nope.yaml"], "--config nope.yaml: no such file"),
 ])
 def test_bad_input_is_one_line_exit_2_and_starts_nothing(cli, workdir, args, message):

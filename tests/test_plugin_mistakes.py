@@ -207,3 +207,85 @@ def test_evaluate_says_which_plugin_a_models_dataset_needs(cli, workdir, tmp_pat
                     f"{path}, which is not loaded here: pass --plugin-module {path}")
     (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
     assert run.data.tags["ganflow.plugin.dataset"] == path
+
+
+def test_a_class_registered_without_settings_is_refused(tmp_path):
+    path = plugin(tmp_path, LOSS.replace('register("mine", Mine())', 'register("mine", Mine)'))
+    with pytest.raises(PluginError) as err:
+        load_plugins((path,))
+    assert str(err.value) == (f"plugin {path}: loss 'mine' is the class Mine: register an "
+                              "instance (Mine()), or declare settings to make the class a "
+                              "factory called with them")
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"loss": "non-saturatin"}, "unknown loss 'non-saturatin'; known: hinge, lsgan, minimax, "
+                                "non-saturating, wgan (did you mean 'non-saturating'?)"),
+    ({"optimizer": "adam:beta=0.5"}, "optimizer adam: optimizer 'adam' has no setting 'beta' "
+                                     "(did you mean 'beta2'?); its settings: beta1, beta2, "
+                                     "epsilon, amsgrad"),
+    ({"regularizers": ["r1:every=0"]}, "--regularizer r1: setting every must be at least 1, "
+                                       "got 0"),
+    ({"arch": "dcgan:big"}, None),  # an argument's value is the plugin's to judge, at run time
+])
+def test_a_recipe_naming_a_plugin_wrongly_fails_in_ganflow_plugins(cli, tmp_path, recipe,
+                                                                   message):
+    path = plugin(tmp_path, f"""
+        import ganflow
+
+        @ganflow.hookimpl
+        def ganflow_register_recipes(register):
+            register("typo", {recipe!r})
+    """)
+    result = cli("plugins", "--plugin-module", path)
+    if message is None:
+        assert result.exit_code == 0
+        return
+    assert one_line(result) == (1, f"plugin {path}: recipe typo: {message}")
+
+
+def test_an_architecture_that_fails_is_named_not_the_trainer(cli, workdir, tmp_path):
+    path = plugin(tmp_path, """
+        import ganflow
+
+        class Broken:
+            def build_generator(self, spec, latent_dim):
+                return {}["layers"]
+
+            def build_discriminator(self, spec):
+                raise AssertionError
+
+        @ganflow.hookimpl
+        def ganflow_register_architectures(register):
+            register("broken", Broken())
+    """)
+    code, line = one_line(cli("run", "--plugin-module", path, "--arch", "broken", *TINY))
+    assert code == 1
+    assert line == (f"plugin {path}: architecture 'broken' failed to build its generator: "
+                    "KeyError: 'layers' (ganflow --debug shows the traceback)")
+
+
+def test_a_loss_may_refuse_a_setup_with_a_usage_error(cli, workdir, tmp_path):
+    path = plugin(tmp_path, """
+        import ganflow
+        from ganflow_plugins.losses import NonSaturatingLoss
+
+        class LabelsOnly(NonSaturatingLoss):
+            def d_loss(self, step):
+                if step.labels is None:
+                    raise ganflow.UsageError("loss labels-only needs labelled data")
+                return super().d_loss(step)
+
+        @ganflow.hookimpl
+        def ganflow_register_losses(register):
+            register("labels-only", LabelsOnly())
+    """)
+    code, line = one_line(cli("run", "--plugin-module", path, "--loss", "labels-only",
+                              "--dataset", "ring8", "--arch", "mlp", *TINY))
+    assert (code, line) == (2, "loss labels-only needs labelled data")
+
+
+def test_two_plugins_with_one_name(installed, tmp_path, monkeypatch):
+    (tmp_path / "mine.py").write_text(textwrap.dedent(LOSS).replace('"mine"', '"other"'))
+    with pytest.raises(PluginError, match="two plugins are named 'mine': mine and ganflow_mine"):
+        load_plugins(("mine",))

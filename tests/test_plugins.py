@@ -47,7 +47,8 @@ def test_builtins_are_registered_by_their_modules(plugins):
         name: "ganflow_plugins.regularizers" for name in ("gp", "r1", "r2")
     }
     assert {e.name: e.plugin for e in plugins.recipes} == {
-        "dcgan": "ganflow_plugins.dcgan", "gmm-mle": "ganflow_plugins.gmm",
+        "dcgan": "ganflow_plugins.dcgan", "cdcgan": "ganflow_plugins.dcgan",
+        "gmm-mle": "ganflow_plugins.gmm",
         "toy": "ganflow_plugins.toy", "toy1d": "ganflow_plugins.toy",
     }
     assert {e.name: e.usage for e in plugins.datasets} == {
@@ -55,7 +56,7 @@ def test_builtins_are_registered_by_their_modules(plugins):
         "gauss1d": "gauss1d[:MIXTURE]", "ring8": "ring8", "grid25": "grid25",
     }
     assert {e.name: e.usage for e in plugins.architectures} == {
-        "dcgan": "dcgan", "mlp": "mlp[:SIZES]", "gmm": "gmm[:K]",
+        "dcgan": "dcgan[:sn]", "mlp": "mlp[:SIZES]", "gmm": "gmm[:K]",
     }
     assert [p for p in DEFAULT_PLUGINS if not plugins.pm.has_plugin(p)] == []
 

@@ -74,8 +74,9 @@ def bad_run(cli, *args):
                                              "'cosine' setting warmup must be a finite int, got "
                                              "'1.5'"),
     (["--trainer", "gna"], "unknown trainer 'gna'; known: gan, mle (did you mean 'gan'?)"),
-    (["--trainer", "mle"], "trainer mle fits a density by maximum likelihood, and architecture "
-                           "dcgan has none (it has networks): use --arch gmm[:K], or --trainer gan"),
+    (["--trainer", "mle"], "architecture dcgan has no density to fit by maximum likelihood (it "
+                           "has networks): use --arch gmm[:K], or --trainer gan"),
+
     (["--trainer", "gan", "--arch", "gmm"], "architecture gmm has no networks to train "
                                             "adversarially (it is fitted by maximum "
                                             "likelihood): use --trainer mle"),
@@ -155,7 +156,8 @@ def test_plugins_lists_settings(cli):
     adam = next(e for e in listed["optimizers"] if e["name"] == "adam[:SETTINGS]")
     assert adam["settings"]["beta1"] == {"type": "float", "default": 0.5,
                                          "help": "decay of the first-moment average"}
-    assert [e["name"] for e in listed["regularizers"]] == ["r1[:SETTINGS]", "r2[:SETTINGS]"]
+    assert [e["name"] for e in listed["regularizers"]] == ["gp[:SETTINGS]", "r1[:SETTINGS]",
+                                                           "r2[:SETTINGS]"]
     text = cli("plugins").stdout
     assert "      gamma: float >= 0, default 10.0: the penalty's weight" in text
 

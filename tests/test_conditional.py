@@ -1,0 +1,175 @@
+"""Conditional GANs: labels reach both networks, the cdcgan recipe end to end (a (z, label)
+generator, per-class grids, class accuracy), and spectral normalization in D."""
+
+import json
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers, ops
+from PIL import Image
+
+import ganflow
+from ganflow.data import training_pipeline
+from ganflow.gan import GAN
+from ganflow_plugins.dcgan import DCGAN
+from ganflow_plugins.losses import NonSaturatingLoss
+
+from conftest import TINY
+
+SHAPE = (4, 4, 1)
+CLASSES = 3
+
+
+class LabelledNetworks:
+    """A tiny conditional pair; D records (examples, labels) pairs when run eagerly."""
+
+    def __init__(self):
+        self.seen = []
+
+    def generator(self):
+        z = keras.Input((2,))
+        y = keras.Input((), dtype="int32")
+        h = layers.Concatenate()([z, layers.Embedding(CLASSES, 2)(y)])
+        return keras.Model([z, y], layers.Reshape(SHAPE)(layers.Dense(16, activation="tanh")(h)))
+
+    def discriminator(self):
+        x = keras.Input(SHAPE)
+        y = keras.Input((), dtype="int32")
+        core = keras.Model([x, y], layers.Dense(1)(layers.Concatenate()(
+            [layers.Flatten()(x), layers.Embedding(CLASSES, 2)(y)])))
+        seen = self.seen
+
+        class Recording(keras.Model):
+            def __init__(self):
+                super().__init__()
+                self.core = core
+
+            def call(self, inputs, training=False):
+                if tf.executing_eagerly() and training:
+                    seen.append([ops.convert_to_numpy(t) for t in inputs])
+                return self.core(inputs, training=training)
+
+        return Recording()
+
+
+def test_labels_reach_both_networks_and_fakes_are_made_for_them():
+    n = 18
+    x = np.stack([np.full(SHAPE, 10.0 + i, np.float32) for i in range(n)])
+    source = ganflow.DataSource.from_arrays(x, np.arange(n) % CLASSES, num_classes=CLASSES)
+    nets = LabelledNetworks()
+    keras.utils.set_random_seed(0)
+    gan = GAN(nets.generator(), nets.discriminator(), 2, d_steps=2, seed=0,
+              num_classes=CLASSES, conditional=True)
+    gan.compile(keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3), NonSaturatingLoss(),
+                run_eagerly=True)
+    gan.fit(training_pipeline(source, 6, seed=0), epochs=1, steps_per_epoch=3, verbose=0)
+    real = [(xs, ys) for xs, ys in nets.seen if xs.min() >= 10.0]
+    fake = [(xs, ys) for xs, ys in nets.seen if xs.max() <= 1.0]
+    assert len(real) == 2 * 3 and len(fake) == 3 * 3  # k D updates score both; G scores fakes
+    for xs, ys in real:  # each real example with its own label
+        np.testing.assert_array_equal((xs[:, 0, 0, 0] - 10).astype(int) % CLASSES, ys)
+    # Each update's fakes are scored with the labels of that update's real examples: the D
+    # updates' fakes with their own batch's, the G update's with the last D update's.
+    for i in range(3):
+        d1_real, d1_fake, d2_real, d2_fake, g_fake = nets.seen[5 * i: 5 * i + 5]
+        np.testing.assert_array_equal(d1_fake[1], d1_real[1])
+        np.testing.assert_array_equal(d2_fake[1], d2_real[1])
+        np.testing.assert_array_equal(g_fake[1], d2_real[1])
+
+
+def test_the_conditional_dcgan_uses_its_label():
+    spec = ganflow.DataSpec((32, 32, 1), 100, num_classes=10)
+    arch = DCGAN()
+    keras.utils.set_random_seed(0)
+    g, d = arch.build_generator(spec, 8, num_classes=10), arch.build_discriminator(spec, 10)
+    z = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    a = g([z, np.zeros(4, np.int32)], training=False).numpy()
+    b = g([z, np.full(4, 7, np.int32)], training=False).numpy()
+    assert a.shape == (4, 32, 32, 1) and np.abs(a - b).max() > 1e-3
+    # Projection: D(x, y) - D(x, y') = (embed(y) - embed(y')) . phi(x), linear in the embedding.
+    scores = [d([a, np.full(4, c, np.int32)], training=False).numpy() for c in range(10)]
+    assert len({float(s[0, 0]) for s in scores}) == 10
+    assert any(isinstance(layer, layers.Embedding) for layer in d.layers)
+
+
+def test_spectral_normalization_keeps_d_layers_at_norm_one(plugins):
+    spec = ganflow.DataSpec((32, 32, 1), 100)
+    _, arch = plugins.architecture("dcgan:sn")
+    d = arch.build_discriminator(spec)
+    wrapped = [layer for layer in d.layers if isinstance(layer, layers.SpectralNormalization)]
+    assert len(wrapped) == 4  # three convolutions and the final dense layer
+    x = np.random.default_rng(0).normal(size=(8, 32, 32, 1)).astype(np.float32)
+    for _ in range(30):  # power iterations run in training calls
+        d(x, training=True)
+    for layer in wrapped:
+        kernel = layer.kernel.numpy().reshape(-1, layer.kernel.shape[-1])
+        assert np.linalg.svd(kernel, compute_uv=False)[0] == pytest.approx(1.0, abs=0.02)
+
+
+def test_cdcgan_trains_registers_a_z_label_generator_and_samples_per_class(cli, workdir):
+    result = cli("run", "--plugin", "cdcgan", *TINY)
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    assert run.data.params["conditional"] == "True"
+    assert 0 <= run.data.metrics["eval/class_accuracy"] <= 1
+    client = mlflow.MlflowClient()
+    grid = workdir / "ganflow-runs" / run.info.run_id / "samples" / "epoch_0002.png"
+    # 64 samples as 10 rows of 7, one row per class; 32-pixel tiles scaled 2x.
+    assert Image.open(grid).size == (7 * 34 * 2 + 4, 10 * 34 * 2 + 4)
+    assert client.get_model_version("cdcgan-generator", "1").tags["class_accuracy"]
+
+    one = cli("sample", "models:/cdcgan-generator@latest", "--class", "3", "-n", "5", "--npz",
+              "-o", "three.npz")
+    assert one.exit_code == 0, one.output
+    arrays = np.load(workdir / "three.npz")
+    assert arrays["samples"].shape == (5, 32, 32, 1) and list(arrays["labels"]) == [3] * 5
+    every = cli("sample", "models:/cdcgan-generator@latest", "-n", "20", "-o", "all.png")
+    assert every.exit_code == 0
+    assert Image.open(workdir / "all.png").size == (2 * 34 * 2 + 4, 10 * 34 * 2 + 4)
+    out_of_range = cli("sample", "models:/cdcgan-generator@latest", "--class", "10")
+    assert out_of_range.exit_code == 2
+    assert "this generator knows classes 0 to 9" in out_of_range.stderr
+
+    report = json.loads(cli("evaluate", "models:/cdcgan-generator/1", "-n", "200",
+                            "--json").stdout)
+    assert 0 <= report["metrics"]["class_accuracy"] <= 1
+
+    pyfunc = mlflow.pyfunc.load_model("models:/cdcgan-generator/1")
+    images = pyfunc.predict({"z": np.zeros((2, 64), np.float32),
+                             "label": np.array([1, 2], np.int32)})
+    assert np.asarray(images).shape == (2, 32, 32, 1)
+
+
+def test_conditional_on_unlabelled_data_is_refused(cli, workdir):
+    result = cli("run", "--conditional", "--dataset", "ring8", "--arch", "mlp", *TINY)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("Error: --conditional needs labelled data, and ring8 has "
+                                     "no labels: drop --conditional, or use a labelled dataset")
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_an_architecture_without_conditional_networks_says_so(cli, workdir, tmp_path):
+    from conftest import write_plugin
+
+    path = write_plugin(tmp_path / "plain.py", """
+import ganflow
+from ganflow_plugins.dcgan import DCGAN
+
+class Plain:
+    def build_generator(self, spec, latent_dim):
+        return DCGAN().build_generator(spec, latent_dim)
+
+    def build_discriminator(self, spec):
+        return DCGAN().build_discriminator(spec)
+
+@ganflow.hookimpl
+def ganflow_register_architectures(register):
+    register("plain", Plain())
+""")
+    result = cli("run", "--plugin-module", path, "--arch", "plain", "--conditional", *TINY)
+    assert result.exit_code == 2
+    assert ("architecture plain builds no conditional networks (its build_generator takes no "
+            "num_classes)") in result.stderr

@@ -40,6 +40,10 @@ class RunConfig:
     regularizers: tuple[str, ...] = setting((), "add a regularizer to its network's loss: r1, "
                                             "r2 or a plugin's, e.g. r1:gamma=10,every=16 "
                                             "(repeatable)", "NAME[:SETTINGS]")
+    augment: tuple[str, ...] = setting((), "augment every input of D while training, real and "
+                                       "fake: color, translation, cutout (DiffAugment) or a "
+                                       "plugin's (repeatable, applied in order)",
+                                       "NAME[:SETTINGS]")
     conditional: bool = setting(False, "condition G and D on the class label, G(z, y) and "
                                 "D(x, y) (needs labelled data)")
     dataset: str = setting("digits", "dataset: digits, tfds:NAME, folder:PATH, or a plugin's",

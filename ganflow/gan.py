@@ -279,6 +279,13 @@ class GAN(keras.Model):
             _scalar(value, component, f"metric {name!r}")
         g_step = probe(GENERATOR, real if self.generator_uses_real else None)
         _scalar(_attempt(component, "g_loss", lambda: loss.g_loss(g_step)), component, "g_loss")
+        if self.augment is not None:
+            augmented = _attempt(self.augment, "(the --augment chain)",
+                                 lambda: self.augment(real, seeds))
+            if tuple(augmented.shape) != tuple(real.shape):
+                raise StepCheckError(f"the --augment chain turned examples of shape "
+                                     f"{tuple(real.shape)} into {tuple(augmented.shape)}",
+                                     self.augment)
         names = ["d_loss", "g_loss", *metrics]
         for use in self.regularizations:
             s = step.fork() if use.network == DISCRIMINATOR else g_step.fork()

@@ -71,6 +71,19 @@ def ganflow_register_regularizers(register):
 
 
 @hookspec
+def ganflow_register_augmentations(register):
+    """Register differentiable augmentations: ``register(name, augmentation, description="",
+    settings=None)``.
+
+    ``augmentation(x, seed_generator)`` returns a batch of examples like ``x``, changed at
+    random per example (``keras.random.*(..., seed=seed_generator)``) and differentiable in
+    ``x``. The run's ``--augment`` chain is applied, in the order given, to every input of D
+    while training: real and fake examples, in both updates, and inside regularizers that
+    call ``step.discriminate``. Selected with ``--augment NAME[:SETTINGS]``, repeatable.
+    """
+
+
+@hookspec
 def ganflow_register_trainers(register):
     """Register trainers: ``register(name, trainer, description="", settings=None)``.
 

@@ -31,6 +31,7 @@ HOOK_PREFIX = "ganflow_"
 DEFAULT_PLUGINS = (
     "ganflow_plugins.losses",
     "ganflow_plugins.regularizers",
+    "ganflow_plugins.augment",
     "ganflow_plugins.optimizers",
     "ganflow_plugins.trainers",
     "ganflow_plugins.datasets",
@@ -199,6 +200,12 @@ def _check_callable(what: str):
     return check
 
 
+def _check_augmentation(entry: Entry) -> None:
+    _not_a_class(entry)
+    _check_callable("a factory called with its settings" if entry.settings
+                    else "callable as augmentation(x, seed_generator)")(entry)
+
+
 def _check_architecture(entry: Entry) -> None:
     if entry.argument:
         _check_callable("a factory called with the argument")(entry)
@@ -239,6 +246,8 @@ EVERY = Setting(1, "run on every N-th update of its network only, multiplied by 
 KINDS = {
     "ganflow_register_recipes": ("recipes", "recipe", _check_recipe, False, False),
     "ganflow_register_trainers": ("trainers", "trainer", _check_trainer, False, True),
+    "ganflow_register_augmentations": ("augmentations", "augmentation", _check_augmentation,
+                                       False, True),
     "ganflow_register_losses": ("losses", "loss", _check_loss, False, True),
     "ganflow_register_regularizers": ("regularizers", "regularizer", _check_regularizer,
                                       False, True),
@@ -264,6 +273,7 @@ class Plugins:
 
     losses: Registry
     regularizers: Registry
+    augmentations: Registry
     trainers: Registry
     optimizers: Registry
     schedules: Registry
@@ -297,6 +307,8 @@ class Plugins:
                         self.component(self.optimizers, getattr(config, key), key)
                 for spec in config.regularizers:
                     self.regularizer(spec)
+                for spec in config.augment:
+                    self.component(self.augmentations, spec, "augment")
                 self._lookup(self.architectures, "arch", config.arch)
                 self._lookup(self.datasets, "dataset", config.dataset)
                 if config.features:

@@ -50,6 +50,7 @@ class Resolved:
     trainer: Component
     loss: Component
     regularizers: list[tuple[Component, int]]  # (regularizer, every)
+    augmentations: list[Component]
     optimizers: dict[str, Component]  # by network
     schedule: Component
     arch: Entry
@@ -71,6 +72,20 @@ class Resolved:
         return [Regularization(component.name, _built(component), every)
                 for component, every in self.regularizers]
 
+    @cached_property
+    def augment(self):
+        """The ``--augment`` chain as one function (x, seed_generator) -> x, or None."""
+        if not self.augmentations:
+            return None
+        steps = [component.build() for component in self.augmentations]
+
+        def augment(x, seed_generator):
+            for step in steps:
+                x = step(x, seed_generator)
+            return x
+
+        return augment
+
     @property
     def fits_density(self) -> bool:
         return callable(getattr(self.trainer_object, "fit_density", None))
@@ -84,6 +99,8 @@ class Resolved:
         for component, every in self.regularizers:
             out.update(component.params(f"regularizer.{component.name}"))
             out[f"regularizer.{component.name}.every"] = every
+        for component in self.augmentations:
+            out.update(component.params(f"augment.{component.name}"))
         return out
 
     def providers(self) -> dict[str, str]:
@@ -94,6 +111,8 @@ class Resolved:
                 "ganflow.plugin.dataset": self.dataset.plugin}
         for component, _ in self.regularizers:
             tags[f"ganflow.plugin.regularizer.{component.name}"] = component.entry.plugin
+        for component in self.augmentations:
+            tags[f"ganflow.plugin.augment.{component.name}"] = component.entry.plugin
         if self.features is not None:
             tags["ganflow.plugin.features"] = self.features.plugin
         return tags
@@ -114,10 +133,13 @@ def resolve_plugins(config: RunConfig, plugins: Plugins) -> Resolved:
                                          config.d_optimizer or config.optimizer,
                                          "--d-optimizer" if config.d_optimizer else "--optimizer"),
     }
+    augmentations = [plugins.component(plugins.augmentations, spec, "--augment")
+                     for spec in config.augment]
     resolved = Resolved(
         trainer=plugins.component(plugins.trainers, config.trainer, "--trainer"),
         loss=plugins.component(plugins.losses, config.loss, "--loss"),
         regularizers=regularizers,
+        augmentations=augmentations,
         optimizers=optimizers,
         schedule=plugins.component(plugins.schedules, config.lr_schedule, "--lr-schedule"),
         arch=None, architecture=None, dataset=None, dataset_argument=None,
@@ -170,6 +192,7 @@ def setup_for(config: RunConfig, resolved: Resolved, source):
         jit_compile=config.jit_compile, steps_per_epoch=0, epochs=config.epochs,
         make_optimizer=make_optimizer, names={"arch": config.arch, "dataset": config.dataset},
         conditional=config.conditional, architecture_entry=resolved.arch,
+        augment=resolved.augment,
     )
 
 

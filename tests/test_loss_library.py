@@ -114,3 +114,48 @@ def test_wgan_gp_gradient_through_the_real_training_step():
     norm = np.linalg.norm(w0)
     gradient = b.reshape(-1) - real.reshape(4, -1).mean(0) + gp * 2 * (norm - 1) * w0 / norm
     np.testing.assert_allclose(critic.get_weights()[0][:, 0], w0 - lr * gradient, rtol=1e-4)
+
+
+def sigmoid(s):
+    return 1.0 / (1.0 + np.exp(-s))
+
+
+# loss -> (f', g', h'): d_loss = mean f(s_real) + mean g(s_fake), g_loss = mean h(s_fake).
+DERIVATIVES = {
+    "non-saturating": (lambda s: -sigmoid(-s), sigmoid, lambda s: -sigmoid(-s)),
+    "minimax": (lambda s: -sigmoid(-s), sigmoid, lambda s: -sigmoid(s)),
+    "hinge": (lambda s: -(s < 1.0).astype(float), lambda s: (s > -1.0).astype(float),
+              lambda s: -np.ones_like(s)),
+    "lsgan": (lambda s: 0.5 * 2 * (s - 1.0), lambda s: 0.5 * 2 * s, lambda s: 0.5 * 2 * (s - 1.0)),
+    "wgan:gp=0": (lambda s: -np.ones_like(s), lambda s: np.ones_like(s),
+                  lambda s: -np.ones_like(s)),
+}
+
+
+@pytest.mark.parametrize("name", list(DERIVATIVES))
+def test_each_loss_gradient_through_the_real_training_step(plugins, name):
+    # G makes one image b for every z (its only trainable weight is the bias b); D(x) = w . x;
+    # plain SGD. The D update moves w by -lr * (mean f'(s_r) x_r + g'(s_f) b), then the G
+    # update moves b by -lr * h'(w1 . b) w1, with the D that update just made.
+    lr = 0.05
+    f, g, h = DERIVATIVES[name]
+    loss = plugins.component(plugins.losses, name, "--loss").build()
+    b0 = np.linspace(-0.6, 0.6, 6).astype(np.float32)
+    generator = keras.Sequential([keras.Input((2,)),
+                                  layers.Dense(6, kernel_initializer="zeros",
+                                               bias_initializer=keras.initializers.Constant(b0)),
+                                  layers.Reshape(SHAPE)])
+    generator.layers[0].kernel.trainable = False
+    w0 = np.linspace(0.3, -0.4, 6).astype(np.float32)
+    critic = linear_critic(w0)
+    gan = GAN(generator, critic, latent_dim=2, seed=0)
+    gan.compile(keras.optimizers.SGD(lr), keras.optimizers.SGD(lr), loss)
+    real = np.stack([np.full(SHAPE, v, np.float32) for v in (0.5, -1.0, 2.0, 0.25)])
+    gan.fit(training_pipeline(ganflow.DataSource.from_arrays(real), 4, seed=0), epochs=1,
+            steps_per_epoch=1, verbose=0)
+    x = real.reshape(4, -1).astype(np.float64)
+    s_real, s_fake = x @ w0, float(b0 @ w0)
+    w1 = w0 - lr * ((f(s_real)[:, None] * x).mean(0) + g(np.array(s_fake)) * b0)
+    np.testing.assert_allclose(critic.get_weights()[0][:, 0], w1, rtol=1e-4, atol=1e-6)
+    b1 = b0 - lr * h(np.array(float(b0 @ w1))) * w1
+    np.testing.assert_allclose(generator.layers[0].bias.numpy(), b1, rtol=1e-4, atol=1e-6)

@@ -14,36 +14,68 @@ import mlflow
 import numpy as np
 
 
+def steps_done(model) -> int:
+    """Training steps the model has done in all (restored ones included)."""
+    return int(keras.ops.convert_to_numpy(model.steps_done))
+
+
 class MlflowLogger(keras.callbacks.Callback):
     """Logs metric windows, epoch means and a sample picture each epoch to the active run.
 
-    Steps are generator updates. A window's value is the mean over the updates in it, read off
-    the model's ``Mean`` trackers exactly: (total_now - total_then) / (count_now - count_then).
-    A metric that skipped every update of a window (a lazy regularizer) is not logged there.
-    ``view`` (a ``SampleView``) draws the picture from the model's sampling generator (the EMA
-    copy when there is one) and may return metrics, logged at the same step.
+    Steps are training steps (for the default trainer, generator updates). A window's value is
+    the mean over the updates in it, read off the model's ``Mean`` trackers exactly:
+    (total_now - total_then) / (count_now - count_then); windows end every ``log_every`` steps
+    of an epoch and at its end. A metric that skipped every update of a window (a lazy
+    regularizer) is not logged there. ``view`` (a ``SampleView``) draws the picture from the
+    model's sampling generator (the EMA copy when there is one) and may return metrics, logged
+    at the same step.
+
+    A resumed run (``resume_metrics``: the trackers' (total, count) in the checkpoint, taken
+    mid-epoch) puts them back after Keras resets them, so the epoch's means go on; nothing at
+    or before ``logged_until`` (logged before the run stopped) is logged again.
     """
 
-    def __init__(self, log_every: int, steps_per_epoch: int, samples_dir: Path, view):
+    def __init__(self, log_every: int, steps_per_epoch: int, samples_dir: Path, view,
+                 logged_until: int = -1, resume_metrics: dict | None = None):
         super().__init__()
         self.log_every = log_every
         self.steps_per_epoch = steps_per_epoch
         self.samples_dir = Path(samples_dir)
         self.view = view
+        self.logged_until = logged_until
+        self.resume_metrics = resume_metrics
         self.last_grid: Path | None = None
         self.last_view_metrics: dict[str, float] = {}
         self._epoch = 0
+        self._mark = {}
+        self._window_logged = logged_until  # the last step whose window is logged
 
     def on_train_begin(self, logs=None):
-        self._write_grid(0)
+        if steps_done(self.model) == 0:
+            self._write_grid(0)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._mark = {}  # metric name -> (total, count) at the last window; Keras resets both
+        if self.resume_metrics:
+            for tracker in self.model.metrics:
+                if tracker.name in self.resume_metrics:
+                    total, count = self.resume_metrics[tracker.name]
+                    tracker.total.assign(total)
+                    tracker.count.assign(count)
+                    self._mark[tracker.name] = (total, count)
+            self.resume_metrics = None
 
     def on_train_batch_end(self, batch, logs=None):
-        seen = batch + 1
-        if seen % self.log_every and seen != self.steps_per_epoch:
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        """Log the window that ends at the step done now, if one does and it is not logged
+        yet: also called when training is interrupted between a step and its callbacks."""
+        step = steps_done(self.model)
+        within = step - self._epoch * self.steps_per_epoch
+        if step <= self._window_logged or (within % self.log_every and
+                                            within != self.steps_per_epoch):
             return
         window = {}
         for tracker in self.model.metrics:
@@ -52,15 +84,17 @@ class MlflowLogger(keras.callbacks.Callback):
             if count > old_count:
                 window[tracker.name] = (total - old_total) / (count - old_count)
             self._mark[tracker.name] = (total, count)
-        mlflow.log_metrics(window, step=self._step(seen))
+        mlflow.log_metrics(window, step=step)
+        self._window_logged = step
 
     def on_epoch_end(self, epoch, logs=None):
-        step = self._step(self.steps_per_epoch)
-        mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in (logs or {}).items()}, step=step)
+        if self.model.stop_training:
+            return  # diverged mid-epoch: nothing worth logging or drawing
+        step = (epoch + 1) * self.steps_per_epoch
+        if step > self.logged_until:
+            mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in (logs or {}).items()},
+                               step=step)
         self._write_grid(epoch + 1)
-
-    def _step(self, seen: int) -> int:
-        return self._epoch * self.steps_per_epoch + seen
 
     def _write_grid(self, epoch: int) -> None:
         path = self.samples_dir / f"epoch_{epoch:04d}.png"
@@ -69,6 +103,23 @@ class MlflowLogger(keras.callbacks.Callback):
         if metrics:
             mlflow.log_metrics(metrics, step=epoch * self.steps_per_epoch)
             self.last_view_metrics = metrics
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the first step whose losses are not finite; ``diverged`` is then
+    (what, step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.diverged: tuple[str, int] | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        for name in ("d_loss", "g_loss"):
+            value = (logs or {}).get(name)
+            if value is not None and not np.isfinite(float(value)):
+                self.diverged = (name, steps_done(self.model))
+                self.model.stop_training = True
+                return
 
 
 class EvaluationLogger(keras.callbacks.Callback):
@@ -82,8 +133,11 @@ class EvaluationLogger(keras.callbacks.Callback):
     """
 
     def __init__(self, evaluator, every: int, steps_per_epoch: int, noise: np.ndarray,
-                 report=None, labels: np.ndarray | None = None):
+                 report=None, labels: np.ndarray | None = None, logged_until: int = -1,
+                 epochs: int | None = None):
         super().__init__()
+        self.logged_until = logged_until
+        self.epochs = epochs  # the run's, which a resumed run's first fit call does not see
         self.evaluator = evaluator
         self.every = every
         self.steps_per_epoch = steps_per_epoch
@@ -94,12 +148,17 @@ class EvaluationLogger(keras.callbacks.Callback):
         self._pending: str | None = None
 
     def on_train_begin(self, logs=None):
-        self._evaluate(0)
+        if steps_done(self.model) == 0:
+            self._evaluate(0)
         self._flush()
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
-        if done % self.every == 0 or done == self.params.get("epochs"):
+        if self.model.stop_training:
+            return  # diverged: nothing to score
+        last = self.epochs or self.params.get("epochs")
+        if (done % self.every == 0 or done == last) and \
+                done * self.steps_per_epoch > self.logged_until:
             self._evaluate(done)
 
     # Keras's progress bar finishes an epoch's line after this callback's on_epoch_end: the

@@ -122,7 +122,36 @@ def run(recipe, config_file, plugin_modules, quiet, **flags):
     result = run_gan(config, plugins, verbose=0 if quiet else 1,
                      report=None if quiet else click.echo,
                      eval_optional=not asked_for("eval_every", config_file, flags))
+    report_result(result, config)
 
+
+@main.command()
+@click.argument("run_id")
+@click.option("--epochs", type=click.IntRange(min=1), metavar="N",
+              help="epochs in all (more than the run had, to train a finished run longer)")
+@click.option("--lr-g", type=float, metavar="RATE", help=FIELDS["lr_g"].metadata["help"])
+@click.option("--lr-d", type=float, metavar="RATE", help=FIELDS["lr_d"].metadata["help"])
+@click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+@reports_errors
+def resume(run_id, epochs, lr_g, lr_d, tracking_uri, quiet):
+    """Continue RUN_ID from its newest checkpoint, in the same MLflow run, with the settings
+    it was started with (the learning rates and the number of epochs may change)."""
+    from ganflow import tracking
+    from ganflow.plugins import load_plugins
+    from ganflow.runner import resume_config, run as run_gan
+
+    tracking.use_tracking_uri(tracking_uri, must_exist=True)
+    config, evaluated = resume_config(run_id, {"epochs": epochs, "lr_g": lr_g, "lr_d": lr_d,
+                                               "tracking_uri": tracking_uri})
+    result = run_gan(config, load_plugins(config.plugin_modules), verbose=0 if quiet else 1,
+                     report=None if quiet else click.echo, eval_optional=not evaluated,
+                     resume_run_id=run_id)
+    report_result(result, config)
+
+
+def report_result(result, config) -> None:
+    """What a run did, where everything is, and what to do next; exit 130 if stopped."""
     state = "interrupted" if result.interrupted else "finished"
     click.echo(f"\nRun {result.run_id} {state} in {result.seconds:.0f} s "
                f"(experiment {result.experiment!r}, tracking {result.tracking_uri})")
@@ -144,6 +173,10 @@ def run(recipe, config_file, plugin_modules, quiet, **flags):
         click.echo(f"  model:   {result.model_uri} (not registered)")
     if result.champion is not None:
         click.echo("  " + champion_line(result.model_name, result.model_version, result.champion))
+    if result.checkpoint is not None:
+        click.echo(f"  checkpoint: {result.checkpoint} (step {result.steps_done})")
+    if result.interrupted:
+        click.echo(f"  resume:  ganflow resume {result.run_id}{uri_flag}")
     click.echo(f"  browse:  {ui_command(result.tracking_uri)}")
     if result.interrupted:
         sys.exit(130)

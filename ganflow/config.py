@@ -74,6 +74,13 @@ class RunConfig:
     steps_per_epoch: int | None = setting(None, "generator updates per epoch (default: one "
                                           "pass over the data)")
     jit: str = setting("auto", "XLA compilation: auto lets Keras decide (on for a GPU)")
+    deterministic: bool = setting(False, "deterministic ops (tf.config.experimental."
+                                  "enable_op_determinism): a resumed run then ends with the "
+                                  "same weights as an uninterrupted one; slower")
+    checkpoint_every: int | None = setting(None, "save a checkpoint every N training steps "
+                                           "(default: every epoch); 0: only at the end or "
+                                           "when stopped", "N")
+    keep_checkpoints: int = setting(3, "how many of the newest checkpoints to keep", "K")
     log_every: int = setting(10, "log metrics to MLflow every N generator updates")
     eval_every: int | None = setting(None, "every N epochs (and before the first and after "
                                      "the last), log FID, KID, precision/recall and class "
@@ -106,6 +113,10 @@ class RunConfig:
     def model_name(self) -> str:
         """The registered model's name: ``<recipe>-generator`` unless set."""
         return self.registered_model or f"{self.recipe}-generator"
+
+    def to_json(self) -> str:
+        """Every setting, as JSON: what ``ganflow resume`` rebuilds the run from."""
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
 
     def params(self) -> dict[str, str]:
         """Every setting as an MLflow param (None as empty, lists joined with ';')."""
@@ -141,6 +152,8 @@ _MINIMUMS = {
     "samples": 1,
     "image_size": 4,
     "seed": 0,
+    "checkpoint_every": 0,
+    "keep_checkpoints": 1,
 }
 
 

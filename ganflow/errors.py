@@ -19,6 +19,13 @@ class PluginError(GanflowError):
     exit_code = 1
 
 
+class TrainingDiverged(GanflowError):
+    """Losses or weights stopped being finite; the run is FAILED, its last good checkpoint
+    kept."""
+
+    exit_code = 1
+
+
 def last_line(exc: BaseException) -> str:
     """An exception's last line of text: what went wrong, without the story before it."""
     lines = str(exc).strip().splitlines()

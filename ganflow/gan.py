@@ -70,6 +70,9 @@ class GAN(keras.Model):
             self.ema_generator = keras.models.clone_model(generator)
             self.ema_generator.set_weights(generator.get_weights())
         self.trackers = {}
+        # Training steps done, counted inside the step (in ``report``): what a checkpoint
+        # records, whatever a trainer's step does.
+        self.steps_done = keras.Variable(0, dtype="int64", trainable=False, name="steps_done")
 
     @classmethod
     def from_setup(cls, setup, generator_updates_per_step: int = 1, **kwargs):
@@ -180,8 +183,9 @@ class GAN(keras.Model):
         return None, (step.labels if self.conditional else None)
 
     def report(self, d_loss, g_loss, step):
-        """Update the metrics with a training step's losses and the loss's own metrics of its
-        last discriminator update (``step``); returns what ``train_step`` returns."""
+        """Count the step, update the metrics with its losses and the loss's own metrics of
+        its last discriminator update (``step``); returns what ``train_step`` returns."""
+        self.steps_done.assign_add(1)
         self.trackers["d_loss"].update_state(d_loss)
         self.trackers["g_loss"].update_state(g_loss)
         for name, value in self.gan_loss.metrics(step).items():

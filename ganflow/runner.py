@@ -30,6 +30,39 @@ class RunResult:
     metrics: dict[str, float]
     interrupted: bool = False
     champion: object = None  # a registry.Champion when the version was evaluated
+    steps_done: int | None = None  # training steps done, when it trained
+    checkpoint: Path | None = None  # the newest checkpoint
+
+
+def resume_config(run_id: str, changes: dict[str, Any]) -> tuple[RunConfig, bool]:
+    """The settings ``run_id`` was started with, with ``changes`` (None: unchanged), and
+    whether it evaluated. A run that finished needs more ``epochs``; one whose process still
+    runs cannot be resumed."""
+    import json
+
+    import mlflow
+
+    from ganflow import tracking
+
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise UsageError(f"no run {run_id} in {mlflow.get_tracking_uri()}: pass the run id "
+                         "ganflow run printed, and its --tracking-uri") from None
+    text = run.data.tags.get("ganflow.config")
+    if not text:
+        raise UsageError(f"run {run_id} was not made by `ganflow run` (it has no ganflow.config "
+                         "tag): it cannot be resumed")
+    if run.info.status == "RUNNING" and tracking.process_alive(run.data.tags):
+        raise UsageError(f"run {run_id} is still running (process {run.data.tags.get('ganflow.pid')}"
+                         f" on {run.data.tags.get('ganflow.host')}): stop it first")
+    values = json.loads(text)
+    before = values["epochs"]
+    values.update({k: v for k, v in changes.items() if v is not None})
+    if run.info.status == "FINISHED" and values["epochs"] <= before:
+        raise UsageError(f"run {run_id} finished its {before} epochs: to train it longer, pass "
+                         f"--epochs N with N > {before}")
+    return resolve((f"run {run_id}", values)), "eval_features" in run.data.params
 
 
 def resolve_config(
@@ -304,64 +337,88 @@ def _data_params(source) -> dict[str, Any]:
 
 
 def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
-        eval_optional: bool = False) -> RunResult:
-    """Train, track and register; Ctrl-C stops training and still logs the generator.
+        eval_optional: bool = False, resume_run_id: str | None = None) -> RunResult:
+    """Train, track and register, checkpointing as it goes.
 
     A trainer that fits a density (``mle``) fits it instead of training a GAN. With
     ``--eval-every``, the registered version is tagged with its metrics and becomes the
     ``champion`` if its FID is the best; ``report`` receives a line per evaluation.
-    ``eval_optional``: see ``prepare``.
+    ``eval_optional``: see ``prepare``. ``resume_run_id``: continue that MLflow run from its
+    newest checkpoint (``ganflow resume``).
+
+    Ctrl-C or SIGTERM saves a checkpoint, logs the generator (not registered) and marks the
+    run KILLED. Losses or weights that stop being finite end the run FAILED, with nothing
+    registered and the last good checkpoint kept.
     """
     import mlflow
 
-    from ganflow import callbacks, models, registry, tracking, views
+    from ganflow import callbacks, checkpoints, models, registry, signals, tracking, views
     from ganflow.data import training_pipeline
 
     resolved = resolve_plugins(config, plugins)
     if resolved.fits_density:
         return run_maximum_likelihood(config, resolved)
+    if config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     prepared = prepare(config, plugins, eval_optional, resolved)
     gan, source = prepared.gan, prepared.source
     tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
+    output = Path(config.output_dir)
+    tracking.check_writable(output, "--output-dir")
     extra_params = {**_data_params(source), **prepared.resolved.params()}
     if prepared.evaluator is not None:
         extra_params.update(prepared.evaluator.params)
     started = time.perf_counter()
-    with tracking.start_run(config, extra_params, prepared.providers) as active:
+    with tracking.start_run(config, extra_params, prepared.providers,
+                            resume_run_id) as active:
         run_id = active.info.run_id
+        store = checkpoints.Checkpoints(gan, output / run_id / "checkpoints",
+                                        config.keep_checkpoints)
+        done = 0
+        if resume_run_id:
+            done = store.restore()
+            _set_learning_rates(gan, config, resolved)
+            mlflow.set_tag("ganflow.resumed_from_step", str(done))
+        logged = tracking.last_logged_step(run_id) if resume_run_id else -1
         logger = callbacks.MlflowLogger(
-            config.log_every,
-            prepared.steps_per_epoch,
-            Path(config.output_dir) / run_id / "samples",
+            config.log_every, prepared.steps_per_epoch, output / run_id / "samples",
             views.SampleView(source, config.latent_dim, config.samples, config.seed,
                              gan.num_classes if gan.conditional else None),
-        )
-        fit_callbacks = [logger]
+            logged_until=logged,
+            resume_metrics=store.restored_metrics if done % prepared.steps_per_epoch else None)
+        guard = callbacks.DivergenceGuard()
+        saver = checkpoints.CheckpointCallback(
+            store, prepared.steps_per_epoch if config.checkpoint_every is None
+            else config.checkpoint_every)
+        fit_callbacks = [guard, logger]
         if prepared.evaluator is not None:
             evaluations = callbacks.EvaluationLogger(
                 prepared.evaluator, config.eval_every, prepared.steps_per_epoch,
                 noise.latent(config.eval_samples, config.latent_dim, config.seed, "eval"), report,
                 prepared.evaluator.labels(config.eval_samples, config.seed)
-                if gan.conditional else None)
+                if gan.conditional else None, logged_until=logged, epochs=config.epochs)
             fit_callbacks.append(evaluations)
-        pipeline = training_pipeline(source, prepared.per_step, config.seed)
-        interrupted = False
+        fit_callbacks.append(saver)
+        interrupted = None
+        metrics = {}
         try:
-            history = gan.fit(
-                pipeline,
-                epochs=config.epochs,
-                steps_per_epoch=prepared.steps_per_epoch,
-                callbacks=fit_callbacks,
-                shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
-                verbose=verbose,
-            )
-            metrics = {k: float(v[-1]) for k, v in history.history.items()}
+            with signals.terminate_as_interrupt():
+                history = _fit_from(gan, lambda skip: training_pipeline(
+                    source, prepared.per_step, config.seed).skip(skip), done,
+                    prepared.steps_per_epoch, config.epochs, fit_callbacks, verbose)
+            if history is not None:
+                metrics = {k: float(v[-1]) for k, v in history.history.items()}
             metrics.update(logger.last_view_metrics)
             if prepared.evaluator is not None:
                 metrics.update(evaluations.last)
-        except KeyboardInterrupt:
-            interrupted = True
-            metrics = {}
+        except KeyboardInterrupt as exc:
+            interrupted = signals.name_of(exc)
+            logger.catch_up()  # a step may be done whose callbacks were cut short
+        if guard.diverged is not None:
+            _fail_diverged(guard, store, run_id)  # raises
+        last_checkpoint = saver.save()
         model_name = None if interrupted or not config.register else config.model_name
         model_uri = models.log_generator(gan.sampling_generator, config.latent_dim,
                                          gan.num_classes if gan.conditional else None)
@@ -380,7 +437,8 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
             if evaluated:
                 champion = registry.promote_champion(model_name, version)
         if interrupted:
-            mlflow.set_tag("ganflow.interrupted", "true")
+            mlflow.set_tags({"ganflow.interrupted": interrupted,
+                             "ganflow.stopped_at_step": str(store.steps_done)})
             mlflow.end_run(status="KILLED")
     return RunResult(
         run_id=run_id,
@@ -392,9 +450,56 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         model_version=version,
         seconds=time.perf_counter() - started,
         metrics=metrics,
-        interrupted=interrupted,
+        interrupted=bool(interrupted),
         champion=champion,
+        steps_done=store.steps_done,
+        checkpoint=last_checkpoint,
     )
+
+
+def _fit_from(gan, pipeline_from, done: int, steps_per_epoch: int, epochs: int, callbacks,
+              verbose):
+    """``gan.fit`` from ``done`` training steps on: a partial epoch first when ``done`` falls
+    inside one (Keras starts epochs only at their beginning), then the remaining epochs. Each
+    call gets the data stream from where it stands (``pipeline_from(steps to skip)``).
+    Returns the last call's history (None when there was nothing left to train)."""
+    history = None
+    epoch, within = divmod(done, steps_per_epoch)
+    common = {"callbacks": callbacks, "verbose": verbose,
+              "shuffle": False}  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
+    if within and epoch < epochs:
+        history = gan.fit(pipeline_from(done), epochs=epoch + 1, initial_epoch=epoch,
+                          steps_per_epoch=steps_per_epoch - within, **common)
+        epoch, done = epoch + 1, (epoch + 1) * steps_per_epoch
+    if epoch < epochs and not gan.stop_training:
+        history = gan.fit(pipeline_from(done), epochs=epochs, initial_epoch=epoch,
+                          steps_per_epoch=steps_per_epoch, **common)
+    return history
+
+
+def _set_learning_rates(gan, config: RunConfig, resolved: Resolved) -> None:
+    """A restored optimizer's constant rate is the checkpoint's: set it to this run's, which
+    ``ganflow resume --lr-g/--lr-d`` may have changed. Schedules are objects, not restored."""
+    if resolved.schedule.name == "constant":
+        gan.g_optimizer.learning_rate = config.lr_g
+        gan.d_optimizer.learning_rate = config.lr_d
+
+
+def _fail_diverged(guard, store, run_id: str):
+    """End the run FAILED, saying where and how to go on; nothing is registered."""
+    import mlflow
+
+    from ganflow.errors import TrainingDiverged
+
+    what, step = guard.diverged
+    kept = store.manager.latest_checkpoint
+    mlflow.set_tags({"ganflow.failure": f"{what} is not finite at step {step}",
+                     "ganflow.failed_at_step": str(step)})
+    where = (f"the last good checkpoint is {Path(kept).name}: resume from it with lower "
+             f"learning rates: ganflow resume {run_id} --lr-g LR --lr-d LR") if kept else \
+        "there is no checkpoint yet: start again with lower --lr-g and --lr-d"
+    raise TrainingDiverged(f"training diverged: {what} is not finite at step {step}; the run "
+                           f"is marked FAILED and nothing was registered; {where}")
 
 
 # Settings that only a trainer with networks uses: a maximum-likelihood run does not log them.

@@ -8,6 +8,7 @@ during training), ``ganflow.models`` (the generator as an MLflow model) and
 from __future__ import annotations
 
 import os
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,23 +32,112 @@ def use_tracking_uri(uri: str | None, must_exist: bool = False) -> str:
         raise UsageError(
             f"no MLflow store at {uri}: run this where you trained, or pass --tracking-uri"
         )
+    ensure_store(uri)
     return uri
 
 
-@contextmanager
-def start_run(config: RunConfig, extra_params: dict, tags: dict, exclude=()):
-    """One MLflow run, holding every resolved setting (but ``exclude``) as a param.
+def ensure_store(uri: str) -> None:
+    """Create (or migrate) a SQLite store once, under a lock: MLflow's own creation is not
+    safe when several processes start on a new store at once (two of three crash in its
+    schema migration, "duplicate column name: step")."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+    import hashlib
+    import tempfile
 
-    Under ``mlflow run`` (MLFLOW_RUN_ID set) the project's run is continued instead.
+    path = Path(uri[len("sqlite:///"):]).resolve()
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"ganflow-store-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
+def start_run(config: RunConfig, extra_params: dict, tags: dict, resume_run_id: str | None = None,
+              exclude=()):
+    """One MLflow run, holding every resolved setting (but ``exclude``) as a param, the
+    resolved settings as JSON (tag ``ganflow.config``, what ``ganflow resume`` reads) and the
+    process that runs it (``ganflow.host``, ``ganflow.pid``).
+
+    Under ``mlflow run`` (MLFLOW_RUN_ID set) the project's run is continued instead. With
+    ``resume_run_id`` that run is continued: its params stay as they were. Runs of this host
+    left RUNNING by a process that is gone (SIGKILL, a crash) are marked KILLED first.
     """
-    if not os.environ.get("MLFLOW_RUN_ID"):
+    if not os.environ.get("MLFLOW_RUN_ID") and not resume_run_id:
         mlflow.set_experiment(config.experiment)
+    mark_abandoned_runs()
+    if resume_run_id:
+        with mlflow.start_run(run_id=resume_run_id) as run:
+            mlflow.set_tags({**process_tags(), **tags})
+            yield run
+        return
     run_name = f"{config.recipe}-{config.dataset.replace(':', '-').replace('/', '-')}"
     with mlflow.start_run(run_name=run_name) as run:
         params = {k: v for k, v in config.params().items() if k not in exclude}
         mlflow.log_params({**params, **extra_params})
-        mlflow.set_tags({"ganflow.version": __version__, **tags})
+        mlflow.set_tags({"ganflow.version": __version__, "ganflow.config": config.to_json(),
+                         **process_tags(), **tags})
         yield run
+
+
+def process_tags() -> dict[str, str]:
+    return {"ganflow.host": socket.gethostname(), "ganflow.pid": str(os.getpid())}
+
+
+def process_alive(tags: dict) -> bool:
+    """Whether the process a run's tags name still runs (unknown: assumed alive)."""
+    if tags.get("ganflow.host") != socket.gethostname() or not tags.get("ganflow.pid"):
+        return True
+    try:
+        os.kill(int(tags["ganflow.pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+def mark_abandoned_runs() -> list[str]:
+    """Mark KILLED the RUNNING ganflow runs of this host whose process is gone; returns them."""
+    client = mlflow.MlflowClient()
+    try:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        running = client.search_runs(experiments, "attributes.status = 'RUNNING'") \
+            if experiments else []
+    except mlflow.exceptions.MlflowException:
+        return []
+    gone = []
+    for run in running:
+        tags = run.data.tags
+        if "ganflow.pid" in tags and not process_alive(tags):
+            client.set_tag(run.info.run_id, "ganflow.abandoned",
+                           f"process {tags['ganflow.pid']} ended without closing the run")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            gone.append(run.info.run_id)
+    return gone
+
+
+def last_logged_step(run_id: str) -> int:
+    """The last step a run logged ``d_loss`` at (-1 if none): a resumed run logs nothing at
+    or before it again, so no step appears twice."""
+    history = mlflow.MlflowClient().get_metric_history(run_id, "d_loss")
+    return max((m.step for m in history), default=-1)
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """``folder`` exists or can be made, and files can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".ganflow-write-check-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"{option} {folder}: cannot write there ({exc.strerror or exc})") \
+            from None
 
 
 def log_report(experiment: str, run_name: str, params: dict, metrics: dict, files) -> str:

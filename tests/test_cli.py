@@ -235,7 +235,9 @@ def test_ctrl_c_keeps_the_work_and_marks_the_run_killed(cli, workdir, tmp_path):
     result = cli("run", "--plugin-module", plugin, "--loss", "interrupting", *TINY)
     assert result.exit_code == 130
     run = only_run()
-    assert run.info.status == "KILLED" and run.data.tags["ganflow.interrupted"] == "true"
+    assert run.info.status == "KILLED" and run.data.tags["ganflow.interrupted"] == "SIGINT"
+    assert run.data.tags["ganflow.stopped_at_step"] == "0"  # during the first step
+    assert f"resume:  ganflow resume {run.info.run_id}" in result.stdout
     client = MlflowClient()
     assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == [
         "samples/epoch_0000.png"]

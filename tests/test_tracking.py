@@ -14,8 +14,9 @@ from ganflow.images import image_grid
 def test_windows_are_exact_means_of_the_updates_in_them(workdir):
     per_step = [1.0, 3.0, 5.0, 7.0, 9.0]  # one epoch of 5 steps, then a second epoch
     d_loss, lazy = keras.metrics.Mean(name="d_loss"), keras.metrics.Mean(name="reg/lazy")
+    steps = keras.Variable(0, dtype="int64")
     logger = MlflowLogger(log_every=2, steps_per_epoch=5, samples_dir=workdir, view=None)
-    logger.set_model(SimpleNamespace(metrics=[d_loss, lazy]))
+    logger.set_model(SimpleNamespace(metrics=[d_loss, lazy], steps_done=steps))
     mlflow.set_experiment("windows")  # not an experiment id left by another test's store
     with mlflow.start_run() as run:
         for epoch in range(2):
@@ -23,6 +24,7 @@ def test_windows_are_exact_means_of_the_updates_in_them(workdir):
                 tracker.reset_state()  # as Keras does at each epoch's start
             logger.on_epoch_begin(epoch)
             for b in range(5):
+                steps.assign_add(1)  # as the training step does
                 d_loss.update_state(per_step[b] + 10 * epoch)
                 # A lazy regularizer that runs on steps 1 and 4 of each epoch (0-based) only.
                 lazy.update_state(100.0 * (b + 1), sample_weight=float(b in (1, 4)))

@@ -1,0 +1,129 @@
+"""Checkpoints: everything the next training step depends on, saved so a run can go on.
+
+A checkpoint holds both networks (BatchNorm statistics included), the EMA copy, both
+optimizers' state (moments, iteration counts, learning rates), the noise generators' states
+(G's noise, the plugins' randomness) and the count of training steps done. The data's position
+needs no saving: the pipeline is a fixed, seeded stream, and a resumed run skips the batches
+already used. With ``tf.train.CheckpointManager`` the last ``keep`` are kept; TensorFlow
+writes each one under a temporary name and renames it when complete, so a kill while writing
+leaves the previous checkpoint usable. A checkpoint that cannot be read is skipped, with a
+warning, for the one before it.
+
+Keras's ``BackupAndRestore`` is not used: it restores the epoch but not the step within it,
+builds only ``model.optimizer`` and does not save ``SeedGenerator`` state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ganflow import __version__
+from ganflow.errors import UsageError
+
+PROGRESS = "progress.json"
+
+
+class Checkpoints:
+    """The checkpoints of one run's ``gan`` (a ``ganflow.GAN``), in ``directory``."""
+
+    def __init__(self, gan, directory: str | Path, keep: int = 3):
+        self.gan = gan
+        self.directory = Path(directory)
+        items = {
+            "generator": gan.generator,
+            "discriminator": gan.discriminator,
+            "d_optimizer": gan.d_optimizer,
+            "g_optimizer": gan.g_optimizer,
+            "noise": gan.seed_generator.state,
+            "plugin_noise": gan.plugin_seed_generator.state,
+            "steps_done": gan.steps_done,
+            # The epoch's running metrics, so a run resumed mid-epoch continues its means.
+            "metrics": [v for tracker in gan.metrics for v in (tracker.total, tracker.count)],
+        }
+        if gan.ema_generator is not None:
+            items["ema_generator"] = gan.ema_generator
+        self.checkpoint = tf.train.Checkpoint(**items)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.directory),
+                                                  max_to_keep=keep)
+        self.restored_metrics: dict[str, tuple[float, float]] = {}
+
+    @property
+    def steps_done(self) -> int:
+        return int(self.gan.steps_done.numpy())
+
+    def weights_are_finite(self) -> bool:
+        return all(np.isfinite(keras.ops.convert_to_numpy(v)).all()
+                   for v in self.gan.variables if v.dtype.startswith("float"))
+
+    def save(self) -> Path:
+        """A checkpoint of the state now, numbered by the training steps done."""
+        path = self.manager.save(checkpoint_number=self.steps_done)
+        self._write_progress()
+        return Path(path)
+
+    def _write_progress(self) -> None:
+        # What a person (or `ganflow resume` on a damaged folder) can read without TensorFlow.
+        text = json.dumps({"steps_done": self.steps_done, "ganflow": __version__,
+                           "checkpoints": list(self.manager.checkpoints)}, indent=2)
+        staging = self.directory / f".{PROGRESS}.tmp"
+        staging.write_text(text)
+        os.replace(staging, self.directory / PROGRESS)
+
+    def restore(self) -> int:
+        """Load the newest readable checkpoint; returns the training steps it had done.
+
+        A checkpoint that cannot be read (truncated, or from networks of another shape) is
+        skipped for the one before it, with a line on stderr; none at all is an error.
+        """
+        candidates = list(reversed(self.manager.checkpoints))
+        if not candidates:
+            raise UsageError(f"no checkpoint in {self.directory}: the run saved none (it "
+                             "stopped before its first), so it cannot be resumed")
+        problems = []
+        for path in candidates:
+            try:
+                self.checkpoint.read(path).assert_existing_objects_matched()
+                self.restored_metrics = {
+                    tracker.name: (float(tracker.total.numpy()), float(tracker.count.numpy()))
+                    for tracker in self.gan.metrics}
+                return self.steps_done
+            except Exception as exc:  # truncated files raise IndexError, OpError, ...
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                problems.append(f"{Path(path).name}: {reason}")
+                print(f"Checkpoint {path} cannot be read ({reason}); trying the one before",
+                      file=sys.stderr, flush=True)
+        raise UsageError(f"no checkpoint in {self.directory} can be read: {'; '.join(problems)}"
+                         [:500])
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves a checkpoint every ``every`` training steps, unless the weights stopped being
+    finite (then the last good checkpoint stays the newest)."""
+
+    def __init__(self, checkpoints: Checkpoints, every: int):
+        super().__init__()
+        self.checkpoints = checkpoints
+        self.every = every
+        self.refused = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every and self.checkpoints.steps_done % self.every == 0:
+            self.save()
+
+    def save(self) -> Path | None:
+        """Save now, if the weights are finite and this step is not saved yet; returns the
+        newest checkpoint's path (None when refused)."""
+        latest = self.checkpoints.manager.latest_checkpoint
+        if latest and latest.endswith(f"-{self.checkpoints.steps_done}"):
+            return Path(latest)
+        if not self.checkpoints.weights_are_finite():
+            self.refused = True
+            return None
+        return self.checkpoints.save()

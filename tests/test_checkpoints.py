@@ -1,0 +1,225 @@
+"""Checkpoints and resume: exact after a real SIGKILL, SIGTERM stops cleanly, a diverging run
+fails cleanly, and resuming what cannot be resumed says why."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from conftest import write_plugin
+
+# A loss that takes a known time per step (so a test can stop a run mid-way) and can turn to
+# NaN at a given step; otherwise the non-saturating loss.
+STEPPED = '''
+import os
+import time
+
+import tensorflow as tf
+from keras import ops
+
+import ganflow
+from ganflow_plugins.losses import NonSaturatingLoss
+
+PAUSE = float(os.environ.get("GANFLOW_TEST_PAUSE", "0"))
+
+
+def pause(x):
+    time.sleep(PAUSE)
+    return x
+
+
+class Stepped(NonSaturatingLoss):
+    def __init__(self, nan_at):
+        self.nan_at = nan_at
+
+    def d_loss(self, step):
+        loss = super().d_loss(step)
+        if PAUSE:
+            loss = tf.py_function(pause, [loss], tf.float32)
+            loss.set_shape(())
+        if self.nan_at:
+            poison = ops.where(step.global_step >= self.nan_at - 1, float("nan"), 0.0)
+            loss = loss + ops.cast(poison, loss.dtype)
+        return loss
+
+
+@ganflow.hookimpl
+def ganflow_register_losses(register):
+    register("stepped", Stepped, "non-saturating, at a known pace",
+             settings={"nan_at": ganflow.Setting(0, "the step whose loss is NaN (0: none)")})
+'''
+
+SMALL = ["--epochs", "3", "--steps-per-epoch", "8", "--batch-size", "8", "--eval-every", "0",
+         "--log-every", "1", "--samples", "4", "--deterministic", "--no-register", "-q"]
+
+
+@pytest.fixture
+def stepped(tmp_path):
+    return write_plugin(tmp_path / "stepped.py", STEPPED)
+
+
+def ganflow(*args, workdir, pause=0.0, wait=True):
+    from ganflow.tracking import ensure_store
+
+    ensure_store(f"sqlite:///{workdir}/mlflow.db")  # made here, not raced for by the poller
+    env = {**os.environ, "GANFLOW_TEST_PAUSE": str(pause),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
+    command = [sys.executable, "-m", "ganflow", *map(str, args)]
+    if not wait:
+        return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def logged_steps(workdir, run_id, metric="d_loss"):
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    return [m.step for m in client.get_metric_history(run_id, metric)]
+
+
+def the_run(workdir, status=None):
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return [r for r in runs if status is None or r.info.status == status]
+
+
+def samples_of(workdir, run_id):
+    out = workdir / f"{run_id}.npz"
+    result = ganflow("sample", f"runs:/{run_id}/generator", "-n", "16", "--npz", "-o", out,
+                     workdir=workdir)
+    assert result.returncode == 0, result.stderr
+    return np.load(out)["samples"]
+
+
+def wait_for_step(workdir, step, proc, timeout=300):
+    """Until the running run has logged d_loss at ``step`` or later."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        assert proc.poll() is None, proc.communicate()
+        runs = the_run(workdir, "RUNNING") if (workdir / "mlflow.db").exists() else []
+        if runs and max(logged_steps(workdir, runs[0].info.run_id), default=0) >= step:
+            return runs[0].info.run_id
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} not reached")
+
+
+def test_sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path, stepped):
+    # Checkpoints every 6 steps, epochs of 8: killed after step 9, the run resumes from the
+    # checkpoint of step 6 and replays 7, 8, 9, ... exactly.
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    whole.mkdir(), broken.mkdir()
+    args = ["run", "--plugin-module", stepped, "--loss", "stepped", "--checkpoint-every", "6",
+            *SMALL]
+    done = ganflow(*args, workdir=whole, pause=0.001)  # the same graph as the paced run's
+    assert done.returncode == 0, done.stderr
+    (reference,) = the_run(whole)
+
+    proc = ganflow(*args, workdir=broken, pause=0.25, wait=False)
+    run_id = wait_for_step(broken, 9, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(logged_steps(broken, run_id))
+    assert killed_at not in (6, 8, 12, 16, 24)  # neither a checkpoint nor an epoch's end
+    (run,) = the_run(broken)
+    assert run.info.status == "RUNNING"  # SIGKILL leaves it so, until a ganflow command looks
+
+    resumed = ganflow("resume", run_id, "-q", workdir=broken)
+    assert resumed.returncode == 0, resumed.stderr
+    (run,) = the_run(broken)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.tags["ganflow.resumed_from_step"] == "6"
+    assert run.data.tags["ganflow.abandoned"].startswith("process ")
+    # Every step logged once, none missing, and the last values equal the uninterrupted run's.
+    assert logged_steps(broken, run_id) == list(range(1, 25))
+    assert logged_steps(broken, run_id, "epoch/d_loss") == [8, 16, 24]
+    ours = MlflowClient(f"sqlite:///{broken}/mlflow.db").get_metric_history(run_id, "epoch/d_loss")
+    theirs = MlflowClient(f"sqlite:///{whole}/mlflow.db").get_metric_history(
+        reference.info.run_id, "epoch/d_loss")
+    # The weights are bit-identical; logged losses agree to float32's last bits.
+    np.testing.assert_allclose([m.value for m in ours], [m.value for m in theirs], rtol=1e-6)
+    np.testing.assert_array_equal(samples_of(broken, run_id),
+                                  samples_of(whole, reference.info.run_id))
+
+
+def test_sigterm_checkpoints_logs_and_says_how_to_resume(tmp_path, stepped):
+    proc = ganflow("run", "--plugin-module", stepped, "--loss", "stepped", *SMALL,
+                   workdir=tmp_path, pause=0.2, wait=False)
+    run_id = wait_for_step(tmp_path, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    (run,) = the_run(tmp_path)
+    assert run.info.status == "KILLED" and run.data.tags["ganflow.interrupted"] == "SIGTERM"
+    step = int(run.data.tags["ganflow.stopped_at_step"])
+    assert 3 <= step < 24
+    assert f"checkpoint: ganflow-runs/{run_id}/checkpoints/ckpt-{step}" in out
+    assert f"resume:  ganflow resume {run_id}" in out
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")  # runs:/ URIs resolve by it
+    try:
+        assert MlflowClient().list_artifacts(run_id, "generator")  # logged, not registered
+        assert MlflowClient().search_registered_models() == []
+    finally:
+        mlflow.set_tracking_uri(None)
+
+    resumed = ganflow("resume", run_id, "-q", workdir=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    (run,) = the_run(tmp_path)
+    assert run.info.status == "FINISHED" and logged_steps(tmp_path, run_id) == list(range(1, 25))
+
+
+def test_a_diverging_run_fails_cleanly_and_registers_nothing(tmp_path, stepped):
+    result = ganflow("run", "--plugin-module", stepped, "--loss", "stepped:nan_at=5",
+                     "--checkpoint-every", "2", *SMALL[:-2], "--eval-every", "1",
+                     "--eval-samples", "100", workdir=tmp_path)
+    assert result.returncode == 1
+    (run,) = the_run(tmp_path)
+    line = result.stderr.strip().splitlines()[-1]
+    assert line == (f"Error: training diverged: d_loss is not finite at step 5; the run is "
+                    f"marked FAILED and nothing was registered; the last good checkpoint is "
+                    f"ckpt-4: resume from it with lower learning rates: ganflow resume "
+                    f"{run.info.run_id} --lr-g LR --lr-d LR")
+    assert "Traceback" not in result.stderr
+    assert run.info.status == "FAILED"
+    assert run.data.tags["ganflow.failure"] == "d_loss is not finite at step 5"
+    assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_registered_models() == []
+    checkpoints = tmp_path / "ganflow-runs" / run.info.run_id / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("ckpt-*.index")) == [
+        "ckpt-2.index", "ckpt-4.index"]
+
+
+def test_resuming_what_cannot_be_resumed(tmp_path, stepped):
+    def bad(*args):
+        result = ganflow(*args, workdir=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        return lines[0]
+
+    assert ganflow("run", "--plugin-module", stepped, "--loss", "stepped", *SMALL,
+                   workdir=tmp_path).returncode == 0
+    (run,) = the_run(tmp_path)
+    run_id = run.info.run_id
+    assert bad("resume", "0123456789abcdef") == (
+        f"Error: no run 0123456789abcdef in sqlite:///{tmp_path}/mlflow.db: pass the run id "
+        "ganflow run printed, and its --tracking-uri")
+    assert bad("resume", run_id) == (f"Error: run {run_id} finished its 3 epochs: to train it "
+                                     "longer, pass --epochs N with N > 3")
+    # Training it longer continues the same run at the right steps.
+    longer = ganflow("resume", run_id, "--epochs", "4", "-q", workdir=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    assert logged_steps(tmp_path, run_id, "epoch/d_loss") == [8, 16, 24, 32]
+
+    # A damaged newest checkpoint: the one before it is used, and the user is told.
+    folder = tmp_path / "ganflow-runs" / run_id / "checkpoints"
+    newest = sorted(folder.glob("ckpt-*.data-*"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))[-1]
+    newest.write_bytes(newest.read_bytes()[:100])
+    again = ganflow("resume", run_id, "--epochs", "5", "-q", workdir=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "cannot be read" in again.stderr and "trying the one before" in again.stderr

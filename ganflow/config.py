@@ -258,5 +258,11 @@ def _check(config: RunConfig) -> None:
             raise UsageError(f"{flag(key)} must be a positive number, got {value}")
     if config.ema is not None and not 0 < config.ema < 1:
         raise UsageError(f"--ema must be in (0, 1), e.g. 0.999, got {config.ema}")
+    if not config.experiment.strip():
+        raise UsageError("--experiment must be a name, got an empty one")
+    name = config.model_name
+    if not name.strip() or any(c in name for c in "/:") or name.strip(".") == "":
+        raise UsageError(f"--registered-model {name!r}: a model name must not be empty or "
+                         "contain '/' or ':'")
     if config.jit not in JIT_CHOICES:
         raise UsageError(f"--jit must be one of {', '.join(JIT_CHOICES)}, got {config.jit!r}")

@@ -356,17 +356,18 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     from ganflow.data import training_pipeline
 
     resolved = resolve_plugins(config, plugins)
+    # The store and the output folder first: a mistake there must not cost a dataset load.
+    output = Path(config.output_dir)
+    tracking.check_writable(output, "--output-dir")
+    tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
     if resolved.fits_density:
-        return run_maximum_likelihood(config, resolved)
+        return run_maximum_likelihood(config, resolved, tracking_uri)
     if config.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
     prepared = prepare(config, plugins, eval_optional, resolved)
     gan, source = prepared.gan, prepared.source
-    tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
-    output = Path(config.output_dir)
-    tracking.check_writable(output, "--output-dir")
     extra_params = {**_data_params(source), **prepared.resolved.params()}
     if prepared.evaluator is not None:
         extra_params.update(prepared.evaluator.params)
@@ -510,7 +511,8 @@ GAN_ONLY = ("loss", "regularizers", "epochs", "batch_size", "d_steps", "latent_d
 HELDOUT_SIZE = 10_000
 
 
-def run_maximum_likelihood(config: RunConfig, resolved: Resolved) -> RunResult:
+def run_maximum_likelihood(config: RunConfig, resolved: Resolved,
+                           tracking_uri: str) -> RunResult:
     """Fit P_G at once (the trainer's ``fit_density``), log the fit like a GAN run, register
     its sampler.
 
@@ -534,7 +536,6 @@ def run_maximum_likelihood(config: RunConfig, resolved: Resolved) -> RunResult:
     started = time.perf_counter()
     # Fitted before the MLflow run starts: a fit that cannot be made leaves no failed run.
     fitted = resolved.trainer.entry.call("to fit", trainer.fit_density, setup)
-    tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
     providers = {"ganflow.plugin.trainer": resolved.trainer.entry.plugin,
                  "ganflow.plugin.arch": resolved.arch.plugin,
                  "ganflow.plugin.dataset": resolved.dataset.plugin,

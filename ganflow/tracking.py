@@ -32,8 +32,38 @@ def use_tracking_uri(uri: str | None, must_exist: bool = False) -> str:
         raise UsageError(
             f"no MLflow store at {uri}: run this where you trained, or pass --tracking-uri"
         )
-    ensure_store(uri)
+    check_store(uri)
+    if must_exist:
+        ensure_store(uri)
     return uri
+
+
+# What MLflow 3.17 can store runs and models in ("" is a local path).
+SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks",
+           "databricks-uc", "uc")
+
+
+def check_store(uri: str) -> None:
+    """The store answers, within seconds, or a one-line error says why: an unknown scheme, a
+    server that does not answer, a SQLite file that cannot be created."""
+    from urllib.parse import urlparse
+
+    from ganflow.net import reachable
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme if len(parsed.scheme) > 1 else ""  # C:\ is a path
+    if scheme not in SCHEMES:
+        raise UsageError(f"tracking URI {uri}: MLflow cannot store runs at a {scheme}:// URI; "
+                         "use a path, sqlite:///FILE or http://HOST:PORT")
+    if scheme in ("http", "https"):
+        port = parsed.port or (443 if scheme == "https" else 80)
+        if not reachable(parsed.hostname or "", port, timeout=5.0):
+            raise UsageError(f"tracking server {uri} does not answer: start it (mlflow server "
+                             "--host 127.0.0.1 --port PORT) or check --tracking-uri")
+    if scheme == "sqlite":
+        database = Path(uri[len("sqlite:///"):])
+        if not database.exists():  # made when the run starts: its folder must allow it
+            check_writable(database.parent, f"tracking URI {uri}:")
 
 
 def ensure_store(uri: str) -> None:
@@ -52,6 +82,9 @@ def ensure_store(uri: str) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as exc:  # sqlalchemy's errors: a folder that cannot be written
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"tracking URI {uri}: cannot open the store ({reason})") from None
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -67,6 +100,7 @@ def start_run(config: RunConfig, extra_params: dict, tags: dict, resume_run_id: 
     ``resume_run_id`` that run is continued: its params stay as they were. Runs of this host
     left RUNNING by a process that is gone (SIGKILL, a crash) are marked KILLED first.
     """
+    ensure_store(mlflow.get_tracking_uri())
     if not os.environ.get("MLFLOW_RUN_ID") and not resume_run_id:
         mlflow.set_experiment(config.experiment)
     mark_abandoned_runs()
@@ -129,15 +163,16 @@ def last_logged_step(run_id: str) -> int:
 
 
 def check_writable(folder: Path, option: str) -> None:
-    """``folder`` exists or can be made, and files can be written in it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".ganflow-write-check-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"{option} {folder}: cannot write there ({exc.strerror or exc})") \
-            from None
+    """``folder`` is a folder that can be written in, or can be made where its nearest
+    existing parent can be written in (nothing is created)."""
+    folder = Path(folder).expanduser()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {folder}: {existing} is not writable")
 
 
 def log_report(experiment: str, run_name: str, params: dict, metrics: dict, files) -> str:

@@ -165,8 +165,22 @@ def bad(cli, *args):
      "one training step needs batch-size x 2 updates = 1000 x 2 = 2000 real examples, but the "
      "dataset has only 1797: lower --batch-size"),
     (["--config", "nope.yaml"], "--config nope.yaml: no such file"),
+    (["--experiment", ""], "--experiment must be a name, got an empty one"),
+    (["--registered-model", "bad/name:1"], "--registered-model 'bad/name:1': a model name must "
+                                           "not be empty or contain '/' or ':'"),
+    (["--tracking-uri", "foo://bar"], "tracking URI foo://bar: MLflow cannot store runs at a "
+                                      "foo:// URI; use a path, sqlite:///FILE or "
+                                      "http://HOST:PORT"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "tracking server http://127.0.0.1:9 does not "
+                                               "answer: start it (mlflow server --host "
+                                               "127.0.0.1 --port PORT) or check --tracking-uri"),
+    (["--output-dir", "README"], "--output-dir README: README is a file, not a folder"),
+    (["--config", "binary.yaml"], "--config binary.yaml: cannot read it as text "
+                                  "(UnicodeDecodeError): give a JSON or YAML file"),
 ])
 def test_bad_input_is_one_line_exit_2_and_starts_nothing(cli, workdir, args, message):
+    (workdir / "README").write_text("a file where a folder should be\n")
+    (workdir / "binary.yaml").write_bytes(bytes(range(256)))
     assert bad(cli, "run", *args) == (2, f"Error: {message}")
     assert not (workdir / "mlflow.db").exists() and not (workdir / "ganflow-runs").exists()
 

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -18,6 +19,7 @@ from ganflow import __version__  # noqa: E402
 from ganflow.config import FIELDS, JIT_CHOICES, flag, kind_of  # noqa: E402
 from ganflow.errors import GanflowError, UsageError  # noqa: E402
 
+GRID_LIMIT = 10_000  # samples in one picture
 CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
 
 
@@ -289,9 +291,13 @@ def sample(model_uri, count, seed, output, npz, label, tracking_uri):
     from ganflow import models, tracking
     from ganflow.images import save_grid
 
+    output = Path(output or ("samples.npz" if npz else "samples.png"))
+    if not npz and count > GRID_LIMIT:
+        raise UsageError(f"-n {count:,}: a picture shows at most {GRID_LIMIT:,} samples; "
+                         "write more with --npz")
+    tracking.check_writable(output.parent, "-o")
     tracking.use_tracking_uri(tracking_uri, must_exist=True)
     samples, z, labels = models.sample(model_uri, count, seed, label)
-    output = output or ("samples.npz" if npz else "samples.png")
     if npz:
         np.savez(output, samples=samples, z=z, **({} if labels is None else {"labels": labels}))
     elif samples.ndim == 4:

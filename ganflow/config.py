@@ -139,6 +139,18 @@ RENAMED = {
     "beta2": "Adam's betas are settings of the optimizer now: optimizer: adam:beta2=0.9",
 }
 
+# (field, highest sensible value): far beyond any run this tool is for, and well before a
+# number would only exhaust the memory with a traceback (a latent of 1e8 floats is a first
+# layer of 1e8 x 512 weights).
+_MAXIMUMS = {
+    "latent_dim": 100_000,
+    "image_size": 4096,
+    "samples": 10_000,
+    "eval_samples": 1_000_000,
+    "batch_size": 1_000_000,
+    "d_steps": 1000,
+}
+
 # (field, lowest allowed value) for numbers that must be positive or non-negative.
 _MINIMUMS = {
     "epochs": 1,
@@ -252,6 +264,10 @@ def _check(config: RunConfig) -> None:
         value = getattr(config, key)
         if value is not None and value < lowest:
             raise UsageError(f"{flag(key)} must be at least {lowest}, got {value}")
+    for key, highest in _MAXIMUMS.items():
+        value = getattr(config, key)
+        if value is not None and value > highest:
+            raise UsageError(f"{flag(key)} must be at most {highest:,}, got {value:,}")
     for key in ("lr_g", "lr_d"):
         value = getattr(config, key)
         if not 0 < value < float("inf"):

@@ -96,6 +96,11 @@ def sample(model_uri: str, count: int, seed: int, label: int | None = None):
     ``seed``. A conditional one makes ``label``, or every class in turn (``noise.class_rows``;
     labels is then the classes asked for, else None)."""
     sampler = load_sampler(model_uri)
+    need = 4 * count * (int(np.prod(sampler.shape)) + sampler.latent_dim)
+    if need > memory_bytes() // 2:
+        raise UsageError(f"{count:,} samples of shape {sampler.shape} need {need / 2**30:.1f} "
+                         f"GiB, more than half this machine's memory "
+                         f"({memory_bytes() / 2**30:.0f} GiB): ask for fewer (-n)")
     z = noise.latent(count, sampler.latent_dim, seed, "sample")
     labels = None
     if sampler.num_classes:
@@ -107,6 +112,13 @@ def sample(model_uri: str, count: int, seed: int, label: int | None = None):
     elif label is not None:
         raise UsageError(f"--class {label}: {model_uri} is not a conditional generator")
     return sampler(z, labels), z, labels
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    import os
+
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def predict_quietly(model, inputs) -> np.ndarray:

@@ -101,6 +101,13 @@ def test_run_tracks_registers_and_samples_end_to_end(cli, workdir):
                "-o", "b.npz").exit_code == 0
     np.testing.assert_allclose(np.load(workdir / "b.npz")["samples"], arrays["samples"], atol=1e-6)
 
+    code, line = bad(cli, "sample", "models:/dcgan-generator/1", "-n", "10000000", "--npz")
+    assert code == 2 and line.startswith("Error: 10,000,000 samples of shape (32, 32, 1) need ")
+    assert "more than half this machine's memory" in line and line.endswith("ask for fewer (-n)")
+    assert bad(cli, "sample", "models:/dcgan-generator/1", "-n", "20000") == (
+        2, "Error: -n 20,000: a picture shows at most 10,000 samples; write more with --npz")
+    assert bad(cli, "sample", "models:/dcgan-generator/1", "-o", "a.npz/grid.png") == (
+        2, "Error: -o a.npz: a.npz is a file, not a folder")
     grid = cli("sample", "models:/dcgan-generator/1", "-n", "6", "-o", "grid.png")
     assert grid.stdout == "Wrote 6 samples of shape (32, 32, 1) to grid.png\n"  # no progress bar
     assert Image.open(workdir / "grid.png").size == (3 * 34 * 2 + 4, 2 * 34 * 2 + 4)
@@ -166,6 +173,9 @@ def bad(cli, *args):
      "dataset has only 1797: lower --batch-size"),
     (["--config", "nope.yaml"], "--config nope.yaml: no such file"),
     (["--experiment", ""], "--experiment must be a name, got an empty one"),
+    (["--latent-dim", "100000000"], "--latent-dim must be at most 100,000, got 100,000,000"),
+    (["--image-size", "100000"], "--image-size must be at most 4,096, got 100,000"),
+    (["--samples", "100000000"], "--samples must be at most 10,000, got 100,000,000"),
     (["--registered-model", "bad/name:1"], "--registered-model 'bad/name:1': a model name must "
                                            "not be empty or contain '/' or ':'"),
     (["--tracking-uri", "foo://bar"], "tracking URI foo://bar: MLflow cannot store runs at a "

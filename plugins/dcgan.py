@@ -125,6 +125,9 @@ DCGAN_RECIPE = {
     "lr_g": 2e-4,
     "lr_d": 2e-4,
     "optimizer": "adam:beta1=0.5",
+    # Measured (README, the loss table; 3 seeds, 100 epochs): R1 on D's real-data gradient
+    # halves the FID of the non-saturating loss (13.0 against 26.9), the best of the table.
+    "regularizers": ["r1:gamma=1"],
     "eval_every": 25,
 }
 
@@ -132,6 +135,6 @@ DCGAN_RECIPE = {
 @ganflow.hookimpl
 def ganflow_register_recipes(register):
     register("dcgan", DCGAN_RECIPE,
-             "DCGAN on the bundled 32x32 digits, FID every 25 epochs; a few minutes on a laptop CPU")
+             "DCGAN with R1 on the bundled 32x32 digits, FID every 25 epochs; minutes on a CPU")
     register("cdcgan", {**DCGAN_RECIPE, "conditional": True},
              "conditional DCGAN on the digits: G(z, y), a projection discriminator")

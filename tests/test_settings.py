@@ -166,7 +166,7 @@ def test_settings_lists_config_names_with_a_recipes_values(cli):
     out = cli("settings", "--plugin", "dcgan").stdout
     assert "eval_every = 25    (--eval-every)" in out
     assert 'optimizer = "adam:beta1=0.5"    (--optimizer)' in out
-    assert "regularizers = unset    (--regularizer)" in out
+    assert 'regularizers = ["r1:gamma=1"]    (--regularizer)' in out
     assert "    add a regularizer to its network's loss: r1, r2 or a plugin's" in out
     assert "plugin_modules = unset    (--plugin-module)" in out
 

@@ -39,10 +39,11 @@ class RunConfig:
                         "its settings as NAME:key=value,...", "NAME[:SETTINGS]")
     regularizers: tuple[str, ...] = setting((), "add a regularizer to its network's loss: r1, "
                                             "r2 or a plugin's, e.g. r1:gamma=10,every=16 "
-                                            "(repeatable)", "NAME[:SETTINGS]")
+                                            "(repeatable; none: no regularizer)", "NAME[:SETTINGS]")
     augment: tuple[str, ...] = setting((), "augment every input of D while training, real and "
                                        "fake: color, translation, cutout (DiffAugment) or a "
-                                       "plugin's (repeatable, applied in order)",
+                                       "plugin's (repeatable, applied in order; none: "
+                                       "no augmentation)",
                                        "NAME[:SETTINGS]")
     conditional: bool = setting(False, "condition G and D on the class label, G(z, y) and "
                                 "D(x, y) (needs labelled data)")
@@ -247,7 +248,9 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             return bool(value)
         if kind == "tuple":
             if isinstance(value, str):
-                return (value,)
+                value = (value,)
+            if tuple(value) == ("none",):  # the way to clear a recipe's list from a flag
+                return ()
             if not all(isinstance(v, str) for v in value):
                 raise ValueError(value)
             return tuple(value)

@@ -53,3 +53,8 @@ def test_config_file_errors(tmp_path):
     listed.write_text("[1, 2]")
     with pytest.raises(UsageError, match="expected a mapping"):
         load_config_file(str(listed))
+
+
+def test_none_clears_a_recipes_list(plugins):
+    assert resolve_config(plugins, "dcgan", None, {}).regularizers == ("r1:gamma=1",)
+    assert resolve_config(plugins, "dcgan", None, {"regularizers": ("none",)}).regularizers == ()

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import mlflow
 import numpy as np
 
 
@@ -30,14 +29,18 @@ class MlflowLogger(keras.callbacks.Callback):
     model's sampling generator (the EMA copy when there is one) and may return metrics, logged
     at the same step.
 
+    Everything goes through ``outbox`` (a ``ganflow.outbox.Outbox`` of the run), so training
+    does not wait on the tracking store.
+
     A resumed run (``resume_metrics``: the trackers' (total, count) in the checkpoint, taken
     mid-epoch) puts them back after Keras resets them, so the epoch's means go on; nothing at
     or before ``logged_until`` (logged before the run stopped) is logged again.
     """
 
-    def __init__(self, log_every: int, steps_per_epoch: int, samples_dir: Path, view,
+    def __init__(self, outbox, log_every: int, steps_per_epoch: int, samples_dir: Path, view,
                  logged_until: int = -1, resume_metrics: dict | None = None):
         super().__init__()
+        self.outbox = outbox
         self.log_every = log_every
         self.steps_per_epoch = steps_per_epoch
         self.samples_dir = Path(samples_dir)
@@ -74,8 +77,7 @@ class MlflowLogger(keras.callbacks.Callback):
         yet: also called when training is interrupted between a step and its callbacks."""
         step = steps_done(self.model)
         within = step - self._epoch * self.steps_per_epoch
-        if step <= self._window_logged or (within % self.log_every and
-                                            within != self.steps_per_epoch):
+        if within % self.log_every and within != self.steps_per_epoch:
             return
         window = {}
         for tracker in self.model.metrics:
@@ -84,24 +86,28 @@ class MlflowLogger(keras.callbacks.Callback):
             if count > old_count:
                 window[tracker.name] = (total - old_total) / (count - old_count)
             self._mark[tracker.name] = (total, count)
-        mlflow.log_metrics(window, step=step)
-        self._window_logged = step
+        # A window logged before a resume moves the mark (the next one starts after it) but
+        # is not logged again; a stopped (diverged) run logs nothing more.
+        if step <= self._window_logged or getattr(self.model, "stop_training", False):
+            return
+        self._window_logged = step  # first: an interrupt right after must not log it twice
+        self.outbox.log_metrics(window, step=step)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.model.stop_training:
             return  # diverged mid-epoch: nothing worth logging or drawing
         step = (epoch + 1) * self.steps_per_epoch
         if step > self.logged_until:
-            mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in (logs or {}).items()},
-                               step=step)
+            self.outbox.log_metrics({f"epoch/{k}": float(v) for k, v in (logs or {}).items()},
+                                    step=step)
         self._write_grid(epoch + 1)
 
     def _write_grid(self, epoch: int) -> None:
         path = self.samples_dir / f"epoch_{epoch:04d}.png"
         self.last_grid, metrics = self.view(self.model.sampling_generator, path, f"epoch {epoch}")
-        mlflow.log_artifact(str(self.last_grid), artifact_path="samples")
-        if metrics:
-            mlflow.log_metrics(metrics, step=epoch * self.steps_per_epoch)
+        self.outbox.log_artifact(self.last_grid, artifact_path="samples")
+        if metrics and epoch * self.steps_per_epoch > self.logged_until:
+            self.outbox.log_metrics(metrics, step=epoch * self.steps_per_epoch)
             self.last_view_metrics = metrics
 
 
@@ -122,20 +128,38 @@ class DivergenceGuard(keras.callbacks.Callback):
                 return
 
 
+class TrackingWatch(keras.callbacks.Callback):
+    """Stops training once the tracking store has been unreachable for more than ``timeout``
+    seconds (``outbox.down_for()``); ``lost`` then holds that time and the step."""
+
+    def __init__(self, outbox, timeout: float):
+        super().__init__()
+        self.outbox = outbox
+        self.timeout = timeout
+        self.lost: tuple[float, int] | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        away = self.outbox.down_for()
+        if away > self.timeout:
+            self.lost = (away, steps_done(self.model))
+            self.model.stop_training = True
+
+
 class EvaluationLogger(keras.callbacks.Callback):
     """Logs sample-quality metrics (``ganflow.evaluation``) before training, every ``every``
     epochs and after the last, at the step of that epoch's last generator update.
 
-    Samples come from fixed noise (and, for a conditional generator, fixed ``labels``).
+    Metrics go into ``outbox`` (see ``MlflowLogger``). Samples come from fixed noise (and, for a conditional generator, fixed ``labels``).
     Metrics of the sampling generator are ``eval/NAME``; with an EMA copy, G's own weights are
     scored too, as ``eval_no_ema/NAME``. ``report``, when given, receives a line per
     evaluation (the CLI prints it).
     """
 
-    def __init__(self, evaluator, every: int, steps_per_epoch: int, noise: np.ndarray,
+    def __init__(self, outbox, evaluator, every: int, steps_per_epoch: int, noise: np.ndarray,
                  report=None, labels: np.ndarray | None = None, logged_until: int = -1,
                  epochs: int | None = None):
         super().__init__()
+        self.outbox = outbox
         self.logged_until = logged_until
         self.epochs = epochs  # the run's, which a resumed run's first fit call does not see
         self.evaluator = evaluator
@@ -186,7 +210,7 @@ class EvaluationLogger(keras.callbacks.Callback):
             if epoch > 0:  # before training the average is G itself
                 values = score(self.model.generator)
             logged.update({f"eval_no_ema/{k}": v for k, v in values.items()})
-        mlflow.log_metrics(logged, step=epoch * self.steps_per_epoch)
+        self.outbox.log_metrics(logged, step=epoch * self.steps_per_epoch)
         self.last = logged
         shown = ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in logged.items()
                           if k.startswith("eval/") and k != "eval/kid_std")

@@ -59,8 +59,15 @@ class Checkpoints:
         return int(self.gan.steps_done.numpy())
 
     def weights_are_finite(self) -> bool:
+        """Whether the networks, the EMA copy and the optimizers hold only finite numbers (a
+        plugin's metric that is not finite does not stop checkpoints)."""
+        gan = self.gan
+        holders = [gan.generator, gan.discriminator, gan.g_optimizer, gan.d_optimizer]
+        if gan.ema_generator is not None:
+            holders.append(gan.ema_generator)
         return all(np.isfinite(keras.ops.convert_to_numpy(v)).all()
-                   for v in self.gan.variables if v.dtype.startswith("float"))
+                   for holder in holders for v in holder.variables
+                   if v.dtype.startswith("float"))
 
     def save(self) -> Path:
         """A checkpoint of the state now, numbered by the training steps done."""
@@ -105,16 +112,26 @@ class Checkpoints:
 
 class CheckpointCallback(keras.callbacks.Callback):
     """Saves a checkpoint every ``every`` training steps, unless the weights stopped being
-    finite (then the last good checkpoint stays the newest)."""
+    finite (then the last good checkpoint stays the newest).
 
-    def __init__(self, checkpoints: Checkpoints, every: int):
+    A step that ends an epoch is saved at the epoch's end, after the callbacks before this
+    one (give it last) have logged the epoch and evaluated it: a run resumed from there does
+    not skip them."""
+
+    def __init__(self, checkpoints: Checkpoints, every: int, steps_per_epoch: int):
         super().__init__()
         self.checkpoints = checkpoints
         self.every = every
-        self.refused = False
+        self.steps_per_epoch = steps_per_epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every and self.checkpoints.steps_done % self.every == 0:
+        step = self.checkpoints.steps_done
+        if self.every and step % self.every == 0 and step % self.steps_per_epoch:
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self.checkpoints.steps_done
+        if self.every and step % self.every == 0 and not self.model.stop_training:
             self.save()
 
     def save(self) -> Path | None:
@@ -124,6 +141,5 @@ class CheckpointCallback(keras.callbacks.Callback):
         if latest and latest.endswith(f"-{self.checkpoints.steps_done}"):
             return Path(latest)
         if not self.checkpoints.weights_are_finite():
-            self.refused = True
             return None
         return self.checkpoints.save()

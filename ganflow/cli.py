@@ -134,9 +134,12 @@ def run(recipe, config_file, plugin_modules, quiet, **flags):
 @click.option("--lr-g", type=float, metavar="RATE", help=FIELDS["lr_g"].metadata["help"])
 @click.option("--lr-d", type=float, metavar="RATE", help=FIELDS["lr_d"].metadata["help"])
 @click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")
+@click.option("--output-dir", metavar="DIR",
+              help="the folder the run's checkpoints are in (default: the one it was started "
+              "with)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 @reports_errors
-def resume(run_id, epochs, lr_g, lr_d, tracking_uri, quiet):
+def resume(run_id, epochs, lr_g, lr_d, tracking_uri, output_dir, quiet):
     """Continue RUN_ID from its newest checkpoint, in the same MLflow run, with the settings
     it was started with (the learning rates and the number of epochs may change)."""
     from ganflow import tracking
@@ -145,7 +148,8 @@ def resume(run_id, epochs, lr_g, lr_d, tracking_uri, quiet):
 
     tracking.use_tracking_uri(tracking_uri, must_exist=True)
     config, evaluated = resume_config(run_id, {"epochs": epochs, "lr_g": lr_g, "lr_d": lr_d,
-                                               "tracking_uri": tracking_uri})
+                                               "tracking_uri": tracking_uri,
+                                               "output_dir": output_dir})
     result = run_gan(config, load_plugins(config.plugin_modules), verbose=0 if quiet else 1,
                      report=None if quiet else click.echo, eval_optional=not evaluated,
                      resume_run_id=run_id)
@@ -164,7 +168,7 @@ def report_result(result, config) -> None:
     if quality:
         click.echo("  quality: " + ", ".join(f"{k.removeprefix('eval/')} {v:.4g}"
                                              for k, v in quality.items()))
-    click.echo(f"  samples: {result.samples_path}")
+    click.echo(f"  samples: {shown(result.samples_path)}")
     uri_flag = f" --tracking-uri {config.tracking_uri}" if config.tracking_uri else ""
     if result.model_version:
         click.echo(f"  model:   {result.model_uri} (registered; also "
@@ -176,12 +180,22 @@ def report_result(result, config) -> None:
     if result.champion is not None:
         click.echo("  " + champion_line(result.model_name, result.model_version, result.champion))
     if result.checkpoint is not None:
-        click.echo(f"  checkpoint: {result.checkpoint} (step {result.steps_done})")
+        click.echo(f"  checkpoint: {shown(result.checkpoint)} (step {result.steps_done})")
     if result.interrupted:
         click.echo(f"  resume:  ganflow resume {result.run_id}{uri_flag}")
     click.echo(f"  browse:  {ui_command(result.tracking_uri)}")
     if result.interrupted:
         sys.exit(130)
+
+
+def shown(path) -> str:
+    """A path as a user reads it best: relative to the current folder when inside it."""
+    if path is None:
+        return "none"
+    try:
+        return str(Path(path).relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def asked_for(key: str, config_file: str | None, flags: dict) -> bool:

@@ -97,6 +97,10 @@ class RunConfig:
     output_dir: str = setting("ganflow-runs", "where sample grids are written locally", "DIR")
     tracking_uri: str | None = setting(None, "MLflow tracking URI (else MLFLOW_TRACKING_URI, "
                                        "else sqlite:///mlflow.db)", "URI")
+    tracking_timeout: float = setting(600.0, "how long the tracking server may stay "
+                                      "unreachable (training goes on meanwhile) before the "
+                                      "run stops with a checkpoint, to resume later",
+                                      "SECONDS")
     experiment: str = setting("ganflow", "MLflow experiment name", "NAME")
     register: bool = setting(True, "register the generator in the MLflow Model Registry")
     registered_model: str | None = setting(None, "registered model name (default: "
@@ -167,6 +171,7 @@ _MINIMUMS = {
     "seed": 0,
     "checkpoint_every": 0,
     "keep_checkpoints": 1,
+    "tracking_timeout": 1,
 }
 
 

@@ -4,7 +4,7 @@ checked before the MLflow run starts, so a mistake costs seconds and leaves no h
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 from ganflow import noise
 from ganflow.config import RunConfig, load_config_file, recipe_layer, resolve
 from ganflow.errors import PluginError, UsageError
+from ganflow.outbox import Outbox, TrackingUnavailable, retry
 from ganflow.plugins import Component, Entry, Plugins
 from ganflow.step import DISCRIMINATOR, GENERATOR, Regularization, as_step_loss
 from ganflow.types import DatasetOptions
@@ -352,13 +353,15 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     """
     import mlflow
 
-    from ganflow import callbacks, checkpoints, models, registry, signals, tracking, views
+    from ganflow import callbacks, checkpoints, signals, tracking, views
     from ganflow.data import training_pipeline
 
     resolved = resolve_plugins(config, plugins)
     # The store and the output folder first: a mistake there must not cost a dataset load.
+    # The folder is kept absolute, so `ganflow resume` finds the checkpoints from anywhere.
+    tracking.check_writable(Path(config.output_dir), "--output-dir")
+    config = replace(config, output_dir=str(Path(config.output_dir).expanduser().resolve()))
     output = Path(config.output_dir)
-    tracking.check_writable(output, "--output-dir")
     tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
     if resolved.fits_density:
         return run_maximum_likelihood(config, resolved, tracking_uri)
@@ -372,31 +375,41 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     if prepared.evaluator is not None:
         extra_params.update(prepared.evaluator.params)
     started = time.perf_counter()
+    done = 0
+    if resume_run_id:  # before the run reopens: a checkpoint that cannot be read changes nothing
+        store = checkpoints.Checkpoints(gan, output / resume_run_id / "checkpoints",
+                                        config.keep_checkpoints)
+        done = store.restore()
+        _set_learning_rates(gan, config, resolved)
     with tracking.start_run(config, extra_params, prepared.providers,
                             resume_run_id) as active:
         run_id = active.info.run_id
-        store = checkpoints.Checkpoints(gan, output / run_id / "checkpoints",
-                                        config.keep_checkpoints)
-        done = 0
+        if not resume_run_id:
+            store = checkpoints.Checkpoints(gan, output / run_id / "checkpoints",
+                                            config.keep_checkpoints)
+        pending = output / run_id / PENDING
         if resume_run_id:
-            done = store.restore()
-            _set_learning_rates(gan, config, resolved)
             mlflow.set_tag("ganflow.resumed_from_step", str(done))
+            Outbox.deliver(pending, run_id)  # what the store missed before the run stopped
         logged = tracking.last_logged_step(run_id) if resume_run_id else -1
+        outbox = Outbox(run_id)
         logger = callbacks.MlflowLogger(
-            config.log_every, prepared.steps_per_epoch, output / run_id / "samples",
+            outbox, config.log_every, prepared.steps_per_epoch, output / run_id / "samples",
             views.SampleView(source, config.latent_dim, config.samples, config.seed,
                              gan.num_classes if gan.conditional else None),
             logged_until=logged,
             resume_metrics=store.restored_metrics if done % prepared.steps_per_epoch else None)
         guard = callbacks.DivergenceGuard()
+        watch = callbacks.TrackingWatch(outbox, config.tracking_timeout)
         saver = checkpoints.CheckpointCallback(
             store, prepared.steps_per_epoch if config.checkpoint_every is None
-            else config.checkpoint_every)
-        fit_callbacks = [guard, logger]
+            else config.checkpoint_every, prepared.steps_per_epoch)
+        # The guard first (a diverged step is not logged), the watch after the logger (the
+        # step it stops at is).
+        fit_callbacks = [guard, logger, watch]
         if prepared.evaluator is not None:
             evaluations = callbacks.EvaluationLogger(
-                prepared.evaluator, config.eval_every, prepared.steps_per_epoch,
+                outbox, prepared.evaluator, config.eval_every, prepared.steps_per_epoch,
                 noise.latent(config.eval_samples, config.latent_dim, config.seed, "eval"), report,
                 prepared.evaluator.labels(config.eval_samples, config.seed)
                 if gan.conditional else None, logged_until=logged, epochs=config.epochs)
@@ -417,30 +430,29 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         except KeyboardInterrupt as exc:
             interrupted = signals.name_of(exc)
             logger.catch_up()  # a step may be done whose callbacks were cut short
-        if guard.diverged is not None:
-            _fail_diverged(guard, store, run_id)  # raises
-        last_checkpoint = saver.save()
-        model_name = None if interrupted or not config.register else config.model_name
-        model_uri = models.log_generator(gan.sampling_generator, config.latent_dim,
-                                         gan.num_classes if gan.conditional else None)
-        version = champion = None
-        if model_name is not None:
-            tags = {"loss": config.loss, "dataset": config.dataset, "run_id": run_id}
-            if config.ema is not None:
-                tags["ema"] = str(config.ema)
-            evaluated = prepared.evaluator is not None and "eval/fid" in metrics
-            if evaluated:
-                tags.update(eval_dataset=config.dataset, eval_samples=str(config.eval_samples))
-            tags.update(registry.version_tags(
-                metrics, prepared.evaluator.params if evaluated else None))
-            version = registry.register(model_uri, model_name, tags)
-            model_uri = f"models:/{model_name}/{version}"
-            if evaluated:
-                champion = registry.promote_champion(model_name, version)
-        if interrupted:
-            mlflow.set_tags({"ganflow.interrupted": interrupted,
-                             "ganflow.stopped_at_step": str(store.steps_done)})
-            mlflow.end_run(status="KILLED")
+        except BaseException:
+            outbox.close()  # what was logged before the crash still reaches the store
+            raise
+        last_checkpoint = saver.save() if guard.diverged is None else None
+        # Stopped by the user: what the store has not taken yet is saved, not waited for.
+        patience = min(config.tracking_timeout, 10.0) if interrupted else config.tracking_timeout
+        try:
+            if watch.lost is not None or not outbox.flush(patience):
+                raise TrackingUnavailable(
+                    f"the tracking store did not answer for {outbox.down_for():.0f} s")
+            outbox.close()
+            if guard.diverged is not None:
+                _fail_diverged(guard, store, run_id)  # raises
+            model_name, model_uri, version, champion = retry(
+                lambda: _log_model(config, gan, run_id, metrics, prepared, interrupted),
+                "logging the generator", outbox, config.tracking_timeout)
+            if interrupted:
+                retry(lambda: mlflow.set_tags({"ganflow.interrupted": interrupted,
+                                               "ganflow.stopped_at_step": str(store.steps_done)}),
+                      "tagging the run", outbox, config.tracking_timeout)
+                mlflow.end_run(status="KILLED")
+        except TrackingUnavailable as exc:
+            _stop_unreachable(exc, outbox, pending, store, run_id, tracking_uri)  # raises
     return RunResult(
         run_id=run_id,
         experiment=mlflow.get_experiment(active.info.experiment_id).name,
@@ -456,6 +468,51 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         steps_done=store.steps_done,
         checkpoint=last_checkpoint,
     )
+
+
+def _log_model(config: RunConfig, gan, run_id: str, metrics: dict, prepared: Prepared,
+               interrupted) -> tuple:
+    """Log the generator, and register it when the run finished; returns (registered name,
+    model URI, version, champion), the last three None when not registered."""
+    from ganflow import models, registry
+
+    model_name = None if interrupted or not config.register else config.model_name
+    model_uri = models.log_generator(gan.sampling_generator, config.latent_dim,
+                                     gan.num_classes if gan.conditional else None)
+    version = champion = None
+    if model_name is not None:
+        tags = {"loss": config.loss, "dataset": config.dataset, "run_id": run_id}
+        if config.ema is not None:
+            tags["ema"] = str(config.ema)
+        evaluated = prepared.evaluator is not None and "eval/fid" in metrics
+        if evaluated:
+            tags.update(eval_dataset=config.dataset, eval_samples=str(config.eval_samples))
+        tags.update(registry.version_tags(
+            metrics, prepared.evaluator.params if evaluated else None))
+        version = registry.register(model_uri, model_name, tags)
+        model_uri = f"models:/{model_name}/{version}"
+        if evaluated:
+            champion = registry.promote_champion(model_name, version)
+    return model_name, model_uri, version, champion
+
+
+def _stop_unreachable(exc: TrackingUnavailable, outbox: Outbox, pending: Path, store, run_id: str,
+                      tracking_uri: str):
+    """End a run whose tracking store went away: its checkpoint is saved; what the store did
+    not take is saved beside it for ``ganflow resume``, which also closes the MLflow run."""
+    import mlflow
+
+    kept = outbox.save(pending)
+    try:  # the store is away: the run cannot be marked; the next ganflow command marks it
+        mlflow.end_run(status="KILLED")
+    except mlflow.exceptions.MlflowException:
+        pass
+    latest = store.manager.latest_checkpoint
+    where = f"checkpoint {latest} (step {store.steps_done})" if latest else "no checkpoint"
+    raise TrackingUnavailable(
+        f"{exc}: training stopped with {where}; {kept} logging calls saved in {pending}; when "
+        f"the store answers again: ganflow resume {run_id} --tracking-uri {tracking_uri}"
+    ) from None
 
 
 def _fit_from(gan, pipeline_from, done: int, steps_per_epoch: int, epochs: int, callbacks,
@@ -502,6 +559,8 @@ def _fail_diverged(guard, store, run_id: str):
     raise TrainingDiverged(f"training diverged: {what} is not finite at step {step}; the run "
                            f"is marked FAILED and nothing was registered; {where}")
 
+
+PENDING = "undelivered.jsonl"  # logging calls a stopped run could not send, beside its checkpoints
 
 # Settings that only a trainer with networks uses: a maximum-likelihood run does not log them.
 GAN_ONLY = ("loss", "regularizers", "epochs", "batch_size", "d_steps", "latent_dim",

@@ -7,6 +7,7 @@ during training), ``ganflow.models`` (the generator as an MLflow model) and
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from contextlib import contextmanager
@@ -43,6 +44,9 @@ SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql"
            "databricks-uc", "uc")
 
 
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
 def check_store(uri: str) -> None:
     """The store answers, within seconds, or a one-line error says why: an unknown scheme, a
     server that does not answer, a SQLite file that cannot be created."""
@@ -56,6 +60,12 @@ def check_store(uri: str) -> None:
         raise UsageError(f"tracking URI {uri}: MLflow cannot store runs at a {scheme}:// URI; "
                          "use a path, sqlite:///FILE or http://HOST:PORT")
     if scheme in ("http", "https"):
+        # MLflow retries a failed request 7 times, 2**n seconds apart (about 4 minutes) before
+        # it says so; ganflow's outbox retries itself, and says so at once.
+        for name, value in HTTP_RETRIES.items():
+            os.environ.setdefault(name, value)
+        # urllib3 warns of each retried request; the outbox says it once.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         port = parsed.port or (443 if scheme == "https" else 80)
         if not reachable(parsed.hostname or "", port, timeout=5.0):
             raise UsageError(f"tracking server {uri} does not answer: start it (mlflow server "
@@ -105,8 +115,12 @@ def start_run(config: RunConfig, extra_params: dict, tags: dict, resume_run_id: 
         mlflow.set_experiment(config.experiment)
     mark_abandoned_runs()
     if resume_run_id:
+        # This process's tags first: another process must not take the reopened run for
+        # the dead one's. The settings as resumed (epochs, rates) are what a next resume uses.
+        for key, value in process_tags().items():
+            mlflow.MlflowClient().set_tag(resume_run_id, key, value)
         with mlflow.start_run(run_id=resume_run_id) as run:
-            mlflow.set_tags({**process_tags(), **tags})
+            mlflow.set_tags({**process_tags(), "ganflow.config": config.to_json(), **tags})
             yield run
         return
     run_name = f"{config.recipe}-{config.dataset.replace(':', '-').replace('/', '-')}"

@@ -7,6 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from ganflow.callbacks import MlflowLogger
+from ganflow.outbox import Outbox
 from ganflow.cli import ui_command
 from ganflow.images import image_grid
 
@@ -15,10 +16,12 @@ def test_windows_are_exact_means_of_the_updates_in_them(workdir):
     per_step = [1.0, 3.0, 5.0, 7.0, 9.0]  # one epoch of 5 steps, then a second epoch
     d_loss, lazy = keras.metrics.Mean(name="d_loss"), keras.metrics.Mean(name="reg/lazy")
     steps = keras.Variable(0, dtype="int64")
-    logger = MlflowLogger(log_every=2, steps_per_epoch=5, samples_dir=workdir, view=None)
-    logger.set_model(SimpleNamespace(metrics=[d_loss, lazy], steps_done=steps))
     mlflow.set_experiment("windows")  # not an experiment id left by another test's store
     with mlflow.start_run() as run:
+        outbox = Outbox(run.info.run_id)
+        logger = MlflowLogger(outbox, log_every=2, steps_per_epoch=5, samples_dir=workdir,
+                              view=None)
+        logger.set_model(SimpleNamespace(metrics=[d_loss, lazy], steps_done=steps))
         for epoch in range(2):
             for tracker in (d_loss, lazy):
                 tracker.reset_state()  # as Keras does at each epoch's start
@@ -29,6 +32,7 @@ def test_windows_are_exact_means_of_the_updates_in_them(workdir):
                 # A lazy regularizer that runs on steps 1 and 4 of each epoch (0-based) only.
                 lazy.update_state(100.0 * (b + 1), sample_weight=float(b in (1, 4)))
                 logger.on_train_batch_end(b)
+        assert outbox.flush(timeout=60) and not outbox.close()
     client = MlflowClient()
     history = client.get_metric_history(run.info.run_id, "d_loss")
     assert [(m.step, m.value) for m in history] == [
@@ -80,3 +84,48 @@ def test_four_processes_start_on_one_new_sqlite_store_at_once(tmp_path):
     runs = MlflowClient(uri).search_runs(
         [MlflowClient(uri).get_experiment_by_name("together").experiment_id])
     assert sorted(r.data.metrics["x"] for r in runs) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_outbox_keeps_what_an_unreachable_store_missed_for_a_resume(workdir, monkeypatch):
+    import socket
+    import time
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    lines = []
+    box = Outbox("r1", MlflowClient(f"http://127.0.0.1:{port}"), warn=lines.append,
+                 retry_every=0.05)
+    box.log_metrics({"d_loss": 0.5, "g_loss": 2.0}, step=1)
+    box.log_metrics({"d_loss": 0.25}, step=2)
+    box.set_tags({"note": "kept"})
+    deadline = time.monotonic() + 30
+    while box.down_for() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert box.down_for() > 0 and not box.flush(timeout=0.0) and box.waiting == 3
+    assert len(lines) == 1 and lines[0].startswith("Tracking store unreachable (connection ")
+    assert box.save(workdir / "undelivered.jsonl") == 3
+
+    mlflow.set_experiment("outbox")
+    with mlflow.start_run() as run:
+        pass
+    assert Outbox.deliver(workdir / "undelivered.jsonl", run.info.run_id) == 3
+    assert not (workdir / "undelivered.jsonl").exists()
+    client = MlflowClient()
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "d_loss")] == \
+        [(1, 0.5), (2, 0.25)]
+    assert client.get_run(run.info.run_id).data.tags["note"] == "kept"
+
+
+def test_outbox_skips_a_call_the_store_refuses_and_goes_on(workdir):
+    mlflow.set_experiment("outbox")
+    with mlflow.start_run() as run:
+        lines = []
+        box = Outbox(run.info.run_id, warn=lines.append)
+        box.log_metrics({"x": 1.0}, step=1)
+        box.log_artifact(workdir / "no-such-file.png", "samples")  # refused: no such file
+        box.log_metrics({"x": 2.0}, step=2)
+        assert box.flush(timeout=30) and box.close() == []
+    assert len(lines) == 1 and lines[0].startswith("MLflow refused a logging call, skipped")
+    assert [m.value for m in MlflowClient().get_metric_history(run.info.run_id, "x")] == [1.0, 2.0]

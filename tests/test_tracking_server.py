@@ -1,3 +1,6 @@
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -8,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY
+from conftest import TINY, write_plugin
 
 
 def free_port():
@@ -17,33 +20,56 @@ def free_port():
         return s.getsockname()[1]
 
 
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1, with its own store and proxied artifacts, that a
+    test can stop (as a crash would: SIGKILL to its process group) and start again on the
+    same port and store."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self):
+        log = open(self.folder / "server.log", "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+             "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
+             "--artifacts-destination", str(self.folder / "server-artifacts"), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    pytest.fail(f"mlflow server did not start:\n"
+                                f"{(self.folder / 'server.log').read_text()[-3000:]}")
+                time.sleep(0.3)
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
 @pytest.fixture
-def mlflow_server(workdir):
-    """A real `mlflow server` on 127.0.0.1, with its own store and proxied artifacts."""
-    port = free_port()
-    log = open(workdir / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{workdir}/server.db",
-         "--artifacts-destination", str(workdir / "server-artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"mlflow server did not start:\n{(workdir / 'server.log').read_text()}")
-            time.sleep(0.5)
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+def server(workdir):
+    running = MlflowServer(workdir).start()
+    yield running
+    running.kill()
+
+
+@pytest.fixture
+def mlflow_server(server):
+    return server.uri
 
 
 @pytest.mark.slow
@@ -82,3 +108,102 @@ def test_mlflow_project_runs_ganflow_in_its_own_run(workdir, monkeypatch):
     assert (params["plugin"], params["recipe"], params["seed"], params["steps_per_epoch"]) == (
         "dcgan", "dcgan", "4", "2")
     assert runs[0].info.status == "FINISHED"
+
+
+# A run that takes about 0.3 s a step (the test loss's pause), long enough for a server to be
+# stopped and started again while it trains.
+OUTAGE_RUN = ["--epochs", "5", "--steps-per-epoch", "10", "--batch-size", "8", "--log-every",
+              "1", "--eval-every", "0", "--samples", "4", "--loss", "stepped", "-q"]
+
+
+def start_ganflow(args, workdir, pause):
+    env = {**os.environ, "GANFLOW_TEST_PAUSE": str(pause)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ganflow", *args], cwd=workdir,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def running_run(client, proc, at_step, timeout=300):
+    """The id of the server's RUNNING run once it has logged d_loss at ``at_step``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  "attributes.status = 'RUNNING'")
+        if runs and any(m.step >= at_step for m in
+                        client.get_metric_history(runs[0].info.run_id, "d_loss")):
+            return runs[0].info.run_id
+        time.sleep(0.2)
+    raise TimeoutError(f"no step {at_step} on the server")
+
+
+def assert_every_step_once(client, run_id, steps, epochs, per_epoch):
+    windows = [m.step for m in client.get_metric_history(run_id, "d_loss")]
+    assert sorted(windows) == list(range(1, steps + 1))  # each step's window, none twice
+    assert sorted(m.step for m in client.get_metric_history(run_id, "epoch/d_loss")) == \
+        [per_epoch * e for e in range(1, epochs + 1)]
+    grids = [f.path for f in client.list_artifacts(run_id, "samples")]
+    assert grids == [f"samples/epoch_{e:04d}.png" for e in range(epochs + 1)]
+
+
+@pytest.mark.slow
+def test_a_server_that_stops_mid_run_and_comes_back_loses_nothing(server, workdir, tmp_path):
+    from test_checkpoints import STEPPED
+
+    plugin = write_plugin(tmp_path / "stepped.py", STEPPED)
+    client = MlflowClient(server.uri)
+    proc = start_ganflow(["run", *OUTAGE_RUN, "--plugin-module", plugin,
+                          "--tracking-uri", server.uri], workdir, pause=0.3)
+    run_id = running_run(client, proc, at_step=4)
+    server.kill()
+    down_at = time.time()
+    time.sleep(4)
+    server.start()
+    up_at = time.time()
+    out, err = proc.communicate(timeout=600)
+
+    assert proc.returncode == 0, err
+    assert "Tracking store unreachable" in err and "Tracking store back after" in err
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert_every_step_once(client, run_id, steps=50, epochs=5, per_epoch=10)
+    # Training went on while the server was away: steps were taken (and stamped) meanwhile.
+    during = [m.step for m in client.get_metric_history(run_id, "d_loss")
+              if down_at * 1000 < m.timestamp < up_at * 1000]
+    assert len(during) >= 5, during
+    assert client.get_model_version_by_alias("dcgan-generator", "latest").run_id == run_id
+
+
+@pytest.mark.slow
+def test_a_server_that_stays_away_stops_the_run_to_resume_later(server, workdir, tmp_path):
+    from test_checkpoints import STEPPED
+
+    plugin = write_plugin(tmp_path / "stepped.py", STEPPED)
+    client = MlflowClient(server.uri)
+    proc = start_ganflow(["run", *OUTAGE_RUN, "--plugin-module", plugin,
+                          "--tracking-uri", server.uri, "--tracking-timeout", "3"], workdir,
+                         pause=0.3)
+    run_id = running_run(client, proc, at_step=4)
+    server.kill()
+    out, err = proc.communicate(timeout=300)
+
+    assert proc.returncode == 75, err
+    assert "urllib3" not in err  # one line about the outage, not one per retried request
+    error = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "Traceback" not in err, err
+    assert f"ganflow resume {run_id} --tracking-uri {server.uri}" in error[0]
+    checkpoints = workdir / "ganflow-runs" / run_id / "checkpoints"
+    stopped_at = json.loads((checkpoints / "progress.json").read_text())["steps_done"]
+    assert 4 < stopped_at < 50
+    assert (workdir / "ganflow-runs" / run_id / "undelivered.jsonl").exists()
+
+    server.start()
+    resumed = start_ganflow(["resume", run_id, "--tracking-uri", server.uri, "-q"], workdir,
+                            pause=0)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert not (workdir / "ganflow-runs" / run_id / "undelivered.jsonl").exists()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["ganflow.resumed_from_step"] == str(stopped_at)
+    assert_every_step_once(client, run_id, steps=50, epochs=5, per_epoch=10)
+    assert client.get_model_version_by_alias("dcgan-generator", "latest").run_id == run_id

@@ -1,0 +1,249 @@
+"""What a run sends to MLflow while it trains, sent without making training wait.
+
+Training puts metrics, tags and artifacts into an ``Outbox``; one background thread sends them,
+in order, through ``MlflowClient``. When the tracking server cannot be reached, the thread keeps
+them and tries again every few seconds, a line on stderr says so (and another when the server
+is back), and training goes on. ``down_for()`` tells how long the server has been away: the
+run stops with a checkpoint when that passes its ``--tracking-timeout``, and what was not
+delivered is saved to a file that ``ganflow resume`` delivers first.
+
+MLflow's own asynchronous logging (``synchronous=False``) is not used: a batch whose request
+fails after its HTTP retries is dropped with an error line (``AsyncLoggingQueue._log_run_data``),
+and artifacts logged that way have no retry either.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric, RunTag
+
+from ganflow.errors import GanflowError
+
+# MLflow error codes that mean "try again later" (a server that is down or overloaded); other
+# codes are answers (a bad value, a missing run), and retrying would not change them.
+TRANSIENT_CODES = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
+                   "DEADLINE_EXCEEDED", "ABORTED", "UNAVAILABLE")
+BATCH_LIMIT = 1000  # metrics per log_batch request (MLflow's limit)
+
+
+class TrackingUnavailable(GanflowError):
+    """The tracking server stayed away past the run's timeout; the run stopped with a
+    checkpoint, to be resumed when the server is back."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store could not be reached (rather than refused the call)."""
+    if isinstance(exc, mlflow.exceptions.MlflowException):
+        return exc.error_code in TRANSIENT_CODES
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                        PermissionError)):
+        return False  # a file that is not there will not come
+    return isinstance(exc, OSError)  # a connection, a timeout, a full disk: may pass
+
+
+def _stderr(line: str) -> None:
+    print(f"\n{line}", file=sys.stderr, flush=True)
+
+
+class Outbox:
+    """Metrics, tags and artifacts of run ``run_id``, delivered in order by a background
+    thread that retries while the store cannot be reached (``retry_every`` seconds apart)."""
+
+    def __init__(self, run_id: str, client: mlflow.MlflowClient | None = None,
+                 warn=_stderr, retry_every: float = 2.0):
+        self.run_id = run_id
+        self.client = client or mlflow.MlflowClient()
+        self.warn = warn
+        self.retry_every = retry_every
+        self.delivered = 0
+        self._items: deque[tuple] = deque()
+        self._lock = threading.Condition()
+        self._down_since: float | None = None
+        self._sending = False
+        self._stop = False
+        self._thread = threading.Thread(target=self._work, name="ganflow-outbox", daemon=True)
+        self._thread.start()
+
+    # What training calls: each returns at once.
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        stamp = int(time.time() * 1000)
+        self._put(("metrics", [(k, float(v), stamp, int(step)) for k, v in metrics.items()]))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._put(("tags", {k: str(v) for k, v in tags.items()}))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._put(("artifact", str(path), artifact_path))
+
+    def _put(self, item: tuple) -> None:
+        with self._lock:
+            self._items.append(item)
+            self._lock.notify_all()
+
+    # The state of the line to the store.
+    def down_for(self) -> float:
+        """Seconds since the store stopped answering (0 while it answers)."""
+        since = self._down_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @property
+    def waiting(self) -> int:
+        """Calls not delivered yet."""
+        with self._lock:
+            return len(self._items)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything is delivered; False if the store has been away for more than
+        ``timeout`` seconds first (what is waiting stays waiting)."""
+        with self._lock:
+            while self._items or self._sending:
+                if self.down_for() > timeout:
+                    return False
+                self._lock.wait(0.2)
+        return True
+
+    def close(self) -> list[tuple]:
+        """Stop the thread (after the call it is sending, if any); returns what was not
+        delivered."""
+        with self._lock:
+            self._stop = True
+            self._lock.notify_all()
+        self._thread.join(timeout=120)
+        with self._lock:
+            return list(self._items)
+
+    def save(self, path: Path) -> int:
+        """Stop, and write what was not delivered to ``path`` (JSON lines) for ``deliver``;
+        returns how many calls."""
+        left = self.close()
+        if left:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = path.with_name(f".{path.name}.tmp")
+            staging.write_text("".join(json.dumps(item) + "\n" for item in left))
+            staging.replace(path)
+        return len(left)
+
+    @staticmethod
+    def deliver(path: Path, run_id: str, client: mlflow.MlflowClient | None = None) -> int:
+        """Send the calls a stopped run saved to ``path``, then delete it; returns how many.
+        Metrics keep the time they were taken at; MLflow ignores one logged twice."""
+        if not path.exists():
+            return 0
+        client = client or mlflow.MlflowClient()
+        items = [tuple(json.loads(line)) for line in path.read_text().splitlines() if line]
+        for item in items:
+            _send(client, run_id, [item])
+        path.unlink()
+        return len(items)
+
+    # The thread.
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._items and not self._stop:
+                    self._lock.wait()
+                if self._stop and (not self._items or self._down_since is not None):
+                    return
+                batch = _next_batch(self._items)
+                self._sending = True
+            try:
+                _send(self.client, self.run_id, batch)
+            except Exception as exc:  # noqa: BLE001 - the store's errors are many
+                with self._lock:
+                    self._sending = False
+                    if transient(exc):
+                        if self._down_since is None:
+                            self._down_since = time.monotonic()
+                            self.warn(f"Tracking store unreachable ({_reason(exc)}): training "
+                                      f"goes on; {len(self._items)} logging calls kept to send "
+                                      "when it is back")
+                        deadline = time.monotonic() + self.retry_every
+                        while not self._stop and time.monotonic() < deadline:
+                            self._lock.wait(deadline - time.monotonic())
+                        continue
+                    for _ in batch:
+                        self._items.popleft()
+                    self.warn(f"MLflow refused a logging call, skipped: {_reason(exc)}")
+                    self._lock.notify_all()
+                continue
+            with self._lock:
+                for _ in batch:
+                    self._items.popleft()
+                self.delivered += len(batch)
+                self._sending = False
+                if self._down_since is not None:
+                    self.warn(f"Tracking store back after {self.down_for():.0f} s: sending the "
+                              f"{len(self._items) + len(batch)} logging calls kept")
+                    self._down_since = None
+                self._lock.notify_all()
+
+
+def _next_batch(items: deque) -> list[tuple]:
+    """The first waiting call, with the metric calls right after it when it is one (up to
+    one request's worth)."""
+    batch = [items[0]]
+    if items[0][0] == "metrics":
+        count = len(items[0][1])
+        for item in list(items)[1:]:
+            if item[0] != "metrics" or count + len(item[1]) > BATCH_LIMIT:
+                break
+            batch.append(item)
+            count += len(item[1])
+    return batch
+
+
+def _send(client: mlflow.MlflowClient, run_id: str, batch: list[tuple]) -> None:
+    kind = batch[0][0]
+    if kind == "metrics":
+        metrics = [Metric(key, value, stamp, step)
+                   for item in batch for key, value, stamp, step in item[1]]
+        client.log_batch(run_id, metrics=metrics, synchronous=True)
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in batch[0][1].items()],
+                         synchronous=True)
+    elif kind == "artifact":
+        client.log_artifact(run_id, batch[0][1], batch[0][2])
+    else:
+        raise ValueError(f"unknown outbox call {kind!r}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if "Max retries exceeded" in text or "Connection refused" in text:
+        return "connection refused"
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def retry(call, what: str, outbox: Outbox, timeout: float):
+    """``call()`` in this thread, tried again while the store cannot be reached, for at most
+    ``timeout`` seconds of it being away; then ``TrackingUnavailable`` (``what`` names the
+    call). For the calls that end a run (logging the model, registering it), which need the
+    store before the run can finish."""
+    started = None
+    while True:
+        try:
+            result = call()
+            if started is not None:
+                outbox.warn(f"Tracking store back after {time.monotonic() - started:.0f} s")
+            return result
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            if started is None:
+                started = time.monotonic()
+                outbox.warn(f"Tracking store unreachable while {what} ({_reason(exc)}): trying "
+                            f"again for up to {timeout:.0f} s")
+            if time.monotonic() - started > timeout:
+                raise TrackingUnavailable(
+                    f"the tracking store did not answer for {timeout:.0f} s while {what}"
+                ) from exc
+            time.sleep(outbox.retry_every)

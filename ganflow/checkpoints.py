@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -28,14 +29,18 @@ from ganflow import __version__
 from ganflow.errors import UsageError
 
 PROGRESS = "progress.json"
+MARKER = "COMPLETE"  # the last file of a checkpoint logged to MLflow: it arrived whole
+IN_MLFLOW = "checkpoints"  # the artifact folder of a run's checkpoints
 
 
 class Checkpoints:
     """The checkpoints of one run's ``gan`` (a ``ganflow.GAN``), in ``directory``."""
 
-    def __init__(self, gan, directory: str | Path, keep: int = 3):
+    def __init__(self, gan, directory: str | Path, keep: int = 3, on_save=None):
         self.gan = gan
         self.directory = Path(directory)
+        self.keep = keep
+        self.on_save = on_save  # called with each new checkpoint's path
         items = {
             "generator": gan.generator,
             "discriminator": gan.discriminator,
@@ -73,6 +78,8 @@ class Checkpoints:
         """A checkpoint of the state now, numbered by the training steps done."""
         path = self.manager.save(checkpoint_number=self.steps_done)
         self._write_progress()
+        if self.on_save is not None:
+            self.on_save(Path(path))
         return Path(path)
 
     def _write_progress(self) -> None:
@@ -91,8 +98,9 @@ class Checkpoints:
         """
         candidates = list(reversed(self.manager.checkpoints))
         if not candidates:
-            raise UsageError(f"no checkpoint in {self.directory}: the run saved none (it "
-                             "stopped before its first), so it cannot be resumed")
+            raise UsageError(f"no checkpoint in {self.directory}, nor in the run's MLflow "
+                             "artifacts: pass --output-dir if the run's folder moved (a run that "
+                             "stopped before its first checkpoint cannot be resumed)")
         problems = []
         for path in candidates:
             try:
@@ -143,3 +151,84 @@ class CheckpointCallback(keras.callbacks.Callback):
         if not self.checkpoints.weights_are_finite():
             return None
         return self.checkpoints.save()
+
+
+def saved_in(directory: Path) -> bool:
+    """Whether ``directory`` holds a checkpoint (readable or not)."""
+    return tf.train.get_checkpoint_state(str(directory)) is not None
+
+
+def staged(path: Path, staging: Path) -> Path:
+    """Checkpoint ``path``'s files, linked (or copied) into ``staging/<its name>/`` with the
+    ``COMPLETE`` marker: a copy the checkpoint manager cannot delete while it waits to be
+    uploaded."""
+    import shutil
+
+    folder = staging / path.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for part in path.parent.glob(path.name + ".*"):
+        try:
+            os.link(part, folder / part.name)
+        except OSError:
+            shutil.copy2(part, folder / part.name)
+    (folder / MARKER).write_text(json.dumps({"ganflow": __version__}))
+    return folder
+
+
+def upload(client, run_id: str, folder: Path, keep: int) -> None:
+    """Log a staged checkpoint folder to the run (the marker last), keep the newest ``keep``
+    checkpoints there, and delete the folder."""
+    import shutil
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if folder.exists():  # absent: uploaded before a stop that saved this call again
+        target = f"{IN_MLFLOW}/{folder.name}"
+        for part in sorted(folder.iterdir(), key=lambda f: f.name == MARKER):
+            client.log_artifact(run_id, str(part), target)
+    logged = sorted(_logged_numbers(client, run_id))
+    if len(logged) > keep:
+        repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+        for number in logged[:-keep]:
+            try:
+                repository.delete_artifacts(f"{IN_MLFLOW}/ckpt-{number}")
+            except (NotImplementedError, OSError):
+                break  # a store that cannot delete keeps them all
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _logged_numbers(client, run_id: str) -> list[int]:
+    return [int(f.path.rsplit("-", 1)[1]) for f in client.list_artifacts(run_id, IN_MLFLOW)
+            if f.is_dir and f.path.rsplit("/", 1)[-1].startswith("ckpt-")]
+
+
+def fetch(run_id: str, directory: Path) -> bool:
+    """Download the newest complete checkpoint the run logged to MLflow into ``directory``
+    (where it has none); returns whether there was one."""
+    import tempfile
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for number in sorted(_logged_numbers(client, run_id), reverse=True):
+        target = f"{IN_MLFLOW}/ckpt-{number}"
+        names = [f.path.rsplit("/", 1)[-1] for f in client.list_artifacts(run_id, target)]
+        if MARKER not in names:
+            continue  # cut short while uploading
+        directory.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        with tempfile.TemporaryDirectory(dir=directory) as scratch:
+            local = Path(client.download_artifacts(run_id, target, scratch))
+            for part in local.iterdir():
+                if part.name != MARKER:
+                    os.replace(part, directory / part.name)
+        path, now = str(directory / f"ckpt-{number}"), time.time()
+        # Newer than the last preserved one, or the manager would not count it as its own.
+        tf.compat.v1.train.update_checkpoint_state(
+            str(directory), path, [path], all_model_checkpoint_timestamps=[now],
+            last_preserved_timestamp=now - 1)
+        print(f"Checkpoint ckpt-{number} downloaded from the run's MLflow artifacts",
+              file=sys.stderr, flush=True)
+        return True
+    return False

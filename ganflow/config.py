@@ -82,6 +82,10 @@ class RunConfig:
                                            "(default: every epoch); 0: only at the end or "
                                            "when stopped", "N")
     keep_checkpoints: int = setting(3, "how many of the newest checkpoints to keep", "K")
+    checkpoint_to_mlflow: bool = setting(False, "also log each checkpoint to the MLflow run "
+                                         "(the newest K are kept there), so that ganflow "
+                                         "resume works from the tracking server alone, on "
+                                         "another machine")
     log_every: int = setting(10, "log metrics to MLflow every N generator updates")
     eval_every: int | None = setting(None, "every N epochs (and before the first and after "
                                      "the last), log FID, KID, precision/recall and class "

@@ -84,6 +84,12 @@ class Outbox:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._put(("artifact", str(path), artifact_path))
 
+    def log_checkpoint(self, folder: str | Path, keep: int) -> None:
+        """Upload a checkpoint's ``folder`` (its files and the ``COMPLETE`` marker, last) as
+        artifacts ``checkpoints/<folder name>``, delete all but the newest ``keep`` there, then
+        the folder."""
+        self._put(("checkpoint", str(folder), int(keep)))
+
     def _put(self, item: tuple) -> None:
         with self._lock:
             self._items.append(item)
@@ -212,6 +218,10 @@ def _send(client: mlflow.MlflowClient, run_id: str, batch: list[tuple]) -> None:
                          synchronous=True)
     elif kind == "artifact":
         client.log_artifact(run_id, batch[0][1], batch[0][2])
+    elif kind == "checkpoint":
+        from ganflow.checkpoints import upload
+
+        upload(client, run_id, Path(batch[0][1]), batch[0][2])
     else:
         raise ValueError(f"unknown outbox call {kind!r}")
 

@@ -377,8 +377,10 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     started = time.perf_counter()
     done = 0
     if resume_run_id:  # before the run reopens: a checkpoint that cannot be read changes nothing
-        store = checkpoints.Checkpoints(gan, output / resume_run_id / "checkpoints",
-                                        config.keep_checkpoints)
+        folder = output / resume_run_id / "checkpoints"
+        if not checkpoints.saved_in(folder):
+            checkpoints.fetch(resume_run_id, folder)  # logged with --checkpoint-to-mlflow?
+        store = checkpoints.Checkpoints(gan, folder, config.keep_checkpoints)
         done = store.restore()
         _set_learning_rates(gan, config, resolved)
     with tracking.start_run(config, extra_params, prepared.providers,
@@ -393,6 +395,9 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
             Outbox.deliver(pending, run_id)  # what the store missed before the run stopped
         logged = tracking.last_logged_step(run_id) if resume_run_id else -1
         outbox = Outbox(run_id)
+        if config.checkpoint_to_mlflow:
+            store.on_save = lambda path: outbox.log_checkpoint(
+                checkpoints.staged(path, output / run_id / "to-mlflow"), config.keep_checkpoints)
         logger = callbacks.MlflowLogger(
             outbox, config.log_every, prepared.steps_per_epoch, output / run_id / "samples",
             views.SampleView(source, config.latent_dim, config.samples, config.seed,

@@ -225,3 +225,29 @@ def test_resuming_what_cannot_be_resumed(cli, workdir, stepped):
     assert again.exit_code == 0, again.output
     assert "cannot be read" in again.stderr and "trying the one before" in again.stderr
     assert logged_steps(workdir, run_id, "epoch/d_loss") == [8, 16, 24, 32, 40]
+
+
+def test_a_run_resumes_from_checkpoints_logged_to_mlflow_alone(cli, workdir, stepped):
+    import shutil
+
+    result = cli("run", "--plugin-module", stepped, "--loss", "stepped", *SMALL,
+                 "--checkpoint-every", "4", "--keep-checkpoints", "2", "--checkpoint-to-mlflow",
+                 "--output-dir", "machine-a")
+    assert result.exit_code == 0, result.output
+    (run,) = the_run(workdir)
+    run_id = run.info.run_id
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    kept = sorted(f.path for f in client.list_artifacts(run_id, "checkpoints"))
+    assert kept == ["checkpoints/ckpt-20", "checkpoints/ckpt-24"]  # the newest 2 of 6
+    assert sorted(f.path.rsplit("/", 1)[1] for f in client.list_artifacts(
+        run_id, "checkpoints/ckpt-24")) == ["COMPLETE", "ckpt-24.data-00000-of-00001",
+                                           "ckpt-24.index"]
+    assert not list((workdir / "machine-a" / run_id / "to-mlflow").iterdir())  # all sent
+
+    shutil.rmtree(workdir / "machine-a")  # another machine: only the tracking store
+    longer = cli("resume", run_id, "--epochs", "4", "--output-dir", "machine-b", "-q")
+    assert longer.exit_code == 0, longer.output
+    assert "ckpt-24 downloaded" in longer.stderr
+    assert client.get_run(run_id).data.tags["ganflow.resumed_from_step"] == "24"
+    assert logged_steps(workdir, run_id) == list(range(1, 33))
+    assert (workdir / "machine-b" / run_id / "checkpoints" / "ckpt-32.index").exists()

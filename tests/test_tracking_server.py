@@ -180,7 +180,8 @@ def test_a_server_that_stays_away_stops_the_run_to_resume_later(server, workdir,
     plugin = write_plugin(tmp_path / "stepped.py", STEPPED)
     client = MlflowClient(server.uri)
     proc = start_ganflow(["run", *OUTAGE_RUN, "--plugin-module", plugin,
-                          "--tracking-uri", server.uri, "--tracking-timeout", "3"], workdir,
+                          "--tracking-uri", server.uri, "--tracking-timeout", "3",
+                          "--checkpoint-every", "5", "--checkpoint-to-mlflow"], workdir,
                          pause=0.3)
     run_id = running_run(client, proc, at_step=4)
     server.kill()
@@ -207,3 +208,7 @@ def test_a_server_that_stays_away_stops_the_run_to_resume_later(server, workdir,
     assert run.data.tags["ganflow.resumed_from_step"] == str(stopped_at)
     assert_every_step_once(client, run_id, steps=50, epochs=5, per_epoch=10)
     assert client.get_model_version_by_alias("dcgan-generator", "latest").run_id == run_id
+    # The checkpoints reached the server too (those made while it was away included), and it
+    # keeps the newest 3.
+    assert [f.path for f in client.list_artifacts(run_id, "checkpoints")] == [
+        "checkpoints/ckpt-40", "checkpoints/ckpt-45", "checkpoints/ckpt-50"]

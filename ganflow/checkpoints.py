@@ -26,11 +26,28 @@ import numpy as np
 import tensorflow as tf
 
 from ganflow import __version__
-from ganflow.errors import UsageError
+from ganflow.errors import GanflowError, UsageError, first_line
 
 PROGRESS = "progress.json"
 MARKER = "COMPLETE"  # the last file of a checkpoint logged to MLflow: it arrived whole
 IN_MLFLOW = "checkpoints"  # the artifact folder of a run's checkpoints
+
+
+class CheckpointWriteError(GanflowError):
+    """A checkpoint could not be written; the run stops, its earlier checkpoints intact."""
+
+    exit_code = 1
+
+
+def _reason(exc: BaseException) -> str:
+    """What an OS or TensorFlow I/O error says, without TensorFlow's op context."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    import re
+
+    text = getattr(exc, "message", None) or first_line(exc)
+    text = re.sub(r"\s*\[Op:\w+\]$", "", text.strip())  # the op that failed, e.g. [Op:SaveV2]
+    return text.split(";")[-1].strip()
 
 
 class Checkpoints:
@@ -76,8 +93,16 @@ class Checkpoints:
 
     def save(self) -> Path:
         """A checkpoint of the state now, numbered by the training steps done."""
-        path = self.manager.save(checkpoint_number=self.steps_done)
-        self._write_progress()
+        try:
+            path = self.manager.save(checkpoint_number=self.steps_done)
+            self._write_progress()
+        except (tf.errors.OpError, OSError) as exc:  # a full disk, a quota, a folder gone
+            kept = self.manager.latest_checkpoint
+            raise CheckpointWriteError(
+                f"cannot write checkpoint ckpt-{self.steps_done} in {self.directory} "
+                f"({_reason(exc)}); " + (f"{Path(kept).name} is kept and can be resumed from "
+                                         "once there is room" if kept else
+                                         "there is no earlier checkpoint")) from None
         if self.on_save is not None:
             self.on_save(Path(path))
         return Path(path)
@@ -110,7 +135,7 @@ class Checkpoints:
                     for tracker in self.gan.metrics}
                 return self.steps_done
             except Exception as exc:  # truncated files raise IndexError, OpError, ...
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                reason = first_line(exc)
                 problems.append(f"{Path(path).name}: {reason}")
                 print(f"Checkpoint {path} cannot be read ({reason}); trying the one before",
                       file=sys.stderr, flush=True)

@@ -30,3 +30,10 @@ def last_line(exc: BaseException) -> str:
     """An exception's last line of text: what went wrong, without the story before it."""
     lines = str(exc).strip().splitlines()
     return lines[-1] if lines else ""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line of text (its type's name if it has none): what went wrong,
+    without the details after it."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -34,6 +34,8 @@ class Mixture:
             means = means[:, None]
         if means.ndim != 2 or len(means) == 0:
             raise UsageError(f"mixture means must be a list of numbers or of points, got {means.tolist()}")
+        if not np.all(np.isfinite(means)):
+            raise UsageError(f"mixture means must be finite numbers, got {means.squeeze(-1).tolist() if means.shape[1] == 1 else means.tolist()}")
         k = len(means)
         stds = np.broadcast_to(np.asarray(stds, dtype=np.float64), (k,)) if np.size(stds) in (1, k) else None
         if stds is None:

@@ -14,7 +14,7 @@ import tensorflow as tf
 from mlflow.models import infer_signature
 
 from ganflow import noise
-from ganflow.errors import UsageError
+from ganflow.errors import UsageError, first_line
 
 GENERATOR_ARTIFACT = "generator"
 # Explicit: inferring requirements re-imports the model and costs seconds.
@@ -76,10 +76,17 @@ def load_sampler(model_uri: str) -> Sampler:
 
     sampler_layer()  # registers the layer of maximum-likelihood mixture samplers with Keras
     try:
+        check_safe(model_uri, mlflow.models.get_model_info(model_uri).flavors)
         model = mlflow.pyfunc.load_model(model_uri)
     except (mlflow.exceptions.MlflowException, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot load {model_uri}: {first_line}") from None
+        raise UsageError(f"cannot load {model_uri}: {first_line(exc)}") from None
+    except ValueError as exc:
+        if "safe_mode" not in str(exc):
+            raise
+        raise UsageError(f"cannot load {model_uri}: it holds Python code (e.g. a Lambda layer's "
+                         "function), which Keras's safe mode refuses to run and ganflow does "
+                         "not load; load it yourself with safe_mode=False only if you trust "
+                         "who made it") from None
     schema = model.metadata.get_input_schema()
     inputs = {} if schema is None or not schema.is_tensor_spec() else \
         {spec.name: spec for spec in schema.inputs}
@@ -89,6 +96,23 @@ def load_sampler(model_uri: str) -> Sampler:
         raise UsageError(f"{model_uri} has no (batch, latent_dim) input signature: "
                          "it was not logged by ganflow")
     return Sampler(model, int(z.shape[1]), num_classes)
+
+
+def check_safe(model_uri: str, flavors: dict) -> None:
+    """Refuse a model whose loading runs code Keras's safe mode does not check: only the
+    Keras flavor in Keras's own format (what ``ganflow run`` logs) is loaded. An exported
+    SavedModel runs its graph's ops (which may write files) as ``tf.saved_model.load`` reads
+    it; a pickled Python model runs any code."""
+    keras_flavor = flavors.get("keras")
+    loader = flavors.get("python_function", {}).get("loader_module")
+    if keras_flavor is not None and not keras_flavor.get("save_exported_model") and \
+            loader == "mlflow.keras":
+        return
+    what = ("an exported TensorFlow SavedModel" if keras_flavor or "tensorflow" in flavors
+            else f"a {loader or ', '.join(flavors) or 'flavorless'} model")
+    raise UsageError(f"will not load {model_uri}: it is {what}, and loading it would run code "
+                     "that Keras's safe mode does not check; ganflow loads only generators in "
+                     "Keras's .keras format, as ganflow run logs them")
 
 
 def sample(model_uri: str, count: int, seed: int, label: int | None = None):

@@ -24,7 +24,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Metric, RunTag
 
-from ganflow.errors import GanflowError
+from ganflow.errors import GanflowError, first_line
 
 # MLflow error codes that mean "try again later" (a server that is down or overloaded); other
 # codes are answers (a bad value, a missing run), and retrying would not change them.
@@ -230,7 +230,7 @@ def _reason(exc: BaseException) -> str:
     text = str(exc).strip()
     if "Max retries exceeded" in text or "Connection refused" in text:
         return "connection refused"
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+    return first_line(exc)[:200]
 
 
 def retry(call, what: str, outbox: Outbox, timeout: float):

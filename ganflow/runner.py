@@ -435,6 +435,11 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         except KeyboardInterrupt as exc:
             interrupted = signals.name_of(exc)
             logger.catch_up()  # a step may be done whose callbacks were cut short
+        except checkpoints.CheckpointWriteError as exc:
+            outbox.close()
+            mlflow.set_tags({"ganflow.failure": str(exc),
+                             "ganflow.failed_at_step": str(store.steps_done)})
+            raise
         except BaseException:
             outbox.close()  # what was logged before the crash still reaches the store
             raise

@@ -17,7 +17,7 @@ import mlflow
 
 from ganflow import __version__
 from ganflow.config import RunConfig
-from ganflow.errors import UsageError
+from ganflow.errors import UsageError, first_line
 
 
 def use_tracking_uri(uri: str | None, must_exist: bool = False) -> str:
@@ -93,7 +93,7 @@ def ensure_store(uri: str) -> None:
         try:
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:  # sqlalchemy's errors: a folder that cannot be written
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise UsageError(f"tracking URI {uri}: cannot open the store ({reason})") from None
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

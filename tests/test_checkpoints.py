@@ -251,3 +251,28 @@ def test_a_run_resumes_from_checkpoints_logged_to_mlflow_alone(cli, workdir, ste
     assert client.get_run(run_id).data.tags["ganflow.resumed_from_step"] == "24"
     assert logged_steps(workdir, run_id) == list(range(1, 33))
     assert (workdir / "machine-b" / run_id / "checkpoints" / "ckpt-32.index").exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tmp_path, stepped):
+    import resource
+
+    def small_files():  # as a full disk: writing past 4 MB fails (EFBIG, not a signal)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 * 2**20, 4 * 2**20))
+
+    from ganflow.tracking import ensure_store
+
+    ensure_store(f"sqlite:///{tmp_path}/mlflow.db")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ganflow", "run", "--plugin-module", stepped, "--loss", "stepped",
+         *SMALL], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        preexec_fn=small_files)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    (run,) = the_run(tmp_path)
+    assert lines[-1] == (f"Error: cannot write checkpoint ckpt-8 in {tmp_path.resolve()}/ganflow-"
+                         f"runs/{run.info.run_id}/checkpoints (File too large); there is no "
+                         "earlier checkpoint")
+    assert run.info.status == "FAILED" and run.data.tags["ganflow.failed_at_step"] == "8"

@@ -268,3 +268,53 @@ def test_ctrl_c_keeps_the_work_and_marks_the_run_killed(cli, workdir, tmp_path):
     assert client.list_artifacts(run.info.run_id, "generator")  # logged ...
     assert client.search_registered_models() == []  # ... but not registered
     assert "interrupted" in result.stdout
+
+
+def test_sample_refuses_models_whose_loading_runs_unchecked_code(cli, workdir):
+    import keras
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    marker = workdir / "ran.txt"
+
+    class WritesWhenLoaded(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            marker.write_text("code ran")
+
+        def predict(self, context, model_input):
+            return model_input
+
+    z = np.zeros((2, 4), np.float32)
+    signature = infer_signature(z, z[:, :2])
+    lambda_model = keras.Model(inputs := keras.Input((4,)),
+                               keras.layers.Lambda(lambda t: t[:, :2] * 2)(inputs))
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    try:
+        with mlflow.start_run():
+            uris = {
+                "lambda": mlflow.keras.log_model(lambda_model, name="g1",
+                                                 signature=signature).model_uri,
+                "exported": mlflow.keras.log_model(
+                    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), name="g2",
+                    signature=signature, save_exported_model=True).model_uri,
+                "pickled": mlflow.pyfunc.log_model(name="g3", python_model=WritesWhenLoaded(),
+                                                   signature=signature).model_uri,
+            }
+    finally:
+        mlflow.set_tracking_uri(None)
+    marker.unlink(missing_ok=True)  # MLflow loads a Python model once as it logs it
+
+    def refusal(uri):
+        result = cli("sample", uri, "-n", "4", "-o", "s.png")
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        return lines[0]
+
+    assert refusal(uris["lambda"]) == (
+        f"Error: cannot load {uris['lambda']}: it holds Python code (e.g. a Lambda layer's "
+        "function), which Keras's safe mode refuses to run and ganflow does not load; load it "
+        "yourself with safe_mode=False only if you trust who made it")
+    assert "it is an exported TensorFlow SavedModel, and loading it would run code" in \
+        refusal(uris["exported"])
+    assert "it is a mlflow.pyfunc.model model" in refusal(uris["pickled"])
+    assert not marker.exists() and not (workdir / "s.png").exists()

@@ -89,6 +89,8 @@ def test_toy_datasets(plugins):
 @pytest.mark.parametrize("text, message", [
     ("means=1,2/stds=1,1,1", "a mixture of 2 components needs 1 or 2 stds"),
     ("means=0/stds=-1", "mixture stds must be positive"),
+    ("means=nan/stds=1", "mixture means must be finite numbers, got [nan]"),
+    ("means=0,inf/stds=1", "mixture means must be finite numbers, got [0.0, inf]"),
     ("mean=0/stds=1", "expected {\"means\""),
     ("means=a", "cannot read 'means=a'"),
     ('{"means": [0], "stds": [1], "w": [1]}', "unknown key(s) w"),

@@ -93,11 +93,16 @@ def test_bad_toy_input_is_one_line_and_exit_2(workdir, cli, args, message):
     assert not (workdir / "mlflow.db").exists()
 
 
-def test_theory_rejects_a_bad_pair_in_one_line(workdir, cli):
-    result = cli("theory", "--pair", "means=0/stds=1", "means=0,1/stds=1/weights=1")
+@pytest.mark.parametrize("pair, message", [
+    (("means=0/stds=1", "means=0,1/stds=1/weights=1"),
+     "--pair 1 P_G: a mixture of 2 components needs 2 weights, got [1.0]"),
+    (("means=nan/stds=1", "means=0/stds=1"),
+     "--pair 1 P_DATA: mixture means must be finite numbers, got [nan]"),
+])
+def test_theory_rejects_a_bad_pair_in_one_line(workdir, cli, pair, message):
+    result = cli("theory", "--pair", *pair)
     assert result.exit_code == 2
-    assert result.stderr.strip() == (
-        "Error: --pair 1 P_G: a mixture of 2 components needs 2 weights, got [1.0]")
+    assert result.stderr.strip() == f"Error: {message}"
 
 
 @pytest.mark.slow

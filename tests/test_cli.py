@@ -163,6 +163,7 @@ def bad(cli, *args):
                          "(did you mean 'dcgan'?)"),
     (["--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["--d-steps", "0"], "--d-steps must be at least 1, got 0"),
+    (["--tracking-timeout", "0"], "--tracking-timeout must be at least 1, got 0.0"),
     (["--lr-g", "-1"], "--lr-g must be a positive number, got -1.0"),
     (["--batch-size", "1000", "--d-steps", "2"],
      "one training step needs batch-size x 2 updates = 1000 x 2 = 2000 real examples, but "

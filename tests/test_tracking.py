@@ -62,30 +62,6 @@ def test_ui_command(uri, expected):
     assert ui_command(uri) == expected
 
 
-def test_four_processes_start_on_one_new_sqlite_store_at_once(tmp_path):
-    # MLflow's own creation of a store races (two of three processes crashed in its schema
-    # migration); ganflow creates it once, under a lock, before a run uses it.
-    import subprocess
-    import sys
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    script = (
-        "import mlflow, sys\n"
-        "from ganflow import tracking\n"
-        f"tracking.use_tracking_uri({uri!r})\n"
-        "tracking.ensure_store(mlflow.get_tracking_uri())\n"
-        "mlflow.set_experiment('together')\n"
-        "with mlflow.start_run():\n"
-        "    mlflow.log_metric('x', float(sys.argv[1]))\n")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stderr=subprocess.PIPE,
-                              text=True) for i in range(4)]
-    errors = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
-    runs = MlflowClient(uri).search_runs(
-        [MlflowClient(uri).get_experiment_by_name("together").experiment_id])
-    assert sorted(r.data.metrics["x"] for r in runs) == [0.0, 1.0, 2.0, 3.0]
-
-
 def test_outbox_keeps_what_an_unreachable_store_missed_for_a_resume(workdir, monkeypatch):
     import socket
     import time

@@ -212,3 +212,32 @@ def test_a_server_that_stays_away_stops_the_run_to_resume_later(server, workdir,
     # keeps the newest 3.
     assert [f.path for f in client.list_artifacts(run_id, "checkpoints")] == [
         "checkpoints/ckpt-40", "checkpoints/ckpt-45", "checkpoints/ckpt-50"]
+
+
+def four_runs_at_once(workdir, uri):
+    """Four `ganflow run`s started together on one store and one registered model name."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "ganflow", "run", "--plugin", "toy", "--epochs", "1",
+         "--steps-per-epoch", "5", "--eval-every", "1", "--eval-samples", "500", "--seed",
+         str(seed), "--registered-model", "shared", "--output-dir", f"out-{seed}", "-q"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for seed in range(4)]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    client = MlflowClient(uri)
+    versions = client.search_model_versions("name='shared'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
+    assert len({v.run_id for v in versions}) == 4
+    best = min(versions, key=lambda v: (float(v.tags["fid"]), int(v.version)))
+    assert client.get_model_version_by_alias("shared", "champion").version == best.version
+
+
+@pytest.mark.slow
+def test_four_runs_at_once_against_one_server_register_four_versions(server, workdir):
+    four_runs_at_once(workdir, server.uri)
+
+
+@pytest.mark.slow
+def test_four_runs_at_once_on_a_new_sqlite_store_register_four_versions(workdir):
+    four_runs_at_once(workdir, f"sqlite:///{workdir}/new.db")

@@ -144,8 +144,9 @@ class Checkpoints:
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """Saves a checkpoint every ``every`` training steps, unless the weights stopped being
-    finite (then the last good checkpoint stays the newest).
+    """Saves a checkpoint every ``every`` training steps; weights that stopped being finite
+    are not saved (the last good checkpoint stays the newest) and stop training, with
+    ``diverged`` set.
 
     A step that ends an epoch is saved at the epoch's end, after the callbacks before this
     one (give it last) have logged the epoch and evaluated it: a run resumed from there does
@@ -156,6 +157,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.checkpoints = checkpoints
         self.every = every
         self.steps_per_epoch = steps_per_epoch
+        self.diverged: tuple[str, int] | None = None  # ("weights", step) if they stopped being finite
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.checkpoints.steps_done
@@ -174,6 +176,11 @@ class CheckpointCallback(keras.callbacks.Callback):
         if latest and latest.endswith(f"-{self.checkpoints.steps_done}"):
             return Path(latest)
         if not self.checkpoints.weights_are_finite():
+            # Losses can stay finite a while after a weight is not (a dead unit, an unused
+            # optimizer slot): that stops the run as a diverged loss does.
+            self.diverged = self.diverged or ("weights", self.checkpoints.steps_done)
+            if self.model is not None:
+                self.model.stop_training = True
             return None
         return self.checkpoints.save()
 

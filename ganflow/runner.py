@@ -443,7 +443,9 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         except BaseException:
             outbox.close()  # what was logged before the crash still reaches the store
             raise
-        last_checkpoint = saver.save() if guard.diverged is None else None
+        diverged = guard.diverged or saver.diverged
+        last_checkpoint = saver.save() if diverged is None else None
+        diverged = diverged or saver.diverged  # the weights, checked as the last one is saved
         # Stopped by the user: what the store has not taken yet is saved, not waited for.
         patience = min(config.tracking_timeout, 10.0) if interrupted else config.tracking_timeout
         try:
@@ -451,8 +453,8 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
                 raise TrackingUnavailable(
                     f"the tracking store did not answer for {outbox.down_for():.0f} s")
             outbox.close()
-            if guard.diverged is not None:
-                _fail_diverged(guard, store, run_id)  # raises
+            if diverged is not None:
+                _fail_diverged(diverged, store, run_id)  # raises
             model_name, model_uri, version, champion = retry(
                 lambda: _log_model(config, gan, run_id, metrics, prepared, interrupted),
                 "logging the generator", outbox, config.tracking_timeout)
@@ -553,20 +555,22 @@ def _set_learning_rates(gan, config: RunConfig, resolved: Resolved) -> None:
         gan.d_optimizer.learning_rate = config.lr_d
 
 
-def _fail_diverged(guard, store, run_id: str):
-    """End the run FAILED, saying where and how to go on; nothing is registered."""
+def _fail_diverged(diverged: tuple[str, int], store, run_id: str):
+    """End the run FAILED, saying what stopped being finite (a loss, or the weights) and
+    where, and how to go on; nothing is registered."""
     import mlflow
 
     from ganflow.errors import TrainingDiverged
 
-    what, step = guard.diverged
+    what, step = diverged
+    what = "the weights are" if what == "weights" else f"{what} is"
     kept = store.manager.latest_checkpoint
-    mlflow.set_tags({"ganflow.failure": f"{what} is not finite at step {step}",
+    mlflow.set_tags({"ganflow.failure": f"{what} not finite at step {step}",
                      "ganflow.failed_at_step": str(step)})
     where = (f"the last good checkpoint is {Path(kept).name}: resume from it with lower "
              f"learning rates: ganflow resume {run_id} --lr-g LR --lr-d LR") if kept else \
         "there is no checkpoint yet: start again with lower --lr-g and --lr-d"
-    raise TrainingDiverged(f"training diverged: {what} is not finite at step {step}; the run "
+    raise TrainingDiverged(f"training diverged: {what} not finite at step {step}; the run "
                            f"is marked FAILED and nothing was registered; {where}")
 
 

@@ -212,6 +212,11 @@ def test_resuming_what_cannot_be_resumed(cli, workdir, stepped):
         "ganflow run printed, and its --tracking-uri")
     assert bad("resume", run_id) == (f"Error: run {run_id} finished its 3 epochs: to train it "
                                      "longer, pass --epochs N with N > 3")
+    assert bad("resume", run_id, "--epochs", "4", "--output-dir", "elsewhere") == (
+        f"Error: no checkpoint in {workdir.resolve()}/elsewhere/{run_id}/checkpoints, nor in the "
+        "run's MLflow artifacts: pass --output-dir if the run's folder moved (a run that "
+        "stopped before its first checkpoint cannot be resumed)")
+    assert the_run(workdir)[0].info.status == "FINISHED"  # refused before the run reopened
     # Training it longer continues the same run at the right steps.
     longer = cli("resume", run_id, "--epochs", "4", "-q")
     assert longer.exit_code == 0, longer.output
@@ -276,3 +281,43 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tmp_path,
                          f"runs/{run.info.run_id}/checkpoints (File too large); there is no "
                          "earlier checkpoint")
     assert run.info.status == "FAILED" and run.data.tags["ganflow.failed_at_step"] == "8"
+
+
+# A loss whose value stays finite while its gradient is NaN from step 5 on.
+NAN_GRADIENT = '''
+import tensorflow as tf
+
+import ganflow
+from ganflow_plugins.losses import NonSaturatingLoss
+
+
+@tf.custom_gradient
+def nan_gradient_if(x, bad):
+    def gradient(dy):
+        return tf.where(bad, tf.constant(float("nan"), dy.dtype), dy), None
+    return tf.identity(x), gradient
+
+
+class NanGradient(NonSaturatingLoss):
+    def g_loss(self, step):  # G's update is a step's last: its losses were both finite
+        return nan_gradient_if(super().g_loss(step), step.global_step >= 4)
+
+
+@ganflow.hookimpl
+def ganflow_register_losses(register):
+    register("nan-gradient", NanGradient(), "finite values, NaN gradients from step 5")
+'''
+
+
+def test_weights_that_stop_being_finite_stop_the_run_before_the_losses_do(cli, workdir):
+    plugin = write_plugin(workdir / "nan_gradient.py", NAN_GRADIENT)
+    result = cli("run", "--plugin-module", plugin, "--loss", "nan-gradient",
+                 "--checkpoint-every", "1", *SMALL)
+    assert result.exit_code == 1, result.output
+    (run,) = the_run(workdir)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: training diverged: the weights are not finite at step 5; the run is marked "
+        f"FAILED and nothing was registered; the last good checkpoint is ckpt-4: resume from it "
+        f"with lower learning rates: ganflow resume {run.info.run_id} --lr-g LR --lr-d LR")
+    assert run.info.status == "FAILED" and run.data.tags["ganflow.failed_at_step"] == "5"
+    assert 5 in logged_steps(workdir, run.info.run_id)  # its losses were still finite

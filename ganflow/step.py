@@ -235,11 +235,26 @@ class LogitLoss(StepLoss):
         value = self.loss.discriminator_loss(step.real_logits, step.fake_logits)
         penalty = getattr(self.loss, "penalty", None)
         if penalty is not None:
-            value = value + penalty(step.discriminator, step.real, step.fake)
+            value = value + penalty(_Discriminate(step), step.real, step.fake)
         return value
 
     def g_loss(self, step):
         return self.loss.generator_loss(step.fake_logits)
+
+
+class _Discriminate:
+    """D as a logits loss's ``penalty`` receives it: called on images alone, as the step's
+    ``discriminate`` (the labels of a conditional run and the run's augmentations added);
+    anything else (``trainable_variables``, ...) is D's own."""
+
+    def __init__(self, step):
+        self._step = step
+
+    def __call__(self, x, training=None):
+        return self._step.discriminate(x)
+
+    def __getattr__(self, name):
+        return getattr(self._step.discriminator, name)
 
 
 def loss_protocol(obj) -> str | None:

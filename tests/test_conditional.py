@@ -173,3 +173,38 @@ def ganflow_register_architectures(register):
     assert result.exit_code == 2
     assert ("architecture plain builds no conditional networks (its build_generator takes no "
             "num_classes)") in result.stderr
+
+
+DRIFT = '''
+from keras import ops
+
+import ganflow
+
+
+class Drift:
+    """Non-saturating, plus ProGAN's drift penalty 0.001 E[D(x)^2] on real data."""
+
+    def discriminator_loss(self, real_logits, fake_logits):
+        return ops.mean(ops.softplus(-real_logits)) + ops.mean(ops.softplus(fake_logits))
+
+    def generator_loss(self, fake_logits):
+        return ops.mean(ops.softplus(-fake_logits))
+
+    def penalty(self, discriminator, real, fake):
+        return 0.001 * ops.mean(ops.square(discriminator(real, training=True)))
+
+
+@ganflow.hookimpl
+def ganflow_register_losses(register):
+    register("drift", Drift(), "non-saturating with a drift penalty")
+'''
+
+
+def test_a_logits_loss_penalty_sees_d_with_the_labels(cli, workdir):
+    # The penalty calls D on images alone; in a conditional run D also needs the labels (and
+    # in an augmented one its inputs go through the augmentations, as every input of D does).
+    path = str(workdir / "drift.py")
+    (workdir / "drift.py").write_text(DRIFT)
+    result = cli("run", "--plugin", "cdcgan", "--plugin-module", path, "--loss", "drift",
+                 "--regularizer", "none", "--eval-every", "0", "--no-register", *TINY)
+    assert result.exit_code == 0, result.output

@@ -377,6 +377,7 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     started = time.perf_counter()
     done = 0
     if resume_run_id:  # before the run reopens: a checkpoint that cannot be read changes nothing
+        held = _hold(output / resume_run_id / ".resume.lock", resume_run_id)  # noqa: F841
         folder = output / resume_run_id / "checkpoints"
         if not checkpoints.saved_in(folder):
             checkpoints.fetch(resume_run_id, folder)  # logged with --checkpoint-to-mlflow?
@@ -480,6 +481,23 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         steps_done=store.steps_done,
         checkpoint=last_checkpoint,
     )
+
+
+def _hold(path: Path, run_id: str):
+    """An exclusive lock on ``path`` for as long as the returned file is open: two
+    ``ganflow resume`` of one run would train from one checkpoint folder and log the same
+    steps twice."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UsageError(f"run {run_id} is being resumed by another process already: wait for "
+                         "it to finish, or stop it first") from None
+    return handle
 
 
 def _log_model(config: RunConfig, gan, run_id: str, metrics: dict, prepared: Prepared,

@@ -217,6 +217,13 @@ def test_resuming_what_cannot_be_resumed(cli, workdir, stepped):
         "run's MLflow artifacts: pass --output-dir if the run's folder moved (a run that "
         "stopped before its first checkpoint cannot be resumed)")
     assert the_run(workdir)[0].info.status == "FINISHED"  # refused before the run reopened
+    import fcntl
+
+    with open(workdir / "ganflow-runs" / run_id / ".resume.lock", "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)  # as another `ganflow resume` of it holds it
+        assert bad("resume", run_id, "--epochs", "4") == (
+            f"Error: run {run_id} is being resumed by another process already: wait for it to "
+            "finish, or stop it first")
     # Training it longer continues the same run at the right steps.
     longer = cli("resume", run_id, "--epochs", "4", "-q")
     assert longer.exit_code == 0, longer.output

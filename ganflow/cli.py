@@ -42,12 +42,16 @@ def import_tensorflow_quietly():
         os.close(devnull)
 
 
-def reports_errors(command):
-    """A user's mistake becomes one line on stderr and a non-zero exit code, never a traceback."""
+def reports_errors(command=None, *, tensorflow: bool = True):
+    """A user's mistake becomes one line on stderr and a non-zero exit code, never a traceback.
+    ``tensorflow=False``: a command that does not need TensorFlow does not import it."""
+    if command is None:
+        return functools.partial(reports_errors, tensorflow=tensorflow)
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        import_tensorflow_quietly()
+        if tensorflow:
+            import_tensorflow_quietly()
         try:
             return command(*args, **kwargs)
         except GanflowError as exc:
@@ -92,6 +96,23 @@ plugin_module_option = click.option(
 )
 
 
+def progress_options(command):
+    """-q/--quiet and -v/--verbose: how training reports its progress."""
+    command = click.option("-v", "--verbose", is_flag=True,
+                           help="the progress bar even when stdout is not a terminal")(command)
+    return click.option("-q", "--quiet", is_flag=True,
+                        help="no progress, no evaluation lines")(command)
+
+
+def keras_verbosity(quiet: bool, verbose: bool) -> int:
+    """Keras's ``verbose``: the live bar (1) on a terminal or with --verbose; one line per
+    epoch (2) when stdout is a file or a pipe (CI, nohup), where the bar's carriage-return
+    frames would fill it; nothing (0) with --quiet."""
+    if quiet:
+        return 0
+    return 1 if verbose or sys.stdout.isatty() else 2
+
+
 @click.group()
 @click.version_option(__version__, prog_name="ganflow")
 @click.option("--debug", is_flag=True, help="show the traceback behind an error")
@@ -106,9 +127,9 @@ def main(debug):
               help="JSON or YAML file of settings; flags override it")
 @plugin_module_option
 @config_options
-@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+@progress_options
 @reports_errors
-def run(recipe, config_file, plugin_modules, quiet, **flags):
+def run(recipe, config_file, plugin_modules, quiet, verbose, **flags):
     """Train a GAN from a recipe and track it in MLflow.
 
     Each iteration makes --d-steps discriminator updates, each on --batch-size fresh real
@@ -121,7 +142,7 @@ def run(recipe, config_file, plugin_modules, quiet, **flags):
     flags["plugin_modules"] = plugin_modules or None
     flags = {k: (v or None) if isinstance(v, tuple) else v for k, v in flags.items()}
     config = resolve_config(plugins, recipe, config_file, flags)
-    result = run_gan(config, plugins, verbose=0 if quiet else 1,
+    result = run_gan(config, plugins, verbose=keras_verbosity(quiet, verbose),
                      report=None if quiet else click.echo,
                      eval_optional=not asked_for("eval_every", config_file, flags))
     report_result(result, config)
@@ -137,9 +158,9 @@ def run(recipe, config_file, plugin_modules, quiet, **flags):
 @click.option("--output-dir", metavar="DIR",
               help="the folder the run's checkpoints are in (default: the one it was started "
               "with)")
-@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+@progress_options
 @reports_errors
-def resume(run_id, epochs, lr_g, lr_d, tracking_uri, output_dir, quiet):
+def resume(run_id, epochs, lr_g, lr_d, tracking_uri, output_dir, quiet, verbose):
     """Continue RUN_ID from its newest checkpoint, in the same MLflow run, with the settings
     it was started with (the learning rates and the number of epochs may change)."""
     from ganflow import tracking
@@ -150,7 +171,8 @@ def resume(run_id, epochs, lr_g, lr_d, tracking_uri, output_dir, quiet):
     config, evaluated = resume_config(run_id, {"epochs": epochs, "lr_g": lr_g, "lr_d": lr_d,
                                                "tracking_uri": tracking_uri,
                                                "output_dir": output_dir})
-    result = run_gan(config, load_plugins(config.plugin_modules), verbose=0 if quiet else 1,
+    result = run_gan(config, load_plugins(config.plugin_modules),
+                     verbose=keras_verbosity(quiet, verbose),
                      report=None if quiet else click.echo, eval_optional=not evaluated,
                      resume_run_id=run_id)
     report_result(result, config)
@@ -183,7 +205,7 @@ def report_result(result, config) -> None:
         click.echo(f"  checkpoint: {shown(result.checkpoint)} (step {result.steps_done})")
     if result.interrupted:
         click.echo(f"  resume:  ganflow resume {result.run_id}{uri_flag}")
-    click.echo(f"  browse:  {ui_command(result.tracking_uri)}")
+    click.echo(f"  browse:  {ui_command(result.tracking_uri, result.experiment_id, result.run_id, uri_flag)}")
     if result.interrupted:
         sys.exit(130)
 
@@ -216,11 +238,59 @@ def champion_line(model_name: str, version: int, champion) -> str:
     return f"champion: {alias} stays version {champion.version} (FID {champion.fid:.4g})"
 
 
-def ui_command(tracking_uri: str) -> str:
-    """The command that shows these runs: a server is already a UI; a store needs `mlflow ui`."""
+def ui_command(tracking_uri: str, experiment_id: str, run_id: str, uri_flag: str) -> str:
+    """What shows a run: its page on a server; for a store, `ganflow ui`, which starts the
+    MLflow UI on it and prints that page's address."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}  (then open http://127.0.0.1:5000)"
+        return run_url(tracking_uri, experiment_id, run_id)
+    return f"ganflow ui{uri_flag}  (starts the MLflow UI on this store, at this run)"
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI, in its model-training view (MLflow 3 opens in its GenAI
+    view, where the Model Registry is not in the sidebar)."""
+    return (f"{base.rstrip('/')}/?workflowType=machine_learning#/experiments/{experiment_id}"
+            f"/runs/{run_id}")
+
+
+@main.command()
+@click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@reports_errors(tensorflow=False)
+def ui(tracking_uri, port):
+    """Start the MLflow UI on the store the runs went to, on 127.0.0.1, and print the address
+    of the newest run (as `tensorboard --logdir` does). Ctrl-C stops it."""
+    import subprocess
+
+    import mlflow
+
+    from ganflow import tracking
+    from ganflow.net import reachable
+
+    uri = tracking.use_tracking_uri(tracking_uri, must_exist=True)
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    newest = client.search_runs(experiments, order_by=["attributes.start_time DESC"],
+                                max_results=1) if experiments else []
+    if uri.startswith(("http://", "https://")):
+        click.echo(run_url(uri, newest[0].info.experiment_id, newest[0].info.run_id)
+                   if newest else uri)
+        return
+    if reachable("127.0.0.1", port, timeout=1.0):
+        raise UsageError(f"--port {port}: something is listening there already (another "
+                         "MLflow UI?): pass another --port")
+    base = f"http://127.0.0.1:{port}"
+    click.echo(f"MLflow UI on {uri}: {base}/?workflowType=machine_learning")
+    if newest:
+        click.echo(f"newest run: {run_url(base, newest[0].info.experiment_id, newest[0].info.run_id)}")
+    click.echo("Ctrl-C stops it.")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port)])
+    try:
+        sys.exit(server.wait())
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @main.command()

@@ -128,13 +128,15 @@ class RunConfig:
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
 
     def params(self) -> dict[str, str]:
-        """Every setting as an MLflow param (None as empty, lists joined with ';')."""
+        """Every setting that is set, as an MLflow param (lists joined with ';'); an unset one
+        (None, an empty list) is absent rather than an empty string."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, tuple):
                 value = ";".join(value)
-            out[f.name] = "" if value is None else str(value)
+            if value is not None and value != "":
+                out[f.name] = str(value)
         return out
 
 

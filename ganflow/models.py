@@ -21,8 +21,12 @@ GENERATOR_ARTIFACT = "generator"
 PIP_REQUIREMENTS = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
 
 
-def log_generator(generator, latent_dim: int, num_classes: int | None = None) -> str:
+def log_generator(generator, latent_dim: int, num_classes: int | None = None,
+                  step: int = 0) -> str:
     """Log the generator (Keras flavor, with its signature); returns its model URI.
+
+    ``step`` is the training step its weights are from: MLflow links the run's metrics logged
+    at that step to the model (its page shows them), so it must be the last step, not 0.
 
     A conditional generator (``num_classes``) is logged with named inputs ``z`` and ``label``,
     so ``pyfunc`` callers pass ``{"z": ..., "label": ...}``; its class count is in the model's
@@ -45,8 +49,35 @@ def log_generator(generator, latent_dim: int, num_classes: int | None = None) ->
         signature=infer_signature(example, out),
         pip_requirements=PIP_REQUIREMENTS,
         metadata=metadata,
+        step=step,
     )
     return info.model_uri
+
+
+def describe_model(name: str, recipe: str, shape, latent_dim: int,
+                   num_classes: int | None) -> str:
+    """A registered generator's description (Markdown): what it makes, what it takes, and
+    how to sample it, on the command line and in Python."""
+    shape = tuple(int(d) for d in shape)
+    kind = "images" if len(shape) == 3 else "points"
+    inputs = f"`z`, float32 (batch, {latent_dim}), standard normal noise"
+    if num_classes:
+        inputs = (f"`{{\"z\": ..., \"label\": ...}}`: {inputs}, and `label`, int32 (batch,), "
+                  f"a class in 0..{num_classes - 1}")
+        call = ('g.predict({"z": z, "label": np.arange(16, dtype="int32") % '
+                f'{num_classes}}})')
+    else:
+        call = "g.predict(z)"
+    return (
+        f"A GAN generator trained by ganflow (recipe `{recipe}`): noise in, {kind} of shape "
+        f"{shape} out, values in [-1, 1] (pixels: (x + 1) * 127.5).\n\n"
+        f"Input: {inputs}.\n\n"
+        f"Sample it:\n\n    ganflow sample models:/{name}@champion -n 64 -o samples.png\n\n"
+        f"In Python:\n\n    import mlflow, numpy as np\n"
+        f"    g = mlflow.pyfunc.load_model(\"models:/{name}@champion\")\n"
+        f"    z = np.random.default_rng(0).standard_normal((16, {latent_dim})).astype(\"float32\")\n"
+        f"    x = {call}\n\n"
+        "`@champion` is the version with the best FID; `@latest` the newest.")
 
 
 @dataclass

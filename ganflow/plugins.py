@@ -98,8 +98,9 @@ class Component:
         return self.entry.call("to build", self.entry.obj, *args, **self.values)
 
     def params(self, prefix: str) -> dict[str, Any]:
-        """Each setting as an MLflow param: ``{prefix}.{key}``."""
-        return {f"{prefix}.{key}": value for key, value in self.values.items()}
+        """Each setting that has a value as an MLflow param: ``{prefix}.{key}``."""
+        return {f"{prefix}.{key}": value for key, value in self.values.items()
+                if value is not None}
 
 
 class Registry:

@@ -9,24 +9,32 @@ from dataclasses import dataclass
 import mlflow
 
 
-def version_tags(metrics: dict[str, float], evaluator_params: dict | None) -> dict[str, str]:
-    """A model version's tags from its run's final metrics: ``eval/fid`` as ``fid``,
-    ``eval_no_ema/fid`` as ``fid_no_ema``, the rest by their names; plus what the evaluation
-    was measured with (``eval_features``, ``eval_dataset``, ``eval_samples``)."""
-    tags = {}
+def version_tags(metrics: dict[str, float], evaluator_params: dict | None,
+                 made_by: dict[str, str]) -> dict[str, str]:
+    """A model version's tags: what compares versions, in two groups that sort together.
+
+    ``eval.NAME``: the sample-quality metrics of its weights (``eval_no_ema/NAME`` as
+    ``eval.NAME_no_ema``; a toy run's mode metrics as ``toy.NAME``) and what they were
+    measured with (``eval.features``, ``eval.dataset``, ``eval.samples``); ``train.NAME``:
+    what made it (``made_by``: recipe, loss, dataset, ...). Training losses are not tags (they
+    do not compare versions; the run has them), nor is the run id (the version has it)."""
+    tags = {f"train.{k}": str(v) for k, v in made_by.items() if v is not None}
     for key, value in metrics.items():
         if key.startswith("eval/"):
-            key = key[len("eval/"):]
+            tags[f"eval.{key[len('eval/'):]}"] = f"{value:.6g}"
         elif key.startswith("eval_no_ema/"):
-            key = key[len("eval_no_ema/"):] + "_no_ema"
-        tags[key] = f"{value:.6g}"
-    tags.update({k: str(v) for k, v in (evaluator_params or {}).items()})
+            tags[f"eval.{key[len('eval_no_ema/'):]}_no_ema"] = f"{value:.6g}"
+        elif key.startswith("toy/"):
+            tags[f"toy.{key[len('toy/'):]}"] = f"{value:.6g}"
+    if evaluator_params:
+        tags["eval.features"] = str(evaluator_params["eval_features"])
     return tags
 
 
 CHAMPION = "champion"
 # Two FIDs compare only when measured with the same features, data and sample count.
-COMPARABLE_BY = ("eval_features", "eval_dataset", "eval_samples")
+FID = "eval.fid"
+COMPARABLE_BY = ("eval.features", "eval.dataset", "eval.samples")
 
 
 @dataclass
@@ -51,23 +59,23 @@ def promote_champion(model_name: str, version: int, attempts: int = 20) -> Champ
     """
     client = mlflow.MlflowClient()
     mine = client.get_model_version(model_name, str(version))
-    if "fid" not in mine.tags:
-        raise ValueError(f"version {version} of {model_name} has no fid tag")
+    if FID not in mine.tags:
+        raise ValueError(f"version {version} of {model_name} has no {FID} tag")
     group = tuple(mine.tags.get(k) for k in COMPARABLE_BY)
     for _ in range(attempts):
         versions = client.search_model_versions(f"name='{model_name}'")
-        scored = [v for v in versions if "fid" in v.tags
+        scored = [v for v in versions if FID in v.tags
                   and tuple(v.tags.get(k) for k in COMPARABLE_BY) == group]
-        best = min(scored, key=lambda v: (float(v.tags["fid"]), int(v.version)))
+        best = min(scored, key=lambda v: (float(v.tags[FID]), int(v.version)))
         try:
             current = client.get_model_version_by_alias(model_name, CHAMPION)
         except mlflow.exceptions.MlflowException:
             current = None
-        if current is not None and "fid" in current.tags and \
+        if current is not None and FID in current.tags and \
                 tuple(current.tags.get(k) for k in COMPARABLE_BY) != group:
-            return Champion(int(current.version), float(current.tags["fid"]), False, False)
+            return Champion(int(current.version), float(current.tags[FID]), False, False)
         if current is not None and current.version == best.version:
-            return Champion(int(best.version), float(best.tags["fid"]),
+            return Champion(int(best.version), float(best.tags[FID]),
                             int(best.version) == int(version))
         try:
             client.set_registered_model_alias(model_name, CHAMPION, best.version)
@@ -81,10 +89,34 @@ def promote_champion(model_name: str, version: int, attempts: int = 20) -> Champ
 
 
 
-def register(model_uri: str, model_name: str, tags: dict) -> int:
-    """Register the logged model at ``model_uri`` as a new version of ``model_name``.
+def describe_version(run_id: str, made_by: dict, trained: str, tags: dict) -> str:
+    """A version's description: the run that made it, how (``trained``: e.g. "100 epochs,
+    5600 training steps"), and its headline metrics."""
+    how = ", ".join(f"{k} {v}" for k, v in made_by.items() if v is not None)
+    text = f"Made by run {run_id} ({how}; {trained})."
+    shown = [(name, tags[f"eval.{name}"]) for name in
+             ("fid", "kid", "precision", "recall", "class_coverage", "class_accuracy")
+             if f"eval.{name}" in tags]
+    if shown:
+        text += (" " + ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in shown)
+                 + f" ({tags['eval.features']} features, {tags['eval.samples']} samples, "
+                 f"against {tags['eval.dataset']}).")
+    return text
+
+
+def register(model_uri: str, model_name: str, tags: dict, description: str = "",
+             model_description: str = "") -> int:
+    """Register the logged model at ``model_uri`` as a new version of ``model_name``, with
+    ``tags`` and a ``description``; ``model_description`` (what the model generates, how to
+    sample it) becomes the registered model's, the newest version's word on it.
 
     MLflow resolves ``models:/<name>@latest`` to the newest version by itself ("latest" is a
     reserved alias).
     """
-    return int(mlflow.register_model(model_uri, model_name, tags=tags).version)
+    version = mlflow.register_model(model_uri, model_name, tags=tags).version
+    client = mlflow.MlflowClient()
+    if description:
+        client.update_model_version(model_name, version, description=description)
+    if model_description:
+        client.update_registered_model(model_name, description=model_description)
+    return int(version)

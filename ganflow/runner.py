@@ -33,6 +33,7 @@ class RunResult:
     champion: object = None  # a registry.Champion when the version was evaluated
     steps_done: int | None = None  # training steps done, when it trained
     checkpoint: Path | None = None  # the newest checkpoint
+    experiment_id: str = ""
 
 
 def resume_config(run_id: str, changes: dict[str, Any]) -> tuple[RunConfig, bool]:
@@ -469,6 +470,7 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     return RunResult(
         run_id=run_id,
         experiment=mlflow.get_experiment(active.info.experiment_id).name,
+        experiment_id=active.info.experiment_id,
         tracking_uri=tracking_uri,
         samples_path=logger.last_grid,
         model_uri=model_uri,
@@ -508,18 +510,26 @@ def _log_model(config: RunConfig, gan, run_id: str, metrics: dict, prepared: Pre
 
     model_name = None if interrupted or not config.register else config.model_name
     model_uri = models.log_generator(gan.sampling_generator, config.latent_dim,
-                                     gan.num_classes if gan.conditional else None)
+                                     gan.num_classes if gan.conditional else None,
+                                     step=int(gan.steps_done.numpy()))
     version = champion = None
     if model_name is not None:
-        tags = {"loss": config.loss, "dataset": config.dataset, "run_id": run_id}
-        if config.ema is not None:
-            tags["ema"] = str(config.ema)
+        made_by = {"recipe": config.recipe, "loss": config.loss, "dataset": config.dataset,
+                   "ema": config.ema,
+                   "regularizers": ";".join(config.regularizers) or None}
         evaluated = prepared.evaluator is not None and "eval/fid" in metrics
+        tags = registry.version_tags(metrics, prepared.evaluator.params if evaluated else None,
+                                     made_by)
         if evaluated:
-            tags.update(eval_dataset=config.dataset, eval_samples=str(config.eval_samples))
-        tags.update(registry.version_tags(
-            metrics, prepared.evaluator.params if evaluated else None))
-        version = registry.register(model_uri, model_name, tags)
+            tags.update({"eval.dataset": config.dataset, "eval.samples": str(config.eval_samples)})
+        steps = int(gan.steps_done.numpy())
+        version = registry.register(
+            model_uri, model_name, tags,
+            description=registry.describe_version(
+                run_id, made_by, f"{config.epochs} epochs, {steps} training steps", tags),
+            model_description=models.describe_model(
+                model_name, config.recipe, prepared.source.spec.shape, config.latent_dim,
+                gan.num_classes if gan.conditional else None))
         model_uri = f"models:/{model_name}/{version}"
         if evaluated:
             champion = registry.promote_champion(model_name, version)
@@ -654,12 +664,19 @@ def run_maximum_likelihood(config: RunConfig, resolved: Resolved,
         version = None
         model_name = config.model_name if config.register else None
         if model_name is not None:
-            tags = {"objective": "maximum-likelihood", "dataset": config.dataset, "run_id": run_id}
-            version = registry.register(model_uri, model_name, tags)
+            made_by = {"recipe": config.recipe, "objective": "maximum-likelihood",
+                       "arch": config.arch, "dataset": config.dataset}
+            tags = registry.version_tags(metrics, None, made_by)
+            version = registry.register(
+                model_uri, model_name, tags,
+                description=registry.describe_version(run_id, made_by, "fitted at once", tags),
+                model_description=models.describe_model(
+                    model_name, config.recipe, source.spec.shape, latent_dim, None))
             model_uri = f"models:/{model_name}/{version}"
     return RunResult(
         run_id=run_id,
         experiment=mlflow.get_experiment(active.info.experiment_id).name,
+        experiment_id=active.info.experiment_id,
         tracking_uri=tracking_uri,
         samples_path=samples_path,
         model_uri=model_uri,

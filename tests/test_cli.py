@@ -89,7 +89,8 @@ def test_run_tracks_registers_and_samples_end_to_end(cli, workdir):
 
     (version,) = client.search_model_versions("name='dcgan-generator'")
     assert version.run_id == run.info.run_id
-    assert version.tags["loss"] == "non-saturating" and version.tags["dataset"] == "digits"
+    assert version.tags["train.loss"] == "non-saturating" and \
+        version.tags["train.dataset"] == "digits"
     assert "models:/dcgan-generator/1" in result.stdout
 
     sampled = cli("sample", "models:/dcgan-generator@latest", "-n", "9", "--npz", "-o", "a.npz")
@@ -319,3 +320,16 @@ def test_sample_refuses_models_whose_loading_runs_unchecked_code(cli, workdir):
         refusal(uris["exported"])
     assert "it is a mlflow.pyfunc.model model" in refusal(uris["pickled"])
     assert not marker.exists() and not (workdir / "s.png").exists()
+
+
+def test_progress_is_a_line_per_epoch_when_stdout_is_not_a_terminal(cli, workdir):
+    # Keras's bar redraws itself with carriage returns (800 KB of them for one default run
+    # into a log file); off a terminal, each epoch gets one line instead.
+    args = [a for a in TINY if a != "-q"]
+    piped = cli("run", *args, "--no-register", "--eval-every", "0")
+    assert piped.exit_code == 0, piped.output
+    assert "\r" not in piped.stdout and "\x08" not in piped.stdout
+    assert [line.split()[0] for line in piped.stdout.splitlines() if line.startswith("3/3")] \
+        == ["3/3", "3/3"]  # Keras's end-of-epoch line, once per epoch
+    forced = cli("run", *args, "--no-register", "--eval-every", "0", "--verbose")
+    assert forced.exit_code == 0 and "\r" in forced.stdout  # the bar, as asked

@@ -119,7 +119,7 @@ def test_cdcgan_trains_registers_a_z_label_generator_and_samples_per_class(cli, 
     grid = workdir / "ganflow-runs" / run.info.run_id / "samples" / "epoch_0002.png"
     # 64 samples as 10 rows of 7, one row per class; 32-pixel tiles scaled 2x.
     assert Image.open(grid).size == (7 * 34 * 2 + 4, 10 * 34 * 2 + 4)
-    assert client.get_model_version("cdcgan-generator", "1").tags["class_accuracy"]
+    assert client.get_model_version("cdcgan-generator", "1").tags["eval.class_accuracy"]
 
     one = cli("sample", "models:/cdcgan-generator@latest", "--class", "3", "-n", "5", "--npz",
               "-o", "three.npz")

@@ -14,10 +14,12 @@ def test_layers_recipe_then_file_then_flags(plugins, tmp_path):
     assert config.model_name == "dcgan-generator"
 
 
-def test_params_hold_every_field_as_text():
-    params = RunConfig(plugin_modules=("a.py", "b"), image_size=None).params()
-    assert set(params) == set(RunConfig.__dataclass_fields__)
-    assert params["plugin_modules"] == "a.py;b" and params["image_size"] == ""
+def test_params_hold_every_set_field_as_text_and_no_unset_one():
+    params = RunConfig(plugin_modules=("a.py", "b"), image_size=None, augment=()).params()
+    unset = {"image_size", "augment"} | {name for name, value in vars(RunConfig()).items()
+                                         if value is None or value == ()} - {"plugin_modules"}
+    assert set(params) == set(RunConfig.__dataclass_fields__) - unset
+    assert params["plugin_modules"] == "a.py;b" and "" not in params.values()
     assert params["register"] == "True" and params["lr_g"] == "0.0002"
 
 

@@ -163,11 +163,25 @@ def test_run_evaluates_tags_the_version_and_names_a_champion(cli, workdir):
     assert run.data.params["eval_real_examples"] == "200"
 
     version = client.get_model_version("dcgan-generator", "1")
-    assert float(version.tags["fid"]) == pytest.approx(fids[-1].value, rel=1e-5)
-    assert float(version.tags["fid_no_ema"]) == pytest.approx(no_ema[-1].value, rel=1e-5)
-    assert (version.tags["eval_features"], version.tags["eval_dataset"],
-            version.tags["eval_samples"]) == ("classifier", "digits", "200")
-    assert "d_loss" in version.tags and "class_coverage" in version.tags
+    assert float(version.tags["eval.fid"]) == pytest.approx(fids[-1].value, rel=1e-5)
+    assert float(version.tags["eval.fid_no_ema"]) == pytest.approx(no_ema[-1].value, rel=1e-5)
+    assert (version.tags["eval.features"], version.tags["eval.dataset"],
+            version.tags["eval.samples"]) == ("classifier", "digits", "200")
+    # Only what compares versions: sample quality and what made it; no losses, no run id.
+    assert {k.split(".")[0] for k in version.tags} == {"eval", "train"}
+    assert "eval.class_coverage" in version.tags and version.tags["train.ema"] == "0.9"
+    assert version.description.startswith(f"Made by run {run_id} (recipe dcgan, loss "
+                                          "non-saturating, dataset digits, ema 0.9")
+    assert f"fid {version.tags['eval.fid']}, kid " in version.description
+    description = client.get_registered_model("dcgan-generator").description
+    assert "shape (32, 32, 1)" in description
+    assert f"(batch, {run.data.params['latent_dim']})" in description
+    assert "ganflow sample models:/dcgan-generator@champion" in description
+    # The logged model's page shows the metrics of the weights it holds: the last step's.
+    logged = mlflow.get_logged_model(mlflow.models.get_model_info(
+        "models:/dcgan-generator/1").model_id)
+    model_fid = {m.step: m.value for m in logged.metrics if m.key == "eval/fid"}
+    assert model_fid == {6: fids[-1].value}
     champion = client.get_model_version_by_alias("dcgan-generator", "champion")
     assert int(champion.version) == 1
     assert "champion: models:/dcgan-generator@champion is now version 1" in result.stdout
@@ -178,7 +192,8 @@ def test_run_evaluates_tags_the_version_and_names_a_champion(cli, workdir):
     again = json.loads(cli("evaluate", "models:/dcgan-generator@champion", "-n", "200",
                            "--json").stdout)["metrics"]
     for name in ("fid", "kid", "precision", "recall", "class_coverage"):
-        assert again[name] == pytest.approx(float(version.tags[name]), rel=1e-4, abs=1e-6), name
+        assert again[name] == pytest.approx(float(version.tags[f"eval.{name}"]), rel=1e-4,
+                                            abs=1e-6), name
 
     sampled = cli("sample", "models:/dcgan-generator@champion", "-n", "4", "--npz", "-o", "c.npz")
     assert sampled.exit_code == 0, sampled.output
@@ -204,7 +219,7 @@ def test_champion_is_the_best_fid_across_runs_and_only_among_comparable_ones(cli
         assert cli("run", *TINY, *EVAL, "--seed", seed).exit_code == 0
     client = MlflowClient()
     versions = client.search_model_versions("name='dcgan-generator'")
-    best = min(versions, key=lambda v: float(v.tags["fid"]))
+    best = min(versions, key=lambda v: float(v.tags["eval.fid"]))
     assert client.get_model_version_by_alias("dcgan-generator", "champion").version == best.version
 
     # FIDs on other features do not compare: the champion stays, and says why.
@@ -222,9 +237,10 @@ def test_champion_is_never_lost_when_runs_finish_together(workdir):
     for round_ in range(3):
         # Eight versions finish at once, registered first, then all promoted together.
         fids = rng.uniform(10, 100, 8)
-        group = {"eval_features": "classifier", "eval_dataset": "digits", "eval_samples": "200"}
+        group = {"eval.features": "classifier", "eval.dataset": "digits", "eval.samples": "200"}
         versions = [
-            int(client.create_model_version("raced", str(workdir), tags={**group, "fid": f"{f}"}).version)
+            int(client.create_model_version("raced", str(workdir),
+                                            tags={**group, "eval.fid": f"{f}"}).version)
             for f in fids
         ]
         barrier = threading.Barrier(len(versions))
@@ -244,7 +260,7 @@ def test_champion_is_never_lost_when_runs_finish_together(workdir):
             t.join()
         assert not errors
         every = client.search_model_versions("name='raced'")
-        best = min(every, key=lambda v: (float(v.tags["fid"]), int(v.version)))
+        best = min(every, key=lambda v: (float(v.tags["eval.fid"]), int(v.version)))
         assert client.get_model_version_by_alias("raced", "champion").version == best.version, round_
 
 

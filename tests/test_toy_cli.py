@@ -32,7 +32,7 @@ def test_toy_run_logs_mode_metrics_and_plots_each_epoch(workdir, cli):
     pictures = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert pictures == [f"samples/epoch_000{i}.png" for i in range(3)]
     version = client.get_model_version("toy-generator", "1")
-    assert version.tags["ema"] == "0.999"
+    assert version.tags["train.ema"] == "0.999"
 
     result = cli("sample", "models:/toy-generator@latest", "-n", "300", "--npz", "-o", "s.npz")
     assert result.exit_code == 0, result.output

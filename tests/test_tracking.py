@@ -1,3 +1,4 @@
+import time
 from types import SimpleNamespace
 
 import keras
@@ -53,13 +54,15 @@ def test_grid_tiles_with_padding_and_scales_small_images():
     assert grid[(2 + 4) * 8, (12 + 4) * 8] == 255 and grid[(2 + 4) * 8, (2 + 4) * 8] == 0
 
 
-@pytest.mark.parametrize("uri, expected", [
-    ("http://127.0.0.1:5000", "open http://127.0.0.1:5000"),
-    ("sqlite:////a/mlflow.db",
-     "mlflow ui --backend-store-uri sqlite:////a/mlflow.db  (then open http://127.0.0.1:5000)"),
+@pytest.mark.parametrize("uri, flag, expected", [
+    ("http://127.0.0.1:5000", "", "http://127.0.0.1:5000/?workflowType=machine_learning"
+                                  "#/experiments/3/runs/abc"),
+    ("sqlite:////a/mlflow.db", " --tracking-uri sqlite:////a/mlflow.db",
+     "ganflow ui --tracking-uri sqlite:////a/mlflow.db  (starts the MLflow UI on this store, "
+     "at this run)"),
 ])
-def test_ui_command(uri, expected):
-    assert ui_command(uri) == expected
+def test_ui_command(uri, flag, expected):
+    assert ui_command(uri, "3", "abc", flag) == expected
 
 
 def test_outbox_keeps_what_an_unreachable_store_missed_for_a_resume(workdir, monkeypatch):
@@ -105,3 +108,48 @@ def test_outbox_skips_a_call_the_store_refuses_and_goes_on(workdir):
         assert box.flush(timeout=30) and box.close() == []
     assert len(lines) == 1 and lines[0].startswith("MLflow refused a logging call, skipped")
     assert [m.value for m in MlflowClient().get_metric_history(run.info.run_id, "x")] == [1.0, 2.0]
+
+
+def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment("ganflow")
+        with mlflow.start_run():
+            pass
+        with mlflow.start_run() as newest:
+            mlflow.log_metric("d_loss", 0.5, step=1)
+    finally:
+        mlflow.set_tracking_uri(None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ganflow", "ui", "--tracking-uri", uri,
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=workdir)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        base = f"http://127.0.0.1:{port}"
+        assert lines[1].strip() == (
+            f"newest run: {base}/?workflowType=machine_learning#/experiments/"
+            f"{newest.info.experiment_id}/runs/{newest.info.run_id}")
+        api = f"{base}/api/2.0/mlflow/runs/get?run_id={newest.info.run_id}"
+        for _ in range(120):  # until the server answers
+            try:
+                with urllib.request.urlopen(api, timeout=2) as answer:
+                    body = answer.read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert '"d_loss"' in body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    with socket.socket() as s:  # the server went with it
+        assert s.connect_ex(("127.0.0.1", port)) != 0

@@ -76,7 +76,7 @@ def mlflow_server(server):
 def test_run_and_sample_through_a_tracking_server(cli, workdir, mlflow_server):
     result = cli("run", *TINY, "--tracking-uri", mlflow_server)
     assert result.exit_code == 0, result.output
-    assert f"browse:  open {mlflow_server}" in result.stdout
+    assert f"browse:  {mlflow_server}/?workflowType=machine_learning#/experiments/" in result.stdout
     assert not (workdir / "mlflow.db").exists()  # everything went to the server
 
     client = MlflowClient(mlflow_server)
@@ -229,7 +229,7 @@ def four_runs_at_once(workdir, uri):
     versions = client.search_model_versions("name='shared'")
     assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
     assert len({v.run_id for v in versions}) == 4
-    best = min(versions, key=lambda v: (float(v.tags["fid"]), int(v.version)))
+    best = min(versions, key=lambda v: (float(v.tags["eval.fid"]), int(v.version)))
     assert client.get_model_version_by_alias("shared", "champion").version == best.version
 
 

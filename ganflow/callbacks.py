@@ -18,8 +18,12 @@ def steps_done(model) -> int:
     return int(keras.ops.convert_to_numpy(model.steps_done))
 
 
+SAMPLES = "samples"  # the MLflow image key of the sample pictures
+
+
 class MlflowLogger(keras.callbacks.Callback):
-    """Logs metric windows, epoch means and a sample picture each epoch to the active run.
+    """Logs metric windows, epoch means and a sample picture each epoch (an MLflow image, key
+    ``samples``, at the epoch's last step: the UI shows them as a slider) to the run.
 
     Steps are training steps (for the default trainer, generator updates). A window's value is
     the mean over the updates in it, read off the model's ``Mean`` trackers exactly:
@@ -48,6 +52,7 @@ class MlflowLogger(keras.callbacks.Callback):
         self.logged_until = logged_until
         self.resume_metrics = resume_metrics
         self.last_grid: Path | None = None
+        self.grids: list[Path] = []  # the pictures drawn in this process, in order
         self.last_view_metrics: dict[str, float] = {}
         self._epoch = 0
         self._mark = {}
@@ -105,9 +110,13 @@ class MlflowLogger(keras.callbacks.Callback):
     def _write_grid(self, epoch: int) -> None:
         path = self.samples_dir / f"epoch_{epoch:04d}.png"
         self.last_grid, metrics = self.view(self.model.sampling_generator, path, f"epoch {epoch}")
-        self.outbox.log_artifact(self.last_grid, artifact_path="samples")
-        if metrics and epoch * self.steps_per_epoch > self.logged_until:
-            self.outbox.log_metrics(metrics, step=epoch * self.steps_per_epoch)
+        self.grids.append(self.last_grid)
+        step = epoch * self.steps_per_epoch
+        if step > self.logged_until:  # not again after a resume
+            self.outbox.log_image(self.last_grid, key=SAMPLES, step=step)
+            if metrics:
+                self.outbox.log_metrics(metrics, step=step)
+        if metrics:
             self.last_view_metrics = metrics
 
 

@@ -1,4 +1,5 @@
-"""Sample grids: a batch of images in [-1, 1] tiled into one PNG."""
+"""Sample grids: a batch of images in [-1, 1] tiled into one PNG; grids over training as an
+animated GIF."""
 
 from __future__ import annotations
 
@@ -39,3 +40,26 @@ def save_grid(images: np.ndarray, path: str | Path, columns: int | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, columns).save(path)
     return path
+
+
+def animate(paths: list[Path], out: str | Path, width: int = 400, frames: int = 60,
+            seconds: float = 6.0) -> Path:
+    """An animated GIF of sample grids over training (``paths`` in order): at most ``frames``
+    of them, evenly spaced with the first and the last kept, scaled to ``width`` pixels, played
+    in about ``seconds`` and holding the last one; loops."""
+    out = Path(out)
+    if len(paths) > frames:
+        picks = np.unique(np.linspace(0, len(paths) - 1, frames).round().astype(int))
+        paths = [paths[i] for i in picks]
+    pictures = []
+    for path in paths:
+        with Image.open(path) as picture:
+            height = max(1, round(picture.height * width / picture.width))
+            pictures.append(picture.convert("L" if picture.mode in ("L", "1") else "RGB")
+                            .resize((width, height), Image.LANCZOS))
+    each = max(40, round(1000 * seconds / len(pictures)))
+    durations = [each] * (len(pictures) - 1) + [2000]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pictures[0].save(out, save_all=True, append_images=pictures[1:], duration=durations,
+                     loop=0, optimize=True)
+    return out

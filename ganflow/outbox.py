@@ -84,6 +84,10 @@ class Outbox:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._put(("artifact", str(path), artifact_path))
 
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        """A picture as MLflow's image at ``step`` (the UI's image slider beside the charts)."""
+        self._put(("image", str(path), key, int(step), int(time.time() * 1000)))
+
     def log_checkpoint(self, folder: str | Path, keep: int) -> None:
         """Upload a checkpoint's ``folder`` (its files and the ``COMPLETE`` marker, last) as
         artifacts ``checkpoints/<folder name>``, delete all but the newest ``keep`` there, then
@@ -218,6 +222,14 @@ def _send(client: mlflow.MlflowClient, run_id: str, batch: list[tuple]) -> None:
                          synchronous=True)
     elif kind == "artifact":
         client.log_artifact(run_id, batch[0][1], batch[0][2])
+    elif kind == "image":
+        from PIL import Image
+
+        _, path, key, step, stamp = batch[0]
+        with Image.open(path) as picture:
+            picture.load()
+            client.log_image(run_id, picture, key=key, step=step, timestamp=stamp,
+                             synchronous=True)
     elif kind == "checkpoint":
         from ganflow.checkpoints import upload
 

@@ -448,6 +448,11 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         diverged = guard.diverged or saver.diverged
         last_checkpoint = saver.save() if diverged is None else None
         diverged = diverged or saver.diverged  # the weights, checked as the last one is saved
+        grids = sorted((output / run_id / "samples").glob("epoch_*.png"))  # a resume's too
+        if diverged is None and len(grids) > 1:
+            from ganflow.images import animate
+
+            outbox.log_artifact(animate(grids, output / run_id / "samples.gif"))
         # Stopped by the user: what the store has not taken yet is saved, not waited for.
         patience = min(config.tracking_timeout, 10.0) if interrupted else config.tracking_timeout
         try:
@@ -657,7 +662,10 @@ def run_maximum_likelihood(config: RunConfig, resolved: Resolved,
         samples_path, toy = view(fitted.generator,
                                  Path(config.output_dir) / run_id / "samples" / "fitted.png",
                                  "maximum likelihood")
-        mlflow.log_artifact(str(samples_path), artifact_path="samples")
+        from PIL import Image
+
+        with Image.open(samples_path) as picture:
+            mlflow.log_image(picture, key="samples", step=0)
         metrics.update(toy)
         mlflow.log_metrics(metrics, step=0)
         model_uri = models.log_generator(fitted.generator, latent_dim)

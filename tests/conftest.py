@@ -73,3 +73,10 @@ def write_plugin(path, source):
     """Write a plugin module file for --plugin-module."""
     path.write_text(source)
     return str(path)
+
+
+def image_steps(client, run_id, key="samples"):
+    """The steps of the MLflow images ``key`` of a run (the UI's image slider), in order."""
+    names = [a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, "images")]
+    return sorted(int(name.split("+")[2]) for name in names
+                  if name.startswith(f"{key}+step+") and name.endswith(".png"))

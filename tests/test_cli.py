@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import TINY, write_plugin
+from conftest import TINY, image_steps, write_plugin
 
 THIRD_PARTY = textwrap.dedent('''
     import keras
@@ -79,8 +79,9 @@ def test_run_tracks_registers_and_samples_end_to_end(cli, workdir):
     value = client.get_metric_history(run.info.run_id, "value")[-1].value
     assert jsd == pytest.approx((value + 2 * np.log(2)) / 2, rel=1e-5)
 
-    grids = sorted(a.path for a in client.list_artifacts(run.info.run_id, "samples"))
-    assert grids == ["samples/epoch_0000.png", "samples/epoch_0001.png", "samples/epoch_0002.png"]
+    assert image_steps(client, run.info.run_id) == [0, 3, 6]  # before training, each epoch
+    assert [a.path for a in client.list_artifacts(run.info.run_id)
+            if a.path.endswith(".gif")] == ["samples.gif"]  # the grids over training
     local = workdir / "ganflow-runs" / run.info.run_id / "samples" / "epoch_0002.png"
     assert Image.open(local).size == (8 * 34 * 2 + 4, 8 * 34 * 2 + 4)  # 8x8 tiles, 2x scaled
     assert f"samples: ganflow-runs/{run.info.run_id}/samples/epoch_0002.png" in result.stdout
@@ -265,8 +266,7 @@ def test_ctrl_c_keeps_the_work_and_marks_the_run_killed(cli, workdir, tmp_path):
     assert run.data.tags["ganflow.stopped_at_step"] == "0"  # during the first step
     assert f"resume:  ganflow resume {run.info.run_id}" in result.stdout
     client = MlflowClient()
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == [
-        "samples/epoch_0000.png"]
+    assert image_steps(client, run.info.run_id) == [0]
     assert client.list_artifacts(run.info.run_id, "generator")  # logged ...
     assert client.search_registered_models() == []  # ... but not registered
     assert "interrupted" in result.stdout

@@ -153,3 +153,23 @@ def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir):
         proc.wait(timeout=30)
     with socket.socket() as s:  # the server went with it
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_grids_over_training_become_one_looping_gif(workdir):
+    from PIL import Image
+
+    from ganflow.images import animate
+
+    paths = []
+    for i in range(101):  # 101 grids, as a 100-epoch run draws
+        path = workdir / f"epoch_{i:04d}.png"
+        Image.fromarray(np.full((100, 120), i * 2, np.uint8)).save(path)
+        paths.append(path)
+    gif = Image.open(animate(paths, workdir / "samples.gif", width=60, frames=20))
+    assert (gif.n_frames, gif.size, gif.info["loop"]) == (20, (60, 50), 0)
+    shades = []
+    for frame in range(gif.n_frames):
+        gif.seek(frame)
+        shades.append(np.asarray(gif.convert("L"))[0, 0])
+    assert shades[0] == 0 and shades[-1] == 200  # the first grid and the last are kept
+    assert shades == sorted(shades)  # in order

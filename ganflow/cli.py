@@ -249,8 +249,8 @@ def ui_command(tracking_uri: str, experiment_id: str, run_id: str, uri_flag: str
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
     """A run's page in the MLflow UI, in its model-training view (MLflow 3 opens in its GenAI
     view, where the Model Registry is not in the sidebar)."""
-    return (f"{base.rstrip('/')}/?workflowType=machine_learning#/experiments/{experiment_id}"
-            f"/runs/{run_id}")
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+            "?workflowType=machine_learning")
 
 
 @main.command()
@@ -280,7 +280,7 @@ def ui(tracking_uri, port):
         raise UsageError(f"--port {port}: something is listening there already (another "
                          "MLflow UI?): pass another --port")
     base = f"http://127.0.0.1:{port}"
-    click.echo(f"MLflow UI on {uri}: {base}/?workflowType=machine_learning")
+    click.echo(f"MLflow UI on {uri}: {base}/#/experiments?workflowType=machine_learning")
     if newest:
         click.echo(f"newest run: {run_url(base, newest[0].info.experiment_id, newest[0].info.run_id)}")
     click.echo("Ctrl-C stops it.")

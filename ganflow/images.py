@@ -42,11 +42,12 @@ def save_grid(images: np.ndarray, path: str | Path, columns: int | None = None) 
     return path
 
 
-def animate(paths: list[Path], out: str | Path, width: int = 400, frames: int = 60,
+def animate(paths: list[Path], out: str | Path, width: int = 320, frames: int = 60,
             seconds: float = 6.0) -> Path:
     """An animated GIF of sample grids over training (``paths`` in order): at most ``frames``
     of them, evenly spaced with the first and the last kept, scaled to ``width`` pixels, played
-    in about ``seconds`` and holding the last one; loops."""
+    in about ``seconds`` and holding the last one; loops. Grey levels are kept to 16 (colours
+    to 64), which GIF compresses five times better than 256, at no visible cost to digits."""
     out = Path(out)
     if len(paths) > frames:
         picks = np.unique(np.linspace(0, len(paths) - 1, frames).round().astype(int))
@@ -54,9 +55,12 @@ def animate(paths: list[Path], out: str | Path, width: int = 400, frames: int = 
     pictures = []
     for path in paths:
         with Image.open(path) as picture:
+            grey = picture.mode in ("L", "1")
             height = max(1, round(picture.height * width / picture.width))
-            pictures.append(picture.convert("L" if picture.mode in ("L", "1") else "RGB")
-                            .resize((width, height), Image.LANCZOS))
+            picture = picture.convert("L" if grey else "RGB").resize((width, height),
+                                                                     Image.LANCZOS)
+            pictures.append(picture.point(lambda v: min(255, v // 16 * 16 + 8)) if grey
+                            else picture.quantize(64))
     each = max(40, round(1000 * seconds / len(pictures)))
     durations = [each] * (len(pictures) - 1) + [2000]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -155,8 +155,9 @@ class TrackingWatch(keras.callbacks.Callback):
 
 
 class EvaluationLogger(keras.callbacks.Callback):
-    """Logs sample-quality metrics (``ganflow.evaluation``) before training, every ``every``
-    epochs and after the last, at the step of that epoch's last generator update.
+    """Logs sample-quality metrics (``ganflow.evaluation``) every ``every`` epochs and after
+    the last, at the step of that epoch's last generator update; the evaluation before
+    training becomes params ``untrained.NAME``, the baseline, off the curves.
 
     Metrics go into ``outbox`` (see ``MlflowLogger``). Samples come from fixed noise (and, for a conditional generator, fixed ``labels``).
     Metrics of the sampling generator are ``eval/NAME``; with an EMA copy, G's own weights are
@@ -215,12 +216,16 @@ class EvaluationLogger(keras.callbacks.Callback):
 
         values = score(self.model.sampling_generator)
         logged = {f"eval/{k}": v for k, v in values.items()}
-        if self.model.ema_generator is not None:
-            if epoch > 0:  # before training the average is G itself
-                values = score(self.model.generator)
-            logged.update({f"eval_no_ema/{k}": v for k, v in values.items()})
-        self.outbox.log_metrics(logged, step=epoch * self.steps_per_epoch)
-        self.last = logged
+        if epoch == 0:
+            # The untrained networks' numbers (FID near 800) would flatten the curves that
+            # matter: they are params, the baseline the curves start from.
+            self.outbox.log_params({f"untrained.{k}": f"{v:.6g}" for k, v in values.items()})
+        else:
+            if self.model.ema_generator is not None:
+                logged.update({f"eval_no_ema/{k}": v
+                               for k, v in score(self.model.generator).items()})
+            self.outbox.log_metrics(logged, step=epoch * self.steps_per_epoch)
+            self.last = logged
         shown = ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in logged.items()
                           if k.startswith("eval/") and k != "eval/kid_std")
         self._pending = f"evaluation after epoch {epoch}: {shown}"

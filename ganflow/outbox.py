@@ -22,7 +22,7 @@ from collections import deque
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Param, RunTag
 
 from ganflow.errors import GanflowError, first_line
 
@@ -77,6 +77,9 @@ class Outbox:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         stamp = int(time.time() * 1000)
         self._put(("metrics", [(k, float(v), stamp, int(step)) for k, v in metrics.items()]))
+
+    def log_params(self, params: dict[str, str]) -> None:
+        self._put(("params", {k: str(v) for k, v in params.items()}))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._put(("tags", {k: str(v) for k, v in tags.items()}))
@@ -217,6 +220,9 @@ def _send(client: mlflow.MlflowClient, run_id: str, batch: list[tuple]) -> None:
         metrics = [Metric(key, value, stamp, step)
                    for item in batch for key, value, stamp, step in item[1]]
         client.log_batch(run_id, metrics=metrics, synchronous=True)
+    elif kind == "params":
+        client.log_batch(run_id, params=[Param(k, v) for k, v in batch[0][1].items()],
+                         synchronous=True)
     elif kind == "tags":
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in batch[0][1].items()],
                          synchronous=True)

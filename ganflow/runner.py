@@ -340,6 +340,18 @@ def _data_params(source) -> dict[str, Any]:
 
 def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         eval_optional: bool = False, resume_run_id: str | None = None) -> RunResult:
+    """Train, track and register (see ``_run``); a resume holds its run's lock throughout."""
+    from contextlib import nullcontext
+
+    lock = nullcontext() if not resume_run_id else _hold(
+        Path(config.output_dir).expanduser().resolve() / resume_run_id / ".resume.lock",
+        resume_run_id)
+    with lock:
+        return _run(config, plugins, verbose, report, eval_optional, resume_run_id)
+
+
+def _run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
+         eval_optional: bool = False, resume_run_id: str | None = None) -> RunResult:
     """Train, track and register, checkpointing as it goes.
 
     A trainer that fits a density (``mle``) fits it instead of training a GAN. With
@@ -378,7 +390,6 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     started = time.perf_counter()
     done = 0
     if resume_run_id:  # before the run reopens: a checkpoint that cannot be read changes nothing
-        held = _hold(output / resume_run_id / ".resume.lock", resume_run_id)  # noqa: F841
         folder = output / resume_run_id / "checkpoints"
         if not checkpoints.saved_in(folder):
             checkpoints.fetch(resume_run_id, folder)  # logged with --checkpoint-to-mlflow?

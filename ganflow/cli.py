@@ -74,7 +74,8 @@ def config_options(command):
             continue
         kind = kind_of(name)
         if kind == "bool":
-            option = click.option(f"{flag(name)}/--no-{name}", default=None, help=meta["help"])
+            option = click.option(f"{flag(name)}/--no-{flag(name)[2:]}", default=None,
+                                  help=meta["help"])
         elif name == "jit":
             option = click.option(flag(name), type=click.Choice(JIT_CHOICES), help=meta["help"])
         elif kind == "tuple":

@@ -333,3 +333,13 @@ def test_progress_is_a_line_per_epoch_when_stdout_is_not_a_terminal(cli, workdir
         == ["3/3", "3/3"]  # Keras's end-of-epoch line, once per epoch
     forced = cli("run", *args, "--no-register", "--eval-every", "0", "--verbose")
     assert forced.exit_code == 0 and "\r" in forced.stdout  # the bar, as asked
+
+
+def test_every_boolean_setting_has_a_dashed_negative_flag(cli):
+    from ganflow.config import FIELDS, flag, kind_of
+
+    shown = cli("run", "--help").stdout
+    for name in FIELDS:
+        if kind_of(name) == "bool" and FIELDS[name].metadata["flag"]:
+            assert f"{flag(name)} / --no-{flag(name)[2:]}" in shown, name
+    assert "--no-checkpoint-to-mlflow" in shown and "_" not in shown.split("--no-")[-1][:30]

@@ -525,9 +525,9 @@ def _log_model(config: RunConfig, gan, run_id: str, metrics: dict, prepared: Pre
     from ganflow import models, registry
 
     model_name = None if interrupted or not config.register else config.model_name
+    steps = int(gan.steps_done.numpy())
     model_uri = models.log_generator(gan.sampling_generator, config.latent_dim,
-                                     gan.num_classes if gan.conditional else None,
-                                     step=int(gan.steps_done.numpy()))
+                                     gan.num_classes if gan.conditional else None, step=steps)
     version = champion = None
     if model_name is not None:
         made_by = {"recipe": config.recipe, "loss": config.loss, "dataset": config.dataset,
@@ -538,7 +538,6 @@ def _log_model(config: RunConfig, gan, run_id: str, metrics: dict, prepared: Pre
                                      made_by)
         if evaluated:
             tags.update({"eval.dataset": config.dataset, "eval.samples": str(config.eval_samples)})
-        steps = int(gan.steps_done.numpy())
         version = registry.register(
             model_uri, model_name, tags,
             description=registry.describe_version(

@@ -21,6 +21,16 @@ def steps_done(model) -> int:
 SAMPLES = "samples"  # the MLflow image key of the sample pictures
 
 
+def epoch_metric(name: str) -> str:
+    """The MLflow key of an epoch's mean of the metric ``name``: ``epoch/mean_d_loss``,
+    ``epoch/mean_reg_r1``.
+
+    The UI puts a chart in the section named by the key up to its last ``/`` and titles it
+    with the rest: ``epoch/d_loss`` showed as a second chart titled ``d_loss``, and
+    ``epoch/reg/r1`` as a second ``r1``."""
+    return f"epoch/mean_{name.replace('/', '_')}"
+
+
 class MlflowLogger(keras.callbacks.Callback):
     """Logs metric windows, epoch means and a sample picture each epoch (an MLflow image, key
     ``samples``, at the epoch's last step: the UI shows them as a slider) to the run.
@@ -103,8 +113,8 @@ class MlflowLogger(keras.callbacks.Callback):
             return  # diverged mid-epoch: nothing worth logging or drawing
         step = (epoch + 1) * self.steps_per_epoch
         if step > self.logged_until:
-            self.outbox.log_metrics({f"epoch/{k}": float(v) for k, v in (logs or {}).items()},
-                                    step=step)
+            self.outbox.log_metrics(
+                {epoch_metric(k): float(v) for k, v in (logs or {}).items()}, step=step)
         self._write_grid(epoch + 1)
 
     def _write_grid(self, epoch: int) -> None:
@@ -161,7 +171,7 @@ class EvaluationLogger(keras.callbacks.Callback):
 
     Metrics go into ``outbox`` (see ``MlflowLogger``). Samples come from fixed noise (and, for a conditional generator, fixed ``labels``).
     Metrics of the sampling generator are ``eval/NAME``; with an EMA copy, G's own weights are
-    scored too, as ``eval_no_ema/NAME``. ``report``, when given, receives a line per
+    scored too, as ``eval/NAME_no_ema``. ``report``, when given, receives a line per
     evaluation (the CLI prints it).
     """
 
@@ -222,7 +232,7 @@ class EvaluationLogger(keras.callbacks.Callback):
             self.outbox.log_params({f"untrained.{k}": f"{v:.6g}" for k, v in values.items()})
         else:
             if self.model.ema_generator is not None:
-                logged.update({f"eval_no_ema/{k}": v
+                logged.update({f"eval/{k}_no_ema": v
                                for k, v in score(self.model.generator).items()})
             self.outbox.log_metrics(logged, step=epoch * self.steps_per_epoch)
             self.last = logged

@@ -4,6 +4,7 @@ from any models:/ or runs:/ URI."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,9 @@ def log_generator(generator, latent_dim: int, num_classes: int | None = None,
     so ``pyfunc`` callers pass ``{"z": ..., "label": ...}``; its class count is in the model's
     metadata.
     """
-    z = np.zeros((2, latent_dim), dtype=np.float32)
+    # The input example (shown in the UI, and the body `mlflow models serve` is tried with):
+    # two noise vectors, and in a conditional generator two classes.
+    z = noise.latent(2, latent_dim, 0, "example")
     metadata = {"ganflow_latent_dim": latent_dim}
     model, example = generator, z
     if num_classes:
@@ -40,18 +43,41 @@ def log_generator(generator, latent_dim: int, num_classes: int | None = None,
         label_in = keras.Input((), dtype="int32", name="label")
         model = keras.Model({"z": z_in, "label": label_in}, generator([z_in, label_in]),
                             name="conditional_generator")
-        example = {"z": z, "label": np.zeros((2,), np.int32)}
+        example = {"z": z, "label": np.arange(2, dtype=np.int32) % num_classes}
         metadata["ganflow_num_classes"] = int(num_classes)
     out = keras.ops.convert_to_numpy(model(example, training=False))
-    info = mlflow.keras.log_model(
-        model,
-        name=GENERATOR_ARTIFACT,
-        signature=infer_signature(example, out),
-        pip_requirements=PIP_REQUIREMENTS,
-        metadata=metadata,
-        step=step,
-    )
+    with quiet_keras():  # MLflow tries the example with model.predict: no progress bar
+        info = mlflow.models.Model.log(
+            artifact_path=None,
+            name=GENERATOR_ARTIFACT,
+            flavor=_KerasFlavor,
+            flavor_name="mlflow.keras",
+            model=model,
+            signature=infer_signature(example, out),
+            input_example=example,
+            pip_requirements=PIP_REQUIREMENTS,
+            metadata=metadata,
+            step=step,
+        )
     return info.model_uri
+
+
+class _KerasFlavor:
+    """``mlflow.keras`` for ``Model.log``, making the model's folder before saving into it.
+
+    MLflow 3.17's ``mlflow.keras.save_model`` writes the input example before it creates the
+    folder, so ``mlflow.keras.log_model(input_example=...)`` fails with FileNotFoundError
+    (mlflow/mlflow#16183, open). The model is still the Keras flavor, loaded by
+    ``mlflow.keras``."""
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path, **kwargs):
+        import os
+
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
 
 
 def describe_model(name: str, recipe: str, shape, latent_dim: int,
@@ -179,10 +205,17 @@ def memory_bytes() -> int:
 def predict_quietly(model, inputs) -> np.ndarray:
     """A loaded pyfunc generator's samples for ``inputs``, without Keras's progress bar on
     stdout (the Keras flavor's pyfunc calls model.predict)."""
+    with quiet_keras():
+        return np.asarray(model.predict(inputs))
+
+
+@contextmanager
+def quiet_keras():
+    """No Keras progress bars on stdout inside."""
     was_on = keras.utils.is_interactive_logging_enabled()
     keras.utils.disable_interactive_logging()
     try:
-        return np.asarray(model.predict(inputs))
+        yield
     finally:
         if was_on:
             keras.utils.enable_interactive_logging()

@@ -20,6 +20,7 @@ STREAMS = {
     "theory": 6,  # `ganflow theory`'s fixed noise
     "plugins": 7,  # randomness of losses and regularizers (Step.seed_generator)
     "labels": 8,  # the labels a conditional generator is asked for in an evaluation
+    "example": 9,  # the input example logged with a generator
 }
 
 

@@ -13,8 +13,8 @@ def version_tags(metrics: dict[str, float], evaluator_params: dict | None,
                  made_by: dict[str, str]) -> dict[str, str]:
     """A model version's tags: what compares versions, in two groups that sort together.
 
-    ``eval.NAME``: the sample-quality metrics of its weights (``eval_no_ema/NAME`` as
-    ``eval.NAME_no_ema``; a toy run's mode metrics as ``toy.NAME``) and what they were
+    ``eval.NAME``: the sample-quality metrics of its weights (with an EMA copy, G's own
+    as ``eval.NAME_no_ema``; a toy run's mode metrics as ``toy.NAME``) and what they were
     measured with (``eval.features``, ``eval.dataset``, ``eval.samples``); ``train.NAME``:
     what made it (``made_by``: recipe, loss, dataset, ...). Training losses are not tags (they
     do not compare versions; the run has them), nor is the run id (the version has it)."""
@@ -22,8 +22,6 @@ def version_tags(metrics: dict[str, float], evaluator_params: dict | None,
     for key, value in metrics.items():
         if key.startswith("eval/"):
             tags[f"eval.{key[len('eval/'):]}"] = f"{value:.6g}"
-        elif key.startswith("eval_no_ema/"):
-            tags[f"eval.{key[len('eval_no_ema/'):]}_no_ema"] = f"{value:.6g}"
         elif key.startswith("toy/"):
             tags[f"toy.{key[len('toy/'):]}"] = f"{value:.6g}"
     if evaluator_params:

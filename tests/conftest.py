@@ -69,6 +69,15 @@ def cli():
     return invoke
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_plugin(path, source):
     """Write a plugin module file for --plugin-module."""
     path.write_text(source)

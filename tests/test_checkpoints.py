@@ -144,10 +144,11 @@ def test_sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path
     assert run.data.tags["ganflow.abandoned"].startswith("process ")
     # Every step logged once, none missing, and the last values equal the uninterrupted run's.
     assert logged_steps(broken, run_id) == list(range(1, 25))
-    assert logged_steps(broken, run_id, "epoch/d_loss") == [8, 16, 24]
-    ours = MlflowClient(f"sqlite:///{broken}/mlflow.db").get_metric_history(run_id, "epoch/d_loss")
+    assert logged_steps(broken, run_id, "epoch/mean_d_loss") == [8, 16, 24]
+    ours = MlflowClient(f"sqlite:///{broken}/mlflow.db").get_metric_history(
+        run_id, "epoch/mean_d_loss")
     theirs = MlflowClient(f"sqlite:///{whole}/mlflow.db").get_metric_history(
-        reference.info.run_id, "epoch/d_loss")
+        reference.info.run_id, "epoch/mean_d_loss")
     # The weights are bit-identical; logged losses agree to float32's last bits.
     np.testing.assert_allclose([m.value for m in ours], [m.value for m in theirs], rtol=1e-6)
     ours, theirs = final_state(broken, run_id), final_state(whole, reference.info.run_id)
@@ -233,7 +234,7 @@ def test_resuming_what_cannot_be_resumed(cli, workdir, stepped):
     # Training it longer continues the same run at the right steps.
     longer = cli("resume", run_id, "--epochs", "4", "-q")
     assert longer.exit_code == 0, longer.output
-    assert logged_steps(workdir, run_id, "epoch/d_loss") == [8, 16, 24, 32]
+    assert logged_steps(workdir, run_id, "epoch/mean_d_loss") == [8, 16, 24, 32]
 
     # A damaged newest checkpoint: the one before it is used, and the user is told.
     folder = workdir / "ganflow-runs" / run_id / "checkpoints"
@@ -242,7 +243,7 @@ def test_resuming_what_cannot_be_resumed(cli, workdir, stepped):
     again = cli("resume", run_id, "--epochs", "5", "-q")
     assert again.exit_code == 0, again.output
     assert "cannot be read" in again.stderr and "trying the one before" in again.stderr
-    assert logged_steps(workdir, run_id, "epoch/d_loss") == [8, 16, 24, 32, 40]
+    assert logged_steps(workdir, run_id, "epoch/mean_d_loss") == [8, 16, 24, 32, 40]
 
 
 def test_a_run_resumes_from_checkpoints_logged_to_mlflow_alone(cli, workdir, stepped):

@@ -74,7 +74,8 @@ def test_run_tracks_registers_and_samples_end_to_end(cli, workdir):
     client = MlflowClient()
     history = client.get_metric_history(run.info.run_id, "d_loss")
     assert [m.step for m in history] == [3, 6]  # stepped by generator updates
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch/value")] == [3, 6]
+    epochs = client.get_metric_history(run.info.run_id, "epoch/mean_value")
+    assert [m.step for m in epochs] == [3, 6]
     jsd = client.get_metric_history(run.info.run_id, "jsd_estimate")[-1].value
     value = client.get_metric_history(run.info.run_id, "value")[-1].value
     assert jsd == pytest.approx((value + 2 * np.log(2)) / 2, rel=1e-5)
@@ -85,7 +86,7 @@ def test_run_tracks_registers_and_samples_end_to_end(cli, workdir):
     local = workdir / "ganflow-runs" / run.info.run_id / "samples" / "epoch_0002.png"
     assert Image.open(local).size == (8 * 34 * 2 + 4, 8 * 34 * 2 + 4)  # 8x8 tiles, 2x scaled
     assert f"samples: ganflow-runs/{run.info.run_id}/samples/epoch_0002.png" in result.stdout
-    final = client.get_metric_history(run.info.run_id, "epoch/d_loss")[-1].value
+    final = client.get_metric_history(run.info.run_id, "epoch/mean_d_loss")[-1].value
     assert "final:   d_fake " in result.stdout and f"d_loss {final:.4f}" in result.stdout
 
     (version,) = client.search_model_versions("name='dcgan-generator'")

@@ -153,7 +153,7 @@ def test_run_evaluates_tags_the_version_and_names_a_champion(cli, workdir):
     # baseline is a param, not a point that would flatten the curve.
     fids = client.get_metric_history(run_id, "eval/fid")
     assert [m.step for m in fids] == [3, 6]
-    no_ema = client.get_metric_history(run_id, "eval_no_ema/fid")
+    no_ema = client.get_metric_history(run_id, "eval/fid_no_ema")
     assert [m.step for m in no_ema] == [3, 6]
     assert no_ema[-1].value != fids[-1].value
     assert float(run.data.params["untrained.fid"]) > 100  # untrained networks make no digits

@@ -148,7 +148,7 @@ def test_settings_become_params_and_regularizers_log_their_values(cli, workdir):
     assert (params["g_optimizer.beta1"], params["d_optimizer.beta2"]) == ("0.5", "0.99")
     assert (params["lr_schedule.end"], params["trainer"]) == ("0.0", "gan")
     assert run.data.tags["ganflow.plugin.regularizer.r1"] == "ganflow_plugins.regularizers"
-    assert run.data.metrics["reg/r1"] > 0 and "epoch/reg/r1" in run.data.metrics
+    assert run.data.metrics["reg/r1"] > 0 and "epoch/mean_reg_r1" in run.data.metrics
 
 
 def test_plugins_lists_settings(cli):

@@ -27,7 +27,7 @@ def test_toy_run_logs_mode_metrics_and_plots_each_epoch(workdir, cli):
     assert all(0 <= m.value <= 1 for m in history)
     modes = client.get_metric_history(run.info.run_id, "toy/modes_captured")
     assert all(m.value in range(9) for m in modes)
-    assert {"toy/reverse_kl", "epoch/d_loss"} <= set(run.data.metrics)
+    assert {"toy/reverse_kl", "epoch/mean_d_loss"} <= set(run.data.metrics)
     assert "toy/jsd" not in run.data.metrics  # 2-D: no density estimate
     assert run.data.params["arch"] == "mlp:256,256,256/pack=2"
     assert run.data.params["ema"] == "0.999" and run.data.params["data_components"] == "8"

@@ -1,7 +1,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,13 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, image_steps, write_plugin
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import TINY, free_port, image_steps, write_plugin
 
 
 class MlflowServer:
@@ -140,7 +133,7 @@ def running_run(client, proc, at_step, timeout=300):
 def assert_every_step_once(client, run_id, steps, epochs, per_epoch):
     windows = [m.step for m in client.get_metric_history(run_id, "d_loss")]
     assert sorted(windows) == list(range(1, steps + 1))  # each step's window, none twice
-    assert sorted(m.step for m in client.get_metric_history(run_id, "epoch/d_loss")) == \
+    assert sorted(m.step for m in client.get_metric_history(run_id, "epoch/mean_d_loss")) == \
         [per_epoch * e for e in range(1, epochs + 1)]
     assert image_steps(client, run_id) == [per_epoch * e for e in range(epochs + 1)]
 

@@ -10,12 +10,14 @@ The public API, for users and plugin authors:
 - ``DataSpec``, ``DataSource``, ``DatasetOptions``, ``Architecture``, ``FittedDensity``,
   ``FeatureOptions``, ``FeatureExtractor``: what the other plugins receive and return.
 - ``reachable(host, port)``: whether the network answers, so a download fails fast offline.
+- ``replicas()``: how many replicas the networks being built will have (``--strategy``).
 - ``Mixture``: a Gaussian mixture with a known density (toy data, fixed P_G's, exact JSD).
 - ``GanflowError``, ``UsageError``, ``PluginError``: errors a user can act on.
 """
 
 import pluggy
 
+from ganflow.devices import replicas
 from ganflow.errors import GanflowError, PluginError, UsageError
 from ganflow.mixture import Mixture
 from ganflow.net import reachable
@@ -60,6 +62,7 @@ __all__ = [
     "UsageError",
     "hookimpl",
     "reachable",
+    "replicas",
     "value_function",
 ]
 

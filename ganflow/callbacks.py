@@ -96,7 +96,10 @@ class MlflowLogger(keras.callbacks.Callback):
             return
         window = {}
         for tracker in self.model.metrics:
-            total, count = float(tracker.total), float(tracker.count)
+            # Read as values: under a strategy they are sync-on-read variables, summed
+            # over the replicas when read here.
+            total, count = (float(keras.ops.convert_to_numpy(v))
+                            for v in (tracker.total, tracker.count))
             old_total, old_count = self._mark.get(tracker.name, (0.0, 0.0))
             if count > old_count:
                 window[tracker.name] = (total - old_total) / (count - old_count)

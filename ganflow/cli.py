@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from ganflow import __version__  # noqa: E402
-from ganflow.config import FIELDS, JIT_CHOICES, flag, kind_of  # noqa: E402
+from ganflow.config import CHOICES, FIELDS, flag, kind_of  # noqa: E402
 from ganflow.errors import GanflowError, UsageError  # noqa: E402
 
 GRID_LIMIT = 10_000  # samples in one picture
@@ -76,8 +76,9 @@ def config_options(command):
         if kind == "bool":
             option = click.option(f"{flag(name)}/--no-{flag(name)[2:]}", default=None,
                                   help=meta["help"])
-        elif name == "jit":
-            option = click.option(flag(name), type=click.Choice(JIT_CHOICES), help=meta["help"])
+        elif name in CHOICES:
+            option = click.option(flag(name), type=click.Choice(CHOICES[name]),
+                                  help=meta["help"])
         elif kind == "tuple":
             option = click.option(flag(name), name, multiple=True, metavar=meta["metavar"],
                                   help=meta["help"])

@@ -16,7 +16,12 @@ from ganflow.errors import UsageError
 
 # --jit values and what keras.Model.compile(jit_compile=...) takes for each.
 JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
-JIT_CHOICES = tuple(JIT_COMPILE)
+# Settings that take one of a few words, and those words.
+CHOICES = {
+    "jit": tuple(JIT_COMPILE),
+    "strategy": ("default", "mirrored"),
+    "precision": ("float32", "mixed_bfloat16", "mixed_float16", "auto"),
+}
 
 
 def setting(default, help: str, metavar: str | None = None, flag: bool = True):
@@ -75,6 +80,14 @@ class RunConfig:
     steps_per_epoch: int | None = setting(None, "generator updates per epoch (default: one "
                                           "pass over the data)")
     jit: str = setting("auto", "XLA compilation: auto lets Keras decide (on for a GPU)")
+    strategy: str = setting("default", "tf.distribute strategy: default (one device) or "
+                            "mirrored (every GPU of this machine, or the --cpu-devices)")
+    cpu_devices: int | None = setting(None, "split the CPU into N logical devices, each a "
+                                      "replica of --strategy mirrored: distribution tried "
+                                      "without GPUs", "N")
+    precision: str = setting("float32", "the networks' dtype policy: float32, mixed_bfloat16, "
+                             "mixed_float16 (loss-scaled), or auto (bfloat16 where the "
+                             "hardware has it, else float32); logits and losses stay float32")
     deterministic: bool = setting(False, "deterministic ops (tf.config.experimental."
                                   "enable_op_determinism): a resumed run then ends with the "
                                   "same weights as an uninterrupted one; slower")
@@ -160,11 +173,13 @@ _MAXIMUMS = {
     "eval_samples": 1_000_000,
     "batch_size": 1_000_000,
     "d_steps": 1000,
+    "cpu_devices": 64,
 }
 
 # (field, lowest allowed value) for numbers that must be positive or non-negative.
 _MINIMUMS = {
     "epochs": 1,
+    "cpu_devices": 1,
     "batch_size": 1,
     "d_steps": 1,
     "latent_dim": 1,
@@ -294,5 +309,7 @@ def _check(config: RunConfig) -> None:
     if not name.strip() or any(c in name for c in "/:") or name.strip(".") == "":
         raise UsageError(f"--registered-model {name!r}: a model name must not be empty or "
                          "contain '/' or ':'")
-    if config.jit not in JIT_CHOICES:
-        raise UsageError(f"--jit must be one of {', '.join(JIT_CHOICES)}, got {config.jit!r}")
+    for key, choices in CHOICES.items():
+        if getattr(config, key) not in choices:
+            raise UsageError(f"{flag(key)} must be one of {', '.join(choices)}, got "
+                             f"{getattr(config, key)!r}")

@@ -72,7 +72,10 @@ class GAN(keras.Model):
         self.trackers = {}
         # Training steps done, counted inside the step (in ``report``): what a checkpoint
         # records, whatever a trainer's step does.
-        self.steps_done = keras.Variable(0, dtype="int64", trainable=False, name="steps_done")
+        # Under tf.distribute each replica runs the step: the first replica's count is kept
+        # (as an optimizer's iterations), so a global step counts once.
+        self.steps_done = keras.Variable(0, dtype="int64", trainable=False, name="steps_done",
+                                         aggregation="only_first_replica")
 
     @classmethod
     def from_setup(cls, setup, generator_updates_per_step: int = 1, **kwargs):
@@ -97,6 +100,10 @@ class GAN(keras.Model):
     def compile(self, d_optimizer, g_optimizer, loss, regularizers=(), jit_compile="auto",
                 **kwargs):
         super().compile(jit_compile=jit_compile, **kwargs)
+        # A network computing in float16 (mixed_float16) needs its gradients loss-scaled, or
+        # small ones underflow to 0: as keras.Model.compile does for its one optimizer.
+        d_optimizer = _loss_scaled(d_optimizer, self.discriminator)
+        g_optimizer = _loss_scaled(g_optimizer, self.generator)
         self.d_optimizer = d_optimizer
         self.g_optimizer = g_optimizer
         self.gan_loss = as_step_loss(loss)
@@ -109,6 +116,9 @@ class GAN(keras.Model):
         label = ops.zeros((1,), "int32")
         self.discriminator(self.conditioned(self.generator(self.conditioned(
             ops.zeros((1, self.latent_dim)), label)), label))
+        # The GAN holds no weights of its own: mark it built, or fit under a tf.distribute
+        # strategy (which builds the model symbolically first) calls it on a real batch.
+        self.built = True
         d_optimizer.build(self.discriminator.trainable_variables)
         g_optimizer.build(self.generator.trainable_variables)
         names = self.check_step()
@@ -148,7 +158,15 @@ class GAN(keras.Model):
         return [x, labels] if self.conditional else x
 
     def noise(self, m):
-        return keras.random.normal((m, self.latent_dim), seed=self.seed_generator)
+        """m latent vectors from the model's SeedGenerator. Under a tf.distribute strategy
+        with R replicas, every replica draws the global batch's R*m from the same seed and
+        keeps its own slice: replicas get different z, and a step's z are those a single
+        device would draw for the global batch."""
+        index, replicas = noise.replica()
+        if replicas == 1:
+            return keras.random.normal((m, self.latent_dim), seed=self.seed_generator)
+        z = keras.random.normal((m * replicas, self.latent_dim), seed=self.seed_generator)
+        return z[index * m : (index + 1) * m]
 
     def train_step(self, data):
         real, labels, m = self.split(data)
@@ -198,7 +216,8 @@ class GAN(keras.Model):
         with tf.GradientTape() as tape:
             step.fake  # noqa: B018  G's forward pass first, as the loss will need it
             loss = self._total(self.gan_loss.d_loss(step), step, self.d_optimizer)
-            scaled = loss * self._replica_scale()
+            # The loss scale of a LossScaleOptimizer (mixed_float16): apply_gradients unscales.
+            scaled = self.d_optimizer.scale_loss(loss * self._replica_scale())
         variables = self.discriminator.trainable_variables
         self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return loss, step
@@ -210,7 +229,7 @@ class GAN(keras.Model):
         step = self._step(GENERATOR, m, real, labels, self.d_steps)
         with tf.GradientTape() as tape:
             loss = self._total(self.gan_loss.g_loss(step), step, self.g_optimizer)
-            scaled = loss * self._replica_scale()
+            scaled = self.g_optimizer.scale_loss(loss * self._replica_scale())
         # A generator without trainable weights (a fixed P_G, as in `ganflow theory`) stays put.
         variables = self.generator.trainable_variables
         if variables:
@@ -312,6 +331,17 @@ class GAN(keras.Model):
         decay = ops.minimum(self.ema, (1.0 + t) / (10.0 + t))
         for average, weight in zip(self.ema_generator.weights, self.generator.weights):
             average.assign(decay * average + (1.0 - decay) * ops.cast(weight, average.dtype))
+
+
+def _loss_scaled(optimizer, network):
+    """``optimizer``, wrapped in a LossScaleOptimizer when a layer of ``network`` computes in
+    float16 and it is not one already."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer
+    if any(getattr(layer, "compute_dtype", None) == "float16"
+           for layer in network._flatten_layers()):
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def _attempt(component, what: str, call):

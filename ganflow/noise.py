@@ -8,6 +8,8 @@ stream always give the same numbers, and two streams never share any. Fixed nois
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # Stream ids; never reuse or renumber one, or saved numbers stop being reproducible.
@@ -48,14 +50,53 @@ def class_rows(count: int, num_classes: int) -> np.ndarray:
     return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
 
 
+def replica():
+    """(this replica's index, the number of replicas) under a ``tf.distribute`` strategy's
+    replica context (the index a scalar tensor); ``(0, 1)`` outside one, or with one replica."""
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    context = tf.distribute.get_replica_context()
+    if replicas == 1 or context is None:  # None: cross-replica context
+        return 0, 1
+    return context.replica_id_in_sync_group, replicas
+
+
 def seed_generator(seed: int | None, stream: str):
     """A ``keras.random.SeedGenerator`` for ``stream``: ``"train"`` (G's noise in the training
-    step) takes the seed itself; other streams a seed derived from it."""
+    step) takes the seed itself; other streams a seed derived from it. The ``"plugins"``
+    stream draws differently on each replica (``per_replica_seed_generator()``)."""
     import keras
 
+    kind = per_replica_seed_generator() if stream == "plugins" else keras.random.SeedGenerator
     if seed is None:
-        return keras.random.SeedGenerator(None)
+        return kind(None)
     if stream == "train":
-        return keras.random.SeedGenerator(int(seed))
+        return kind(int(seed))
     derived = np.random.SeedSequence([int(seed), STREAMS[stream]]).generate_state(1)[0]
-    return keras.random.SeedGenerator(int(derived) % (2**31 - 1))
+    return kind(int(derived) % (2**31 - 1))
+
+
+@functools.cache
+def per_replica_seed_generator():
+    """The class ``PerReplicaSeedGenerator`` (made on first use: importing this module needs
+    no TensorFlow)."""
+    import keras
+    import tensorflow as tf
+
+    class PerReplicaSeedGenerator(keras.random.SeedGenerator):
+        """A SeedGenerator whose draws differ between the replicas of a ``tf.distribute``
+        step: the replica's index is folded into each seed. Its state (what a checkpoint
+        saves) advances as a plain SeedGenerator's, in step on every replica; with one
+        replica it draws exactly what a plain SeedGenerator draws."""
+
+        def next(self, ordered=True):
+            seed = super().next(ordered=ordered)
+            index, replicas = replica()
+            if replicas == 1:
+                return seed
+            folded = tf.random.experimental.stateless_fold_in(
+                tf.cast(seed, "int64"), tf.cast(index, "int32"))
+            return tf.cast(folded, seed.dtype)
+
+    return PerReplicaSeedGenerator

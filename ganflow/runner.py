@@ -260,11 +260,14 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False,
     """
     import keras
 
-    from ganflow import evaluation
+    from ganflow import devices, evaluation
     from ganflow.data import batches_per_pass
     from ganflow.gan import GAN
 
     resolved = resolved or resolve_plugins(config, plugins)
+    # First: --cpu-devices splits the CPU only before TensorFlow has run anything.
+    strategy = devices.make_strategy(config.strategy, config.cpu_devices)
+    _check_distribution(config, strategy.num_replicas_in_sync)
     trainer = resolved.trainer_object
     if not callable(getattr(trainer, "build", None)):
         raise UsageError(f"trainer {resolved.trainer.name} fits a density at once: "
@@ -281,7 +284,10 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False,
     setup.steps_per_epoch = config.steps_per_epoch or per_pass
 
     keras.utils.set_random_seed(config.seed)
-    gan = _build_model(resolved, trainer, setup)
+    # Networks, EMA copy and optimizers are made in the strategy's scope (mirrored on every
+    # replica) and with the run's dtype policy.
+    with strategy.scope(), devices.dtype_policy(devices.resolve_precision(config.precision)):
+        gan = _build_model(resolved, trainer, setup)
     if not isinstance(gan, GAN):
         raise PluginError(f"plugin {resolved.trainer.entry.plugin}: trainer "
                           f"{resolved.trainer.name!r} built a {type(gan).__name__}; build(setup) "
@@ -310,6 +316,22 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False,
                                      config.feature_weights, config.eval_samples, config.seed)
         resolved.features = plugins.features.get(evaluator.features)
     return Prepared(config, resolved, source, gan, steps_per_epoch, per_step, evaluator)
+
+
+def _check_distribution(config: RunConfig, replicas: int) -> None:
+    """What a strategy cannot do with these settings, before anything is built."""
+    if config.batch_size % replicas:
+        raise UsageError(f"--batch-size {config.batch_size} does not split evenly between "
+                         f"{replicas} replicas: use a multiple of {replicas}")
+    if replicas > 1 and config.jit == "on":
+        import tensorflow as tf
+
+        if not tf.config.list_logical_devices("GPU"):
+            # XLA compiles the step for one device; on logical CPU devices the replicas'
+            # noise-generator state lives on another device, which a compiled step cannot
+            # read (InvalidArgumentError "Trying to access resource ... located in device").
+            raise UsageError("--jit on with --strategy mirrored works on GPUs, not on CPU "
+                             "devices: use --jit off (or auto)")
 
 
 def _build_model(resolved: Resolved, trainer, setup):
@@ -384,7 +406,9 @@ def _run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         tf.config.experimental.enable_op_determinism()
     prepared = prepare(config, plugins, eval_optional, resolved)
     gan, source = prepared.gan, prepared.source
-    extra_params = {**_data_params(source), **prepared.resolved.params()}
+    extra_params = {**_data_params(source), **prepared.resolved.params(),
+                    "replicas": gan.distribute_strategy.num_replicas_in_sync,
+                    "dtype_policy": gan.generator.dtype_policy.name}
     if prepared.evaluator is not None:
         extra_params.update(prepared.evaluator.params)
     started = time.perf_counter()

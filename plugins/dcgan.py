@@ -63,15 +63,18 @@ class DCGAN:
 
     def build_generator(self, spec, latent_dim, num_classes=None):
         doublings, start = self._plan(spec)
+        # Under several replicas (--strategy mirrored), BatchNorm's statistics are the global
+        # batch's: each replica's own would differ, and so would their moving averages.
+        synchronized = ganflow.replicas() > 1
         channels = self.width * 2 ** (doublings - 1)
         stack = [layers.Dense(start * start * channels, use_bias=False),
-                 layers.BatchNormalization(), layers.ReLU(),
+                 layers.BatchNormalization(synchronized=synchronized), layers.ReLU(),
                  layers.Reshape((start, start, channels))]
         for _ in range(doublings - 1):
             channels //= 2
             stack += [layers.Conv2DTranspose(channels, 4, strides=2, padding="same",
                                              use_bias=False),
-                      layers.BatchNormalization(), layers.ReLU()]
+                      layers.BatchNormalization(synchronized=synchronized), layers.ReLU()]
         stack += [layers.Conv2DTranspose(spec.shape[-1], 4, strides=2, padding="same"),
                   layers.Activation("tanh", dtype="float32")]
         if num_classes is None:

@@ -52,6 +52,18 @@ def replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def replica():
+    """(this replica's index, the number of replicas) in a ``tf.distribute`` replica context
+    (the index a scalar tensor); ``(0, 1)`` outside one, or with one replica."""
+    import tensorflow as tf
+
+    count = replicas()
+    context = tf.distribute.get_replica_context()
+    if count == 1 or context is None:  # None: cross-replica context
+        return 0, 1
+    return context.replica_id_in_sync_group, count
+
+
 def resolve_precision(precision: str) -> str:
     """``--precision`` as a Keras dtype policy name: ``auto`` is mixed_bfloat16 where the
     hardware computes in bfloat16 (a GPU of compute capability 8 or more, or a CPU with

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from ganflow import noise
+from ganflow import devices, noise
 from ganflow.errors import PluginError, UsageError, last_line
 from ganflow.step import (DISCRIMINATOR, GENERATOR, LOG_4, LogitLoss, Regularization, Step,
                           as_step_loss, value_function)
@@ -162,7 +162,7 @@ class GAN(keras.Model):
         with R replicas, every replica draws the global batch's R*m from the same seed and
         keeps its own slice: replicas get different z, and a step's z are those a single
         device would draw for the global batch."""
-        index, replicas = noise.replica()
+        index, replicas = devices.replica()
         if replicas == 1:
             return keras.random.normal((m, self.latent_dim), seed=self.seed_generator)
         z = keras.random.normal((m * replicas, self.latent_dim), seed=self.seed_generator)
@@ -248,7 +248,7 @@ class GAN(keras.Model):
     @staticmethod
     def _replica_scale():
         # Keras sums gradients across replicas; scaling by 1/replicas makes that a mean.
-        return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
+        return 1.0 / devices.replicas()
 
     def _total(self, loss, step, optimizer):
         """The loss plus this network's regularizers, in float32; lazy ones every N-th update."""

@@ -12,6 +12,8 @@ import functools
 
 import numpy as np
 
+from ganflow.devices import replica
+
 # Stream ids; never reuse or renumber one, or saved numbers stop being reproducible.
 STREAMS = {
     "eval": 1,  # fixed noise of sample-quality evaluations (run and `ganflow evaluate`)
@@ -48,18 +50,6 @@ def class_rows(count: int, num_classes: int) -> np.ndarray:
     times, in order (int32)."""
     per_class = -(-count // num_classes)
     return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
-
-
-def replica():
-    """(this replica's index, the number of replicas) under a ``tf.distribute`` strategy's
-    replica context (the index a scalar tensor); ``(0, 1)`` outside one, or with one replica."""
-    import tensorflow as tf
-
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    context = tf.distribute.get_replica_context()
-    if replicas == 1 or context is None:  # None: cross-replica context
-        return 0, 1
-    return context.replica_id_in_sync_group, replicas
 
 
 def seed_generator(seed: int | None, stream: str):

@@ -90,7 +90,8 @@ def test_mlflow_project_runs_ganflow_in_its_own_run(workdir, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
     proc = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(root / "mlflow"), "-P", "plugin=dcgan",
-         "-P", "args=--epochs 1 --steps-per-epoch 2 --seed 4", "--env-manager", "local"],
+         "-P", "args=--epochs 1 --steps-per-epoch 2 --seed 4 --eval-every 0", "--env-manager",
+         "local"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -141,7 +141,7 @@ def ganflow(*args, cwd):
 
 
 @pytest.mark.slow
-def test_ganflow_run_on_two_replicas_logs_and_registers_once(workdir):
+def test_ganflow_run_on_two_replicas_logs_registers_and_resumes(workdir):
     done = ganflow("run", *TINY, "--eval-every", "0", "--strategy", "mirrored",
                    "--cpu-devices", "2", "--ema", "0.99", cwd=workdir)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -159,6 +159,13 @@ def test_ganflow_run_on_two_replicas_logs_and_registers_once(workdir):
     sampled = ganflow("sample", "models:/dcgan-generator@latest", "-n", "4", "-o", "s.png",
                       cwd=workdir)
     assert sampled.returncode == 0, sampled.stderr[-2000:]
+    # Resumed, it restores the mirrored variables from the checkpoint and goes on, on 2
+    # replicas again (the run's settings), logging no step twice.
+    resumed = ganflow("resume", run.info.run_id, "--epochs", "3", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch/mean_d_loss")]
+    assert steps == [3, 6, 9]
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
 @pytest.mark.parametrize("args, message", [

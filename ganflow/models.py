@@ -4,6 +4,7 @@ from any models:/ or runs:/ URI."""
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -68,14 +69,10 @@ class _KerasFlavor:
     MLflow 3.17's ``mlflow.keras.save_model`` writes the input example before it creates the
     folder, so ``mlflow.keras.log_model(input_example=...)`` fails with FileNotFoundError
     (mlflow/mlflow#16183, open). The model is still the Keras flavor, loaded by
-    ``mlflow.keras``."""
-
-    __name__ = "mlflow.keras"
+    ``mlflow.keras`` (``log_generator`` passes ``flavor_name="mlflow.keras"``)."""
 
     @staticmethod
     def save_model(path, **kwargs):
-        import os
-
         os.makedirs(path, exist_ok=True)
         mlflow.keras.save_model(path=path, **kwargs)
 
@@ -197,8 +194,6 @@ def sample(model_uri: str, count: int, seed: int, label: int | None = None):
 
 def memory_bytes() -> int:
     """This machine's physical memory."""
-    import os
-
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 

@@ -182,6 +182,12 @@ def resume(run_id, epochs, lr_g, lr_d, tracking_uri, output_dir, quiet, verbose)
 
 def report_result(result, config) -> None:
     """What a run did, where everything is, and what to do next; exit 130 if stopped."""
+    if result.worker is not None:
+        role = result.worker
+        click.echo(f"\n{role.name.capitalize()} (of {role.count} workers): trained to step "
+                   f"{result.steps_done} in {result.seconds:.0f} s; the chief logged, "
+                   "checkpointed and registered the run")
+        return
     state = "interrupted" if result.interrupted else "finished"
     click.echo(f"\nRun {result.run_id} {state} in {result.seconds:.0f} s "
                f"(experiment {result.experiment!r}, tracking {result.tracking_uri})")

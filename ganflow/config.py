@@ -19,7 +19,7 @@ JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
 # Settings that take one of a few words, and those words.
 CHOICES = {
     "jit": tuple(JIT_COMPILE),
-    "strategy": ("default", "mirrored"),
+    "strategy": ("default", "mirrored", "multiworker"),
     "precision": ("float32", "mixed_bfloat16", "mixed_float16", "auto"),
 }
 
@@ -81,7 +81,8 @@ class RunConfig:
                                           "pass over the data)")
     jit: str = setting("auto", "XLA compilation: auto lets Keras decide (on for a GPU)")
     strategy: str = setting("default", "tf.distribute strategy: default (one device) or "
-                            "mirrored (every GPU of this machine, or the --cpu-devices)")
+                            "mirrored (every GPU of this machine, or the --cpu-devices) or "
+                            "multiworker (every worker TF_CONFIG names, each with its GPUs)")
     cpu_devices: int | None = setting(None, "split the CPU into N logical devices, each a "
                                       "replica of --strategy mirrored: distribution tried "
                                       "without GPUs", "N")

@@ -9,9 +9,59 @@ under; D's logits and every loss stay float32 (``Step.discriminate``, ``GAN._tot
 
 from __future__ import annotations
 
+import gc
+import json
+import os
+import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 
-from ganflow.errors import UsageError
+from ganflow.errors import GanflowError, UsageError, first_line
+
+TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                     '"task": {"type": "worker", "index": 0}}')
+
+
+@dataclass(frozen=True)
+class Worker:
+    """This process's place in a ``--strategy multiworker`` cluster (from ``TF_CONFIG``)."""
+
+    task: str  # "chief" or "worker"
+    index: int
+    count: int  # the cluster's workers, the chief included
+    chief: bool  # the one that logs, registers and keeps checkpoints
+
+    @property
+    def name(self) -> str:
+        return f"{self.task} {self.index}"
+
+
+def worker(strategy: str) -> Worker | None:
+    """Where ``TF_CONFIG`` puts this process, under ``--strategy multiworker`` (None under
+    the others). The chief is the task of type ``chief``, else ``worker`` 0, as in
+    TensorFlow's multi-worker guide."""
+    if strategy != "multiworker":
+        return None
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        raise UsageError("--strategy multiworker needs TF_CONFIG, the cluster's addresses and "
+                         f"this worker's place in it, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}' "
+                         "(README, 'Several machines'); on one machine use --strategy mirrored")
+    try:
+        spec = json.loads(text)
+        cluster, task = spec["cluster"], spec["task"]
+        kind, index = task["type"], int(task["index"])
+        if kind not in ("chief", "worker") or set(cluster) - {"chief", "worker"}:
+            raise ValueError("only tasks of type chief and worker take part")
+        if not cluster[kind][index]:
+            raise ValueError(f"{kind} {index} has no address")
+        count = sum(len(cluster.get(k, ())) for k in ("chief", "worker"))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise UsageError(f"TF_CONFIG is not a cluster spec ({reason}): write e.g. "
+                         f"TF_CONFIG='{TF_CONFIG_EXAMPLE}'") from None
+    chief = kind == "chief" or (index == 0 and "chief" not in cluster)
+    return Worker(kind, index, count, chief)
 
 
 def split_cpu(count: int) -> None:
@@ -30,6 +80,65 @@ def split_cpu(count: int) -> None:
                              "device(s) in this process; start a new one") from None
 
 
+class WorkerLost(GanflowError):
+    """A worker of a ``--strategy multiworker`` cluster stopped answering: training stopped
+    on every worker, to be resumed from the chief's last checkpoint."""
+
+    exit_code = 75  # EX_TEMPFAIL: start the workers again
+
+    @classmethod
+    def during(cls, exc: BaseException, store, run_id: str | None, config) -> WorkerLost:
+        """What the survivors say (``store``: the chief's ``Checkpoints``, else None)."""
+        _close_thread_pools()
+        if store is not None:
+            latest = store.manager.latest_checkpoint
+            where = (f"the last checkpoint is {os.path.basename(latest)} in {store.directory}"
+                     if latest else "there is no checkpoint yet: start the run again")
+        else:
+            where = "the chief keeps the checkpoints"
+        run = run_id or "RUN_ID (the id the chief printed)"
+        return cls(f"a worker of the cluster stopped answering ({_reason(exc)}): training "
+                   f"stopped on every worker; {where}; when all {config.strategy} workers can "
+                   f"run, start each again with: ganflow resume {run}")
+
+
+class WorkerStopped(GanflowError):
+    """A worker that is not the chief was stopped by Ctrl-C or SIGTERM."""
+
+    exit_code = 130
+
+
+def _close_thread_pools() -> None:
+    """Close the thread pools TensorFlow's eager all-reduce left open when its collective
+    failed: collected at exit, each would print a traceback there ("Bad file descriptor")."""
+    from multiprocessing.pool import ThreadPool
+
+    for obj in gc.get_objects():
+        if isinstance(obj, ThreadPool):
+            obj.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """What TensorFlow says went wrong, without where in the graph (node names, the stack
+    of the op that failed)."""
+    text = getattr(exc, "message", None) or str(exc)
+    said = [line for line in text.splitlines() if line.strip()
+            and not line.startswith((" ", "\t", "Graph execution error", "Detected at node"))]
+    said = re.sub(r"\{\{[^}]*\}\}|\[\[.*?\]\]|\[Op:[^\]]*\]", " ", " ".join(said))
+    said = said.split("The error could be from a previous operation")[0]
+    return f"{type(exc).__name__}: {' '.join(said.split()) or first_line(exc)}"[:240]
+
+
+def lost_peer_errors() -> tuple[type[BaseException], ...]:
+    """What TensorFlow raises in the survivors when a worker of a collective dies: its
+    health check aborts the collectives with UNAVAILABLE; a collective under way may fail on
+    its own first."""
+    import tensorflow as tf
+
+    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.CancelledError, tf.errors.AbortedError)
+
+
 def make_strategy(name: str, cpu_devices: int | None = None):
     """The ``tf.distribute`` strategy ``--strategy name`` means on this machine."""
     import tensorflow as tf
@@ -42,7 +151,10 @@ def make_strategy(name: str, cpu_devices: int | None = None):
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices)
-    raise UsageError(f"--strategy {name}: unknown; use default or mirrored")
+    if name == "multiworker":
+        worker(name)  # TF_CONFIG is there and makes sense
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise UsageError(f"--strategy {name}: unknown; use default, mirrored or multiworker")
 
 
 def replicas() -> int:
@@ -50,6 +162,16 @@ def replicas() -> int:
     import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def across_workers() -> bool:
+    """Whether the strategy in scope spans several worker processes (multiworker, with a
+    cluster in TF_CONFIG)."""
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._in_multi_worker_mode()
 
 
 def replica():

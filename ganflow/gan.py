@@ -123,6 +123,12 @@ class GAN(keras.Model):
         g_optimizer.build(self.generator.trainable_variables)
         names = self.check_step()
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        if devices.across_workers():
+            # Keras 3.15's fit reduces each replica's logs along axis 0 across workers, which
+            # fails for scalars ("Invalid reduction dimension 0"): give it vectors of one.
+            step = self.train_step
+            self.train_step = lambda data: {
+                name: ops.reshape(value, (1,)) for name, value in step(data).items()}
 
     @property
     def metrics(self):
@@ -144,6 +150,17 @@ class GAN(keras.Model):
         """Real examples one training step consumes: m per discriminator update, plus m for
         the generator update when it reads real data."""
         return batch_size * (self.d_steps + int(self.generator_uses_real))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a tf.distribute strategy, Keras's fit first takes a batch from a throwaway
+        # iterator and reduces it across replicas to build the model symbolically. compile
+        # built everything, so that only costs a batch; and under MultiWorkerMirroredStrategy
+        # the reduce fails ("Attempt to convert a value (PerReplica...) to a Tensor").
+        if all(layer.built for layer in self._flatten_layers()):
+            with self.distribute_strategy.scope():
+                self._symbolic_build(data_batch=())  # builds nothing, finishes the build
+            return
+        super()._maybe_symbolic_build(iterator, data_batch)
 
     def build(self, input_shape):
         if not self.generator.built:

@@ -34,6 +34,7 @@ class RunResult:
     steps_done: int | None = None  # training steps done, when it trained
     checkpoint: Path | None = None  # the newest checkpoint
     experiment_id: str = ""
+    worker: object = None  # a devices.Worker that is not the chief: it trained, logged nothing
 
 
 def resume_config(run_id: str, changes: dict[str, Any]) -> tuple[RunConfig, bool]:
@@ -55,10 +56,14 @@ def resume_config(run_id: str, changes: dict[str, Any]) -> tuple[RunConfig, bool
     if not text:
         raise UsageError(f"run {run_id} was not made by `ganflow run` (it has no ganflow.config "
                          "tag): it cannot be resumed")
-    if run.info.status == "RUNNING" and tracking.process_alive(run.data.tags):
+    values = json.loads(text)
+    from ganflow.devices import worker
+
+    role = worker(values.get("strategy", "default"))
+    chief = role is None or role.chief  # a worker resumes with its chief, which reopens the run
+    if chief and run.info.status == "RUNNING" and tracking.process_alive(run.data.tags):
         raise UsageError(f"run {run_id} is still running (process {run.data.tags.get('ganflow.pid')}"
                          f" on {run.data.tags.get('ganflow.host')}): stop it first")
-    values = json.loads(text)
     before = values["epochs"]
     values.update({k: v for k, v in changes.items() if v is not None})
     if run.info.status == "FINISHED" and values["epochs"] <= before:
@@ -330,8 +335,8 @@ def _check_distribution(config: RunConfig, replicas: int) -> None:
             # XLA compiles the step for one device; on logical CPU devices the replicas'
             # noise-generator state lives on another device, which a compiled step cannot
             # read (InvalidArgumentError "Trying to access resource ... located in device").
-            raise UsageError("--jit on with --strategy mirrored works on GPUs, not on CPU "
-                             "devices: use --jit off (or auto)")
+            raise UsageError(f"--jit on with --strategy {config.strategy} works on GPUs, not on "
+                             "CPU devices: use --jit off (or auto)")
 
 
 def _build_model(resolved: Resolved, trainer, setup):
@@ -362,9 +367,17 @@ def _data_params(source) -> dict[str, Any]:
 
 def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         eval_optional: bool = False, resume_run_id: str | None = None) -> RunResult:
-    """Train, track and register (see ``_run``); a resume holds its run's lock throughout."""
+    """Train, track and register (see ``_run``); a resume holds its run's lock throughout.
+
+    Under ``--strategy multiworker`` only the chief does all that; the other workers train in
+    step with it and keep nothing (``_train_as_worker``)."""
     from contextlib import nullcontext
 
+    from ganflow import devices
+
+    role = devices.worker(config.strategy)  # TF_CONFIG checked before anything starts
+    if role is not None and not role.chief:
+        return _train_as_worker(config, plugins, verbose, role, resume_run_id)
     lock = nullcontext() if not resume_run_id else _hold(
         Path(config.output_dir).expanduser().resolve() / resume_run_id / ".resume.lock",
         resume_run_id)
@@ -388,7 +401,7 @@ def _run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     """
     import mlflow
 
-    from ganflow import callbacks, checkpoints, signals, tracking, views
+    from ganflow import callbacks, checkpoints, devices, signals, tracking, views
     from ganflow.data import training_pipeline
 
     resolved = resolve_plugins(config, plugins)
@@ -459,6 +472,7 @@ def _run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         fit_callbacks.append(saver)
         interrupted = None
         metrics = {}
+        single_process = config.strategy != "multiworker"  # no other process to wait for
         try:
             with signals.terminate_as_interrupt():
                 history = _fit_from(gan, lambda skip: training_pipeline(
@@ -471,7 +485,17 @@ def _run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
                 metrics.update(evaluations.last)
         except KeyboardInterrupt as exc:
             interrupted = signals.name_of(exc)
-            logger.catch_up()  # a step may be done whose callbacks were cut short
+            if single_process:  # else reading the metrics would wait for workers that go on
+                logger.catch_up()  # a step may be done whose callbacks were cut short
+        except devices.lost_peer_errors() as exc:
+            if config.strategy != "multiworker":
+                raise
+            outbox.close()
+            lost = devices.WorkerLost.during(exc, store, run_id, config)
+            mlflow.set_tags({"ganflow.failure": str(lost),
+                             "ganflow.failed_at_step": str(store.steps_done)})
+            mlflow.end_run(status="FAILED")
+            raise lost from None
         except checkpoints.CheckpointWriteError as exc:
             outbox.close()
             mlflow.set_tags({"ganflow.failure": str(exc),
@@ -481,7 +505,10 @@ def _run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
             outbox.close()  # what was logged before the crash still reaches the store
             raise
         diverged = guard.diverged or saver.diverged
-        last_checkpoint = saver.save() if diverged is None else None
+        # A chief stopped alone cannot save: a checkpoint's metric reads wait for every worker.
+        stopped_alone = interrupted and not single_process
+        last_checkpoint = saver.save() if diverged is None and not stopped_alone else \
+            (Path(store.manager.latest_checkpoint) if store.manager.latest_checkpoint else None)
         diverged = diverged or saver.diverged  # the weights, checked as the last one is saved
         grids = sorted((output / run_id / "samples").glob("epoch_*.png"))  # a resume's too
         if diverged is None and len(grids) > 1:
@@ -523,6 +550,76 @@ def _run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         steps_done=store.steps_done,
         checkpoint=last_checkpoint,
     )
+
+
+def _train_as_worker(config: RunConfig, plugins: Plugins, verbose: int, role,
+                     resume_run_id: str | None) -> RunResult:
+    """A worker of ``--strategy multiworker`` that is not the chief: it trains in step with
+    the chief and keeps nothing.
+
+    It runs every collective operation the chief runs, at the same steps: the metric reads of
+    each logging window and each checkpoint's save (both read the replicas' metric sums).
+    Its checkpoints go to a scratch folder removed at the end (TensorFlow's multi-worker
+    guide); its metrics, pictures and model go nowhere; it does not evaluate. Resumed, it
+    restores the chief's newest checkpoint: from the run's folder when this machine sees it,
+    else from the run's MLflow artifacts (``--checkpoint-to-mlflow``)."""
+    import tempfile
+
+    from ganflow import callbacks, checkpoints, devices, signals
+    from ganflow.data import training_pipeline
+
+    started = time.perf_counter()
+    if config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    prepared = prepare(replace(config, eval_every=0), plugins)
+    gan, done = prepared.gan, 0
+    restored = None
+    if resume_run_id:
+        folder = Path(config.output_dir) / resume_run_id / "checkpoints"
+        if not checkpoints.saved_in(folder):
+            checkpoints.fetch(resume_run_id, folder)
+        restored = checkpoints.Checkpoints(gan, folder, config.keep_checkpoints)
+        done = restored.restore()
+        _set_learning_rates(gan, config, prepared.resolved)
+    with tempfile.TemporaryDirectory(prefix=f"ganflow-worker-{role.index}-") as scratch:
+        store = checkpoints.Checkpoints(gan, Path(scratch) / "checkpoints", 1)
+        logger = callbacks.MlflowLogger(
+            _Nowhere(), config.log_every, prepared.steps_per_epoch, Path(scratch),
+            lambda generator, path, title: (path, {}),
+            resume_metrics=restored.restored_metrics
+            if restored and done % prepared.steps_per_epoch else None)
+        guard = callbacks.DivergenceGuard()
+        saver = checkpoints.CheckpointCallback(
+            store, prepared.steps_per_epoch if config.checkpoint_every is None
+            else config.checkpoint_every, prepared.steps_per_epoch)
+        try:
+            with signals.terminate_as_interrupt():
+                _fit_from(gan, lambda skip: training_pipeline(
+                    prepared.source, prepared.per_step, config.seed).skip(skip), done,
+                    prepared.steps_per_epoch, config.epochs, [guard, logger, saver], verbose)
+            if (guard.diverged or saver.diverged) is None:
+                saver.save()  # as the chief does last
+        except devices.lost_peer_errors() as exc:
+            raise devices.WorkerLost.during(exc, None, resume_run_id, config) from None
+        except KeyboardInterrupt as exc:
+            raise devices.WorkerStopped(
+                f"{role.name} stopped by {signals.name_of(exc)} at step {store.steps_done}; "
+                "the other workers stop when they miss it, and the chief keeps its last "
+                "checkpoint: start every worker again with ganflow resume RUN_ID") from None
+    return RunResult(
+        run_id=resume_run_id or "", experiment="", tracking_uri="", samples_path=None,
+        model_uri="", model_name=None, model_version=None,
+        seconds=time.perf_counter() - started, metrics={}, steps_done=store.steps_done,
+        worker=role)
+
+
+class _Nowhere:
+    """Where a worker that is not the chief logs: nowhere."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def _hold(path: Path, run_id: str):

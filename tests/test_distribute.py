@@ -3,9 +3,11 @@
 and op determinism are set once per process, before TensorFlow starts."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -18,25 +20,26 @@ import ganflow
 from ganflow.data import training_pipeline
 from ganflow.devices import dtype_policy
 
-from conftest import TINY
+from conftest import TINY, free_port
 from test_gan import SHAPE, numbered_source
 from test_step import compile_gan, linear_discriminator
 
-# Trains the dcgan recipe on the digits for 4 steps of a global batch of 16, on one device and
-# on 2 replicas of 8 each, from the same seed (same initial weights, data and noise), and
-# prints the largest difference of any weight (G, D, the EMA copy, both optimizers) and the
-# noise each replica drew in the first step.
+# Trains the dcgan recipe on the digits for 4 steps of a global batch of 16 under a strategy
+# (argv[2]: 2 replicas of 8 each) and on one device, from the same seed (same initial
+# weights, data and noise), and prints the largest difference of any weight (G, D, the EMA
+# copy, both optimizers). With argv[3], saves the distributed run's weights there.
 SAME_AS_ONE_DEVICE = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     import numpy as np
     from ganflow import devices
-    devices.split_cpu(2)
+    flags, strategy = json.loads(sys.argv[1]), sys.argv[2]
+    if strategy == "mirrored":
+        devices.split_cpu(2)
     import tensorflow as tf
     from ganflow.plugins import load_plugins
     from ganflow.runner import prepare, resolve_config
 
     plugins = load_plugins()
-    flags = json.loads(sys.argv[1])
 
     def train(strategy):
         config = resolve_config(plugins, "dcgan", None, {
@@ -52,11 +55,15 @@ SAME_AS_ONE_DEVICE = textwrap.dedent("""
                    + gan.ema_generator.weights + gan.d_optimizer.variables
                    + gan.g_optimizer.variables)]
         moved = max(float(np.max(np.abs(a - b))) for a, b in zip(start, weights))
-        return gan, weights, {k: v[-1] for k, v in logs.items()}, moved
+        return gan, weights, {k: float(np.squeeze(v[-1])) for k, v in logs.items()}, moved
 
     tf.config.experimental.enable_op_determinism()
-    one, one_weights, one_logs, moved = train("default")
-    two, two_weights, two_logs, _ = train("mirrored")
+    # The distributed run first: MultiWorkerMirroredStrategy starts before anything else.
+    two, two_weights, two_logs, moved = train(strategy)
+    one, one_weights, one_logs, _ = train("default")
+    if len(sys.argv) > 3:  # one file per worker
+        index = json.loads(os.environ.get("TF_CONFIG", '{"task": {"index": 0}}'))["task"]["index"]
+        np.savez(f"{sys.argv[3]}.{index}.npz", *two_weights)
     print(json.dumps({
         "replicas": two.distribute_strategy.num_replicas_in_sync,
         "weights": len(one_weights),
@@ -80,7 +87,11 @@ def run_script(script, *args, timeout=300):
     {"loss": "wgan:gp=0", "regularizers": ["r2:gamma=1,every=2"]},  # lazy, on fakes
 ], ids=["non-saturating+r1", "wgan+lazy-r2"])
 def test_two_replicas_train_as_one_device_on_the_same_global_batch(flags):
-    result = run_script(SAME_AS_ONE_DEVICE, json.dumps(flags))
+    result = run_script(SAME_AS_ONE_DEVICE, json.dumps(flags), "mirrored")
+    assert_same_as_one_device(result)
+
+
+def assert_same_as_one_device(result):
     assert result["replicas"] == 2
     assert result["steps_done"] == 4  # a global step counts once, not once per replica
     assert result["moved"] > 1e-3  # it trained
@@ -178,4 +189,119 @@ def test_what_two_cpu_replicas_cannot_do_is_one_line(workdir, args, message):
                    cwd=workdir)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"Error: {message}")
+    assert not (workdir / "mlflow.db").exists()  # nothing started
+
+
+def cluster(count: int) -> list[str]:
+    """TF_CONFIG for each of ``count`` workers on 127.0.0.1, worker 0 the chief."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(count)]
+    return [json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})
+            for i in range(count)]
+
+
+def start_workers(command: list[str], cwd, tmp=None) -> list[subprocess.Popen]:
+    """The same command in one process per worker of a new 2-worker cluster; ``tmp``: their
+    TMPDIR."""
+    env = {**os.environ, **({"TMPDIR": str(tmp)} if tmp else {})}
+    return [subprocess.Popen([sys.executable, *command], cwd=cwd, text=True,
+                             env={**env, "TF_CONFIG": spec},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for spec in cluster(2)]
+
+
+def finish(procs, timeout=300) -> list[tuple[int, str, str]]:
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        done.append((proc.returncode, out, err))
+    return done
+
+
+@pytest.mark.slow
+def test_two_worker_processes_stay_in_step_and_train_as_one_device(tmp_path):
+    # Two real processes, a MultiWorkerMirroredStrategy over 127.0.0.1: each trains the
+    # dcgan recipe for 4 global steps of 16 (8 on each worker), then alone on one device.
+    procs = start_workers(["-c", SAME_AS_ONE_DEVICE, "{}", "multiworker", "WEIGHTS"], tmp_path)
+    results = []
+    for returncode, out, err in finish(procs):
+        assert returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    for result in results:
+        assert_same_as_one_device(result)
+    # Both workers hold the same weights and optimizer state, bit for bit.
+    chief, other = (np.load(tmp_path / f"WEIGHTS.{i}.npz") for i in (0, 1))
+    assert len(chief.files) == results[0]["weights"]
+    for name in chief.files:
+        np.testing.assert_array_equal(chief[name], other[name])
+
+
+@pytest.mark.slow
+def test_a_lost_worker_stops_the_cluster_and_every_worker_resumes_from_the_chief(workdir):
+    scratch = workdir / "tmp"
+    scratch.mkdir()
+    chief, other = start_workers(
+        ["-m", "ganflow", "run", "--epochs", "60", "--steps-per-epoch", "3", "--batch-size",
+         "16", "--eval-every", "0", "-q", "--strategy", "multiworker"], workdir, scratch)
+    deadline = time.monotonic() + 240
+    while not list(workdir.glob("ganflow-runs/*/checkpoints/ckpt-6.index")):
+        assert chief.poll() is None and other.poll() is None, finish([chief, other])
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    other.kill()  # worker 1 is gone mid-run, without a word
+    other.wait()
+    ((returncode, out, err),) = finish([chief], timeout=180)
+    assert returncode == 75, err[-3000:]
+    (run_dir,) = (workdir / "ganflow-runs").iterdir()
+    run_id = run_dir.name
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("Error: a worker of the cluster stopped answering (UnavailableError:")
+    assert f"start each again with: ganflow resume {run_id}" in last
+    assert "Traceback" not in err
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["ganflow.failure"].startswith("a worker of the cluster stopped")
+    assert not client.search_model_versions("name = 'dcgan-generator'")
+
+    killed = set(scratch.glob("ganflow-worker-*"))  # what SIGKILL left of worker 1's scratch
+
+    # The same command on every worker: each restores the chief's newest checkpoint.
+    results = finish(start_workers(["-m", "ganflow", "resume", run_id, "--epochs", "4", "-q"],
+                                   workdir, scratch))
+    for returncode, out, err in results:
+        assert returncode == 0, err[-3000:]
+    assert "Worker 1 (of 2 workers): trained to step 12" in results[1][1]
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.params["replicas"] == "2"
+    # Only the chief logged: each epoch's mean once, each step window once.
+    steps = [m.step for m in client.get_metric_history(run_id, "epoch/mean_d_loss")]
+    assert steps == [3, 6, 9, 12]
+    windows = [m.step for m in client.get_metric_history(run_id, "d_loss")]
+    assert windows == sorted(set(windows)) and windows[-1] == 12
+    (version,) = client.search_model_versions("name = 'dcgan-generator'")
+    assert version.run_id == run_id
+    assert set(scratch.glob("ganflow-worker-*")) == killed  # worker 1 cleaned up its scratch
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    (None, "--strategy multiworker needs TF_CONFIG, the cluster's addresses and this worker's "
+           "place in it, e.g. TF_CONFIG="),
+    ("{cluster: 1}", "TF_CONFIG is not a cluster spec (Expecting property name enclosed in "
+                     "double quotes"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}}',
+     "TF_CONFIG is not a cluster spec (IndexError: list index out of range)"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"], "ps": ["127.0.0.1:2"]}, '
+     '"task": {"type": "ps", "index": 0}}',
+     "TF_CONFIG is not a cluster spec (only tasks of type chief and worker take part)"),
+])
+def test_a_multiworker_run_without_a_sound_tf_config_is_refused_on_one_line(
+        cli, workdir, monkeypatch, tf_config, message):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    result = cli("run", *TINY, "--strategy", "multiworker")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"Error: {message}")
     assert not (workdir / "mlflow.db").exists()  # nothing started

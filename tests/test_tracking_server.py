@@ -55,30 +55,43 @@ class MlflowServer:
 
 @pytest.fixture
 def server(workdir):
+    """A server of the test's own, for a test that stops and starts it."""
     running = MlflowServer(workdir).start()
     yield running
     running.kill()
 
 
-@pytest.fixture
-def mlflow_server(server):
-    return server.uri
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for this module's tests that only need a server (starting one takes 6-17 s
+    here); each of them logs to its own experiment and registers its own model names, so they
+    stay independent of each other and of the order they run in."""
+    running = MlflowServer(tmp_path_factory.mktemp("shared-mlflow-server")).start()
+    yield running
+    running.kill()
 
 
 @pytest.mark.slow
-def test_run_and_sample_through_a_tracking_server(cli, workdir, mlflow_server):
-    result = cli("run", *TINY, "--tracking-uri", mlflow_server)
+def test_run_and_sample_through_a_tracking_server(cli, workdir, shared_server):
+    uri = shared_server.uri
+    # No evaluation: this test is about logging, registering and sampling through a server
+    # (the four runs below have the server pick a champion by their FIDs).
+    result = cli("run", *TINY, "--eval-every", "0", "--tracking-uri", uri, "--experiment",
+                 "through-a-server")
     assert result.exit_code == 0, result.output
-    assert f"browse:  {mlflow_server}/#/experiments/" in result.stdout
+    assert f"browse:  {uri}/#/experiments/" in result.stdout
     assert "?workflowType=machine_learning" in result.stdout
     assert not (workdir / "mlflow.db").exists()  # everything went to the server
 
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(uri)
     version = client.get_model_version_by_alias("dcgan-generator", "latest")
+    assert client.get_experiment(client.get_run(version.run_id).info.experiment_id).name == \
+        "through-a-server"  # this test's run, not another's on the shared server
     assert image_steps(client, version.run_id) == [0, 3, 6]
-    assert list((workdir / "server-artifacts").rglob("samples.gif"))  # stored by the server
+    assert [gif for gif in (shared_server.folder / "server-artifacts").rglob("samples.gif")
+            if version.run_id in gif.parts]  # stored by the server
 
-    sampled = cli("sample", "models:/dcgan-generator@latest", "--tracking-uri", mlflow_server,
+    sampled = cli("sample", "models:/dcgan-generator@latest", "--tracking-uri", uri,
                   "-n", "4", "-o", "s.png")
     assert sampled.exit_code == 0, sampled.output
     assert (workdir / "s.png").stat().st_size > 0
@@ -213,7 +226,8 @@ def four_runs_at_once(workdir, uri):
     procs = [subprocess.Popen(
         [sys.executable, "-m", "ganflow", "run", "--plugin", "toy", "--epochs", "1",
          "--steps-per-epoch", "5", "--eval-every", "1", "--eval-samples", "500", "--seed",
-         str(seed), "--registered-model", "shared", "--output-dir", f"out-{seed}", "-q"],
+         str(seed), "--registered-model", "shared", "--experiment", "four-at-once",
+         "--output-dir", f"out-{seed}", "-q"],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for seed in range(4)]
     errors = [p.communicate(timeout=600)[1] for p in procs]
@@ -227,8 +241,8 @@ def four_runs_at_once(workdir, uri):
 
 
 @pytest.mark.slow
-def test_four_runs_at_once_against_one_server_register_four_versions(server, workdir):
-    four_runs_at_once(workdir, server.uri)
+def test_four_runs_at_once_against_one_server_register_four_versions(shared_server, workdir):
+    four_runs_at_once(workdir, shared_server.uri)
 
 
 @pytest.mark.slow

@@ -39,18 +39,24 @@ class Translation:
         import tensorflow as tf
 
         batch = tf.shape(x)[0]
-        height, width = x.shape[1], x.shape[2]
 
-        def shifted(x, size):  # along axis 1
+        def shifted(x, axis):
+            size = x.shape[axis]
             shift = int(size * self.ratio + 0.5)
             offset = keras.random.randint((batch, 1), -shift, shift + 1, seed=seed_generator)
             grid = tf.clip_by_value(tf.range(size)[None, :] + tf.cast(offset, "int32") + 1, 0,
                                     size + 1)
-            padded = tf.pad(x, [[0, 0], [1, 1], [0, 0], [0, 0]])
-            return tf.gather(padded, grid, axis=1, batch_dims=1)
+            padding = [[0, 0]] * 4
+            padding[axis] = [1, 1]
+            # Each output row (column) picks one padded row (column): a product with a one-hot
+            # matrix, exact. tf.gather(batch_dims=1) transposes inside, and XLA cannot compile
+            # that transpose's gradient in a lazy regularizer's tf.cond ("InvertPermutation:
+            # 0 is duplicated in the input").
+            pick = tf.one_hot(grid, size + 2, dtype=x.dtype)  # (m, size, size + 2)
+            spec = "bpwc,bsp->bswc" if axis == 1 else "bhpc,bsp->bhsc"
+            return tf.einsum(spec, tf.pad(x, padding), pick)
 
-        x = shifted(x, height)
-        return tf.transpose(shifted(tf.transpose(x, [0, 2, 1, 3]), width), [0, 2, 1, 3])
+        return shifted(shifted(x, 1), 2)
 
 
 class Cutout:

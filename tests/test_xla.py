@@ -1,0 +1,103 @@
+"""XLA (``--jit on``) with every built-in loss, regularizer (lazy too), augmentation and the
+EMA: the compiled step trains to the same weights as the step without XLA.
+
+XLA draws other random numbers than TensorFlow's kernels from the same seed (on this CPU even
+``alg="philox"`` differs), so the tests replace Keras's random draws with an integer hash of
+the seed, the same under both: everything else (noise slicing, seed-generator state, the
+losses, penalties, augmentations and the EMA) must then agree."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+from keras.src.backend.tensorflow import random as tf_random
+
+from ganflow.data import training_pipeline
+from ganflow.gan import GAN
+from ganflow.runner import resolve_config, resolve_plugins
+
+from test_gan import LATENT, tiny_generator
+
+SHAPE = (8, 8, 1)  # room for the augmentations' shifts and squares
+
+
+def small_discriminator():
+    return keras.Sequential([keras.Input(SHAPE), layers.Conv2D(4, 3, strides=2, padding="same"),
+                             layers.LeakyReLU(0.2), layers.Flatten(), layers.Dense(1)])
+
+
+def image_generator():
+    return keras.Sequential([keras.Input((LATENT,)), layers.Dense(64, activation="tanh"),
+                             layers.Reshape(SHAPE)])
+
+
+def source(n=64):
+    import ganflow
+
+    x = np.random.default_rng(0).uniform(-1, 1, (n, *SHAPE)).astype("float32")
+    return ganflow.DataSource.from_arrays(x)
+
+
+def hashed_uniform(shape, seed):
+    """Numbers in [0, 1) that depend only on the seed (a SeedGenerator, advanced as Keras's
+    draws advance it) and the position: integer arithmetic, exact with and without XLA."""
+    seed = tf.cast(tf_random._cast_seed(tf_random.draw_seed(seed)), "int64")
+    index = tf.range(tf.reduce_prod(shape), dtype="int64")
+    mixed = (index * 2654435761 + seed[0] * 40503 + seed[1] * 69069 + 12345) % 1_000_003
+    return tf.reshape(tf.cast(mixed, "float32") / 1_000_003.0, shape)
+
+
+@pytest.fixture(autouse=True)
+def same_random_numbers(monkeypatch):
+    def normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
+        unit = (hashed_uniform(shape, seed) - 0.5) * 12**0.5  # mean 0, variance 1
+        return tf.cast(mean + stddev * unit, dtype or "float32")
+
+    def uniform(shape, minval=0.0, maxval=1.0, dtype=None, seed=None):
+        u = hashed_uniform(shape, seed)
+        return tf.cast(minval + (maxval - minval) * u, dtype or "float32")
+
+    def randint(shape, minval, maxval, dtype="int32", seed=None):
+        u = hashed_uniform(shape, seed)
+        low, high = tf.cast(minval, "float32"), tf.cast(maxval, "float32")
+        return tf.cast(tf.floor(low + (high - low) * u), dtype)
+
+    for name, draw in (("normal", normal), ("uniform", uniform), ("randint", randint)):
+        monkeypatch.setattr(tf_random, name, draw)
+
+
+def train(plugins, flags, jit):
+    config = resolve_config(plugins, "dcgan", None, {**flags, "d_steps": 2})
+    resolved = resolve_plugins(config, plugins)
+    keras.utils.set_random_seed(0)
+    gan = GAN(image_generator(), small_discriminator(), LATENT, config.d_steps, seed=0,
+              ema=0.9, augment=resolved.augment)
+    gan.compile(keras.optimizers.SGD(0.05), keras.optimizers.SGD(0.05), resolved.loss_object,
+                regularizers=resolved.regularizations, jit_compile=jit)
+    per_step = gan.real_per_step(8)
+    logs = gan.fit(training_pipeline(source(), per_step, seed=0), epochs=1, steps_per_epoch=3,
+                   verbose=0).history
+    weights = gan.generator.get_weights() + gan.discriminator.get_weights() + \
+        gan.ema_generator.get_weights()
+    return weights, {k: float(v[-1]) for k, v in logs.items()}
+
+
+@pytest.mark.parametrize("flags", [
+    {"loss": "minimax", "regularizers": ["r1:gamma=1"], "augment": ["color"]},
+    {"loss": "non-saturating", "regularizers": ["r2:gamma=1,every=2"],
+     "augment": ["translation"]},
+    {"loss": "hinge", "regularizers": ["gp:weight=1"], "augment": ["cutout"]},
+    {"loss": "wgan", "regularizers": [], "augment": ["color", "translation", "cutout"]},
+    {"loss": "lsgan", "regularizers": ["r1:gamma=1,every=3"], "augment": ["translation"]},
+], ids=["minimax", "non-saturating", "hinge", "wgan", "lsgan"])
+def test_the_compiled_step_trains_as_the_plain_one(plugins, flags):
+    plain, plain_logs = train(plugins, flags, jit=False)
+    compiled, compiled_logs = train(plugins, flags, jit=True)
+    assert plain_logs.keys() == compiled_logs.keys()
+    for name, value in plain_logs.items():
+        assert compiled_logs[name] == pytest.approx(value, rel=1e-3, abs=1e-4), name
+    moved = max(float(np.abs(w).max()) for w in plain)
+    assert moved > 0
+    for a, b in zip(plain, compiled):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)

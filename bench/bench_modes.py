@@ -8,10 +8,10 @@
 Methods (every one is a real ``ganflow run``, in this process):
 - ``gan``, ``pacgan2``, ``pacgan3``, ``pacgan4``: the ``toy-grid`` recipe's networks and
   settings with D judging packs of 1 (a plain GAN), 2, 3 or 4 examples, trained for
-  ``--budget`` generator updates (default 3,000; the recipe's own length is 10,000), so that
+  ``--budget`` generator updates (default 1,000; the recipe's own length is 10,000), so that
   the whole table stays affordable on 2 cores.
-- ``recipe``: the dataset's own ganflow recipe, unchanged: ``toy`` on ring8, ``toy-grid`` on
-  grid25.
+- ``toy-grid``: the ``toy-grid`` recipe itself, unchanged but for the dataset.
+- ``toy`` (not run by default): the ``toy`` recipe, unchanged but for the dataset.
 
 Metrics, from the run's last epoch (the EMA generator when the run keeps one):
 - PacGAN's, on 2,500 samples: modes with at least one high-quality sample, the share of
@@ -41,9 +41,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 EXPERIMENT = "modes-benchmark"
 DATASETS = ("ring8", "grid25")
-RECIPES = {"ring8": "toy", "grid25": "toy-grid"}
 PACKS = {"gan": 1, "pacgan2": 2, "pacgan3": 3, "pacgan4": 4}
-METHODS = (*PACKS, "recipe")
+RECIPES = ("toy-grid", "toy")
+METHODS = (*PACKS, *RECIPES)
+DEFAULT_METHODS = (*PACKS, "toy-grid")
 LABELS = {"gan": "GAN", "pacgan2": "PacGAN2", "pacgan3": "PacGAN3", "pacgan4": "PacGAN4"}
 # (column, metric of the run, digits, scale): PacGAN's three, then ganflow's count.
 COLUMNS = (
@@ -57,8 +58,8 @@ SECONDS = "bench/seconds"
 
 def cell_flags(method: str, dataset: str, budget: int, plugins) -> tuple[str, dict]:
     """The recipe and the flags on top of it that one cell's runs train with."""
-    if method == "recipe":
-        return RECIPES[dataset], {"dataset": dataset}
+    if method in RECIPES:
+        return method, {"dataset": dataset}
     arch = plugins.recipes.get("toy-grid").obj["arch"]
     sizes, _, options = arch.partition(":")[2].partition("/")
     kept = [o for o in options.split("/") if o and not o.startswith("pack=")]
@@ -100,19 +101,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10, metavar="N",
                         help="seeds 0..N-1 per cell (default 10)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
-                        help=f"of: {', '.join(METHODS)}")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
+                        help=f"of: {', '.join(METHODS)} (default: all but toy)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), metavar="DATASET",
                         help=f"of: {', '.join(DATASETS)}")
-    parser.add_argument("--budget", type=int, default=3000, metavar="UPDATES",
-                        help="generator updates of the gan/pacgan methods (default 3,000)")
+    parser.add_argument("--budget", type=int, default=1000, metavar="UPDATES",
+                        help="generator updates of the gan/pacgan methods (default 1,000)")
     parser.add_argument("--out", default="modes-benchmark.md", metavar="FILE",
                         help="where the Markdown table is written (default modes-benchmark.md)")
     parser.add_argument("--tracking-uri", default="sqlite:///modes-benchmark.db")
     parser.add_argument("--output-dir", default="ganflow-runs", metavar="DIR",
                         help="the runs' checkpoints and pictures")
     parser.add_argument("--table-only", action="store_true",
-                        help="train nothing; the table of the runs already in the store")
+                        help="train nothing; the table (and the cells' runs) of the runs "
+                        "already in the store")
     args = parser.parse_args(argv)
     for name, given, known in (("--methods", args.methods, METHODS),
                                ("--datasets", args.datasets, DATASETS)):
@@ -163,8 +165,7 @@ def main(argv=None) -> int:
             runs = [done[s] for s in range(args.seeds) if s in done]
             if runs:
                 rows.append((method, dataset, recipe, settings, runs))
-                if not args.table_only:
-                    log_cell(client, experiment_id, method, dataset, settings, runs)
+                log_cell(client, experiment_id, method, dataset, settings, runs)
     table = render(rows, args)
     Path(args.out).write_text(table, encoding="utf-8")
     print(table)
@@ -208,7 +209,7 @@ def render(rows, args) -> str:
             mean, se = mean_se([r.data.metrics.get(metric, math.nan) * scale for r in runs])
             cells.append(fmt(mean, se, digits))
         seconds, _ = mean_se([r.data.metrics.get(SECONDS, math.nan) for r in runs])
-        label = f"{recipe} recipe" if method == "recipe" else LABELS[method]
+        label = f"`{recipe}` recipe" if method in RECIPES else LABELS[method]
         lines.append(f"| {label} | {dataset} | " + " | ".join(cells)
                      + f" | {len(runs)} | {fmt(seconds, math.nan, 0)} | `{settings}` |")
     return "\n".join(lines) + "\n"

@@ -72,6 +72,8 @@ def cell_flags(method: str, dataset: str, budget: int, plugins) -> tuple[str, di
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the values that are numbers (a reverse KL is NaN when a
+    run has no high-quality sample); NaN for the error of a single value."""
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return math.nan, math.nan

@@ -18,7 +18,9 @@ class SampleView:
     Images become a grid of ``samples`` fixed noise vectors; a conditional generator's
     (``num_classes``) has one row per class. Points become a scatter (2-D) or density (1-D)
     plot against real data; when the data's density is known, ``TOY_EVAL_SAMPLES`` samples
-    from the fixed evaluation noise are scored with ``ganflow.toy.toy_metrics`` as ``toy/...``.
+    from the fixed evaluation noise are scored with ``ganflow.toy.toy_metrics`` as ``toy/...``,
+    and the first ``toy.PACGAN_SAMPLES`` of them with ``toy.pacgan_metrics`` (PacGAN's
+    definitions) as ``toy/pacgan_...``.
     """
 
     def __init__(self, source, latent_dim: int, samples: int, seed: int,
@@ -51,6 +53,7 @@ class SampleView:
         metrics = {}
         if self.density is not None:
             metrics = toy.toy_metrics(points, self.density)
+            metrics.update(toy.pacgan_metrics(points, self.density))
             title = f"{title}: {toy.format_metrics(metrics)}"
         shown = points[: len(self.noise)]
         path = toy.plot_points(shown, path, title, real=self.real, density=self.density)

@@ -155,7 +155,8 @@ def bad(cli, *args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: cdcgan, dcgan, gmm-mle, toy, toy1d "
+    (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: cdcgan, dcgan, gmm-mle, toy, toy-grid, "
+                           "toy1d "
                            "(did you mean 'dcgan'?)"),
     (["--loss", "minmax"], "unknown loss 'minmax'; known: hinge, lsgan, minimax, "
                            "non-saturating, wgan (did you mean 'minimax'?)"),

@@ -50,6 +50,7 @@ def test_builtins_are_registered_by_their_modules(plugins):
         "dcgan": "ganflow_plugins.dcgan", "cdcgan": "ganflow_plugins.dcgan",
         "gmm-mle": "ganflow_plugins.gmm",
         "toy": "ganflow_plugins.toy", "toy1d": "ganflow_plugins.toy",
+        "toy-grid": "ganflow_plugins.toy",
     }
     assert {e.name: e.usage for e in plugins.datasets} == {
         "digits": "digits", "folder": "folder:PATH", "tfds": "tfds:NAME",

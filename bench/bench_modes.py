@@ -1,0 +1,221 @@
+"""The mode-collapse benchmark: methods x toy datasets x seeds, scored as PacGAN (Lin et al.
+2018, Table 1) scores them, beside ganflow's own stricter mode count.
+
+    python bench/bench_modes.py                            # the README's table, 10 seeds
+    python bench/bench_modes.py --seeds 3 --methods gan pacgan4 --datasets grid25
+    python bench/bench_modes.py --table-only               # the table of the runs already made
+
+Methods (every one is a real ``ganflow run``, in this process):
+- ``gan``, ``pacgan2``, ``pacgan3``, ``pacgan4``: the ``toy-grid`` recipe's networks and
+  settings with D judging packs of 1 (a plain GAN), 2, 3 or 4 examples, trained for
+  ``--budget`` generator updates (default 1,000; the recipe's own length is 10,000), so that
+  the whole table stays affordable on 2 cores.
+- ``toy-grid``: the ``toy-grid`` recipe itself, unchanged but for the dataset.
+- ``toy`` (not run by default): the ``toy`` recipe, unchanged but for the dataset.
+
+Metrics, from the run's last epoch (the EMA generator when the run keeps one):
+- PacGAN's, on 2,500 samples: modes with at least one high-quality sample, the share of
+  high-quality samples (within 3 std of a centre), the reverse KL of the high-quality samples'
+  mode histogram to uniform (``toy/pacgan_*`` in the run);
+- ganflow's stricter mode count, on 10,000 samples: modes holding at least 1% of them
+  (``toy/modes_captured``).
+
+Each training run is tracked in the MLflow experiment ``modes-benchmark`` (``--tracking-uri``,
+default ``sqlite:///modes-benchmark.db`` here) with the tags ``bench.method``,
+``bench.dataset`` and ``bench.seed``, nested under one parent run per table cell that holds
+the cell's mean and standard error; a run already in the store with the same settings is not
+trained again. The Markdown table goes to stdout and to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+EXPERIMENT = "modes-benchmark"
+DATASETS = ("ring8", "grid25")
+PACKS = {"gan": 1, "pacgan2": 2, "pacgan3": 3, "pacgan4": 4}
+RECIPES = ("toy-grid", "toy")
+METHODS = (*PACKS, *RECIPES)
+DEFAULT_METHODS = (*PACKS, "toy-grid")
+LABELS = {"gan": "GAN", "pacgan2": "PacGAN2", "pacgan3": "PacGAN3", "pacgan4": "PacGAN4"}
+# (column, metric of the run, digits, scale): PacGAN's three, then ganflow's count.
+COLUMNS = (
+    ("modes (PacGAN)", "toy/pacgan_modes", 1, 1.0),
+    ("high quality % (PacGAN)", "toy/pacgan_hq", 1, 100.0),
+    ("reverse KL (PacGAN)", "toy/pacgan_reverse_kl", 2, 1.0),
+    ("modes >= 1% (ganflow)", "toy/modes_captured", 1, 1.0),
+)
+SECONDS = "bench/seconds"
+
+
+def cell_flags(method: str, dataset: str, budget: int, plugins) -> tuple[str, dict]:
+    """The recipe and the flags on top of it that one cell's runs train with."""
+    if method in RECIPES:
+        return method, {"dataset": dataset}
+    arch = plugins.recipes.get("toy-grid").obj["arch"]
+    sizes, _, options = arch.partition(":")[2].partition("/")
+    kept = [o for o in options.split("/") if o and not o.startswith("pack=")]
+    steps = 100
+    return "toy-grid", {
+        "dataset": dataset,
+        "arch": f"mlp:{'/'.join([sizes, f'pack={PACKS[method]}', *kept])}",
+        "epochs": max(1, budget // steps), "steps_per_epoch": steps,
+    }
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the values that are numbers (a reverse KL is NaN when a
+    run has no high-quality sample); NaN for the error of a single value."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    return statistics.mean(values), se
+
+
+def fmt(mean: float, se: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")
+
+
+def seed_runs(client, experiment_id: str, method: str, dataset: str, settings: str) -> dict:
+    """seed -> the finished run of this cell and settings already in the store."""
+    found = {}
+    for run in client.search_runs(
+            [experiment_id], f"tags.`bench.method` = '{method}' and tags.`bench.dataset` = "
+            f"'{dataset}' and tags.`bench.settings` = '{settings}' and "
+            "attributes.status = 'FINISHED'", max_results=1000):
+        if "bench.seed" in run.data.tags:  # not the cell's own run
+            found.setdefault(int(run.data.tags["bench.seed"]), run)
+    return found
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10, metavar="N",
+                        help="seeds 0..N-1 per cell (default 10)")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
+                        help=f"of: {', '.join(METHODS)} (default: all but toy)")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), metavar="DATASET",
+                        help=f"of: {', '.join(DATASETS)}")
+    parser.add_argument("--budget", type=int, default=1000, metavar="UPDATES",
+                        help="generator updates of the gan/pacgan methods (default 1,000)")
+    parser.add_argument("--out", default="modes-benchmark.md", metavar="FILE",
+                        help="where the Markdown table is written (default modes-benchmark.md)")
+    parser.add_argument("--tracking-uri", default="sqlite:///modes-benchmark.db")
+    parser.add_argument("--output-dir", default="ganflow-runs", metavar="DIR",
+                        help="the runs' checkpoints and pictures")
+    parser.add_argument("--table-only", action="store_true",
+                        help="train nothing; the table (and the cells' runs) of the runs "
+                        "already in the store")
+    args = parser.parse_args(argv)
+    for name, given, known in (("--methods", args.methods, METHODS),
+                               ("--datasets", args.datasets, DATASETS)):
+        unknown = [v for v in given if v not in known]
+        if unknown:
+            parser.error(f"{name}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    if args.seeds < 1 or args.budget < 100:
+        parser.error("--seeds must be at least 1 and --budget at least 100")
+
+    import mlflow
+
+    from ganflow.plugins import load_plugins
+    from ganflow.runner import resolve_config, run
+
+    plugins = load_plugins()
+    mlflow.set_tracking_uri(args.tracking_uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = (experiment.experiment_id if experiment
+                     else client.create_experiment(EXPERIMENT))
+    started = time.perf_counter()
+    rows = []
+    for method in args.methods:
+        for dataset in args.datasets:
+            recipe, flags = cell_flags(method, dataset, args.budget, plugins)
+            settings = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items()
+                                if k != "dataset")
+            settings = f"--plugin {recipe}" + (f" {settings}" if settings else "")
+            done = seed_runs(client, experiment_id, method, dataset, settings)
+            for seed in range(args.seeds):
+                if seed in done or args.table_only:
+                    continue
+                config = resolve_config(plugins, recipe, None, {
+                    **flags, "seed": seed, "register": False, "tracking_uri": args.tracking_uri,
+                    "experiment": EXPERIMENT, "output_dir": args.output_dir})
+                result = run(config, plugins, verbose=0, eval_optional=True)
+                for key, value in {"bench.method": method, "bench.dataset": dataset,
+                                   "bench.seed": str(seed), "bench.settings": settings}.items():
+                    client.set_tag(result.run_id, key, value)
+                client.log_param(result.run_id, "method", method)
+                client.log_metric(result.run_id, SECONDS, result.seconds)
+                m = result.metrics
+                print(f"{method} {dataset} seed {seed}: modes {m['toy/pacgan_modes']:.0f}, "
+                      f"hq {m['toy/pacgan_hq']:.3f}, reverse KL "
+                      f"{m['toy/pacgan_reverse_kl']:.3f}, ganflow modes "
+                      f"{m['toy/modes_captured']:.0f} in {result.seconds:.0f} s", flush=True)
+            done = seed_runs(client, experiment_id, method, dataset, settings)
+            runs = [done[s] for s in range(args.seeds) if s in done]
+            if runs:
+                rows.append((method, dataset, recipe, settings, runs))
+                log_cell(client, experiment_id, method, dataset, settings, runs)
+    table = render(rows, args)
+    Path(args.out).write_text(table, encoding="utf-8")
+    print(table)
+    print(f"(table in {args.out}; {time.perf_counter() - started:.0f} s in all)", file=sys.stderr)
+    return 0
+
+
+def log_cell(client, experiment_id: str, method: str, dataset: str, settings: str, runs):
+    """One parent run per cell (made once, updated as seeds are added): the mean and standard
+    error of every column over its seeds, whose runs are nested under it in the UI."""
+    tags = {"bench.method": method, "bench.dataset": dataset, "bench.cell": "true",
+            "bench.settings": settings}
+    found = client.search_runs([experiment_id], " and ".join(
+        f"tags.`{k}` = '{v}'" for k, v in tags.items()), max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        run_id = client.create_run(experiment_id, run_name=f"{method} on {dataset}",
+                                   tags=tags).info.run_id
+        client.log_param(run_id, "method", method)
+        client.log_param(run_id, "dataset", dataset)
+        client.log_param(run_id, "settings", settings)
+    client.log_metric(run_id, "bench/seeds", len(runs))
+    for _, metric, _, _ in (*COLUMNS, ("", SECONDS, 0, 1.0)):
+        mean, se = mean_se([r.data.metrics.get(metric, math.nan) for r in runs])
+        if not math.isnan(mean):
+            client.log_metric(run_id, f"{metric}_mean", mean)
+        if not math.isnan(se):
+            client.log_metric(run_id, f"{metric}_se", se)
+    for r in runs:
+        client.set_tag(r.info.run_id, "mlflow.parentRunId", run_id)
+    client.set_terminated(run_id)
+
+
+def render(rows, args) -> str:
+    lines = ["| method | dataset | " + " | ".join(c[0] for c in COLUMNS)
+             + " | seeds | s per run | settings |", "|---" * (len(COLUMNS) + 5) + "|"]
+    for method, dataset, recipe, settings, runs in rows:
+        cells = []
+        for _, metric, digits, scale in COLUMNS:
+            mean, se = mean_se([r.data.metrics.get(metric, math.nan) * scale for r in runs])
+            cells.append(fmt(mean, se, digits))
+        seconds, _ = mean_se([r.data.metrics.get(SECONDS, math.nan) for r in runs])
+        label = f"`{recipe}` recipe" if method in RECIPES else LABELS[method]
+        lines.append(f"| {label} | {dataset} | " + " | ".join(cells)
+                     + f" | {len(runs)} | {fmt(seconds, math.nan, 0)} | `{settings}` |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""What a full ``ganflow run`` costs beyond its bare training step: the input pipeline as the run
+feeds it, the metric windows, the epoch means, each epoch's sample grid and checkpoint, and
+MLflow logging (in its background thread), against ``GAN.fit`` of the same model on the same
+pipeline with no callbacks.
+
+    python bench/bench_run_cost.py                   # the dcgan recipe, 3 rounds of 5 epochs
+    python bench/bench_run_cost.py --recipe toy --rounds 5
+
+Both variants train the recipe's model from the same settings in this process, taking turns in
+each round. Timed: the epochs after the first (which traces the step), from the end of the first
+to the end of the last, in wall time and CPU time (``time.process_time``: every thread of the
+process, MLflow's sender included). The run logs to a fresh SQLite store in a temporary folder;
+it does not evaluate (``--eval-every 0``: an evaluation's cost is its own, see
+bench/bench_evaluate.py) and does not register. The start (MLflow run, params) and the end
+(logging the generator, about 1-2 s once per run) are not in the timed epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+class EpochClock:
+    """(wall, cpu) at the end of each epoch, taken after every callback of that epoch."""
+
+    def __init__(self):
+        self.marks: list[tuple[float, float]] = []
+
+    def mark(self):
+        self.marks.append((time.perf_counter(), time.process_time()))
+
+    def per_epoch(self) -> tuple[float, float]:
+        (w0, c0), (w1, c1) = self.marks[0], self.marks[-1]
+        epochs = len(self.marks) - 1
+        return (w1 - w0) / epochs, (c1 - c0) / epochs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="dcgan")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    import keras
+
+    from ganflow import checkpoints
+    from ganflow.data import training_pipeline
+    from ganflow.plugins import load_plugins
+    from ganflow.runner import prepare, resolve_config, run
+
+    plugins = load_plugins()
+    folder = tempfile.mkdtemp(prefix="ganflow-bench-run-")
+
+    def config():
+        return resolve_config(plugins, args.recipe, None, {
+            "epochs": args.epochs, "eval_every": 0, "register": False,
+            "tracking_uri": f"sqlite:///{folder}/mlflow.db", "output_dir": f"{folder}/runs"})
+
+    def bare() -> tuple[float, float]:
+        prepared = prepare(config(), plugins)
+        clock = EpochClock()
+        ticks = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: clock.mark())
+        prepared.gan.fit(training_pipeline(prepared.source, prepared.per_step, 0),
+                         epochs=args.epochs, steps_per_epoch=prepared.steps_per_epoch,
+                         callbacks=[ticks], verbose=0)
+        return clock.per_epoch(), prepared.steps_per_epoch
+
+    def full() -> tuple[float, float]:
+        clock = EpochClock()
+        # The checkpoint callback is the last of an epoch's callbacks: mark after it.
+        on_epoch_end = checkpoints.CheckpointCallback.on_epoch_end
+
+        def marked(self, epoch, logs=None):
+            on_epoch_end(self, epoch, logs)
+            clock.mark()
+
+        checkpoints.CheckpointCallback.on_epoch_end = marked
+        try:
+            run(config(), plugins, verbose=0)
+        finally:
+            checkpoints.CheckpointCallback.on_epoch_end = on_epoch_end
+        return clock.per_epoch(), None
+
+    results = {"bare step": [], "full run": []}
+    steps = None
+    for round_ in range(args.rounds):
+        for name, variant in (("bare step", bare), ("full run", full)):
+            per_epoch, spe = variant()
+            steps = spe or steps
+            results[name].append(per_epoch)
+            print(f"round {round_ + 1}: {name}: {per_epoch[0]:.2f} s wall, "
+                  f"{per_epoch[1]:.2f} s CPU per epoch", flush=True)
+
+    print(f"\n{args.recipe}, {steps} steps per epoch, epochs 2-{args.epochs} of each run, "
+          f"{args.rounds} rounds; steps per second, median (min-max):\n")
+    print("| variant | steps/s wall | ratio | steps/CPU-s | ratio |")
+    print("|---|---|---|---|---|")
+    base = None
+    for name, values in results.items():
+        wall = [steps / w for w, _ in values]
+        cpu = [steps / c for _, c in values]
+        medians = statistics.median(wall), statistics.median(cpu)
+        base = base or medians
+        print(f"| {name} | {medians[0]:.1f} ({min(wall):.1f}-{max(wall):.1f}) | "
+              f"{medians[0] / base[0]:.2f} | {medians[1]:.1f} ({min(cpu):.1f}-{max(cpu):.1f}) | "
+              f"{medians[1] / base[1]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,7 @@ from ganflow.data import training_pipeline
 from ganflow.gan import GAN
 from ganflow.runner import resolve_config, resolve_plugins
 
-from test_gan import LATENT, tiny_generator
+from test_gan import LATENT
 
 SHAPE = (8, 8, 1)  # room for the augmentations' shifts and squares
 

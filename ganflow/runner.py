@@ -427,12 +427,7 @@ def _run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     started = time.perf_counter()
     done = 0
     if resume_run_id:  # before the run reopens: a checkpoint that cannot be read changes nothing
-        folder = output / resume_run_id / "checkpoints"
-        if not checkpoints.saved_in(folder):
-            checkpoints.fetch(resume_run_id, folder)  # logged with --checkpoint-to-mlflow?
-        store = checkpoints.Checkpoints(gan, folder, config.keep_checkpoints)
-        done = store.restore()
-        _set_learning_rates(gan, config, resolved)
+        store, done = _restore(gan, config, resolved, resume_run_id)
     with tracking.start_run(config, extra_params, prepared.providers,
                             resume_run_id) as active:
         run_id = active.info.run_id
@@ -577,12 +572,7 @@ def _train_as_worker(config: RunConfig, plugins: Plugins, verbose: int, role,
     gan, done = prepared.gan, 0
     restored = None
     if resume_run_id:
-        folder = Path(config.output_dir) / resume_run_id / "checkpoints"
-        if not checkpoints.saved_in(folder):
-            checkpoints.fetch(resume_run_id, folder)
-        restored = checkpoints.Checkpoints(gan, folder, config.keep_checkpoints)
-        done = restored.restore()
-        _set_learning_rates(gan, config, prepared.resolved)
+        restored, done = _restore(gan, config, prepared.resolved, resume_run_id)
     with tempfile.TemporaryDirectory(prefix=f"ganflow-worker-{role.index}-") as scratch:
         store = checkpoints.Checkpoints(gan, Path(scratch) / "checkpoints", 1)
         logger = callbacks.MlflowLogger(
@@ -709,6 +699,20 @@ def _fit_from(gan, pipeline_from, done: int, steps_per_epoch: int, epochs: int, 
         history = gan.fit(pipeline_from(done), epochs=epochs, initial_epoch=epoch,
                           steps_per_epoch=steps_per_epoch, **common)
     return history
+
+
+def _restore(gan, config: RunConfig, resolved: Resolved, run_id: str):
+    """Load ``run_id``'s newest checkpoint into ``gan``, from the run's folder, else from its
+    MLflow artifacts (``--checkpoint-to-mlflow``); returns (its ``Checkpoints``, steps done)."""
+    from ganflow import checkpoints
+
+    folder = Path(config.output_dir) / run_id / "checkpoints"
+    if not checkpoints.saved_in(folder):
+        checkpoints.fetch(run_id, folder)
+    store = checkpoints.Checkpoints(gan, folder, config.keep_checkpoints)
+    done = store.restore()
+    _set_learning_rates(gan, config, resolved)
+    return store, done
 
 
 def _set_learning_rates(gan, config: RunConfig, resolved: Resolved) -> None:

@@ -87,7 +87,7 @@ class WorkerLost(GanflowError):
     exit_code = 75  # EX_TEMPFAIL: start the workers again
 
     @classmethod
-    def during(cls, exc: BaseException, store, run_id: str | None, config) -> WorkerLost:
+    def during(cls, exc: BaseException, store, run_id: str | None) -> WorkerLost:
         """What the survivors say (``store``: the chief's ``Checkpoints``, else None)."""
         _close_thread_pools()
         if store is not None:
@@ -98,8 +98,8 @@ class WorkerLost(GanflowError):
             where = "the chief keeps the checkpoints"
         run = run_id or "RUN_ID (the id the chief printed)"
         return cls(f"a worker of the cluster stopped answering ({_reason(exc)}): training "
-                   f"stopped on every worker; {where}; when all {config.strategy} workers can "
-                   f"run, start each again with: ganflow resume {run}")
+                   f"stopped on every worker; {where}; when every worker can run, start each "
+                   f"again with: ganflow resume {run}")
 
 
 class WorkerStopped(GanflowError):

@@ -486,7 +486,7 @@ def _run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
             if config.strategy != "multiworker":
                 raise
             outbox.close()
-            lost = devices.WorkerLost.during(exc, store, run_id, config)
+            lost = devices.WorkerLost.during(exc, store, run_id)
             mlflow.set_tags({"ganflow.failure": str(lost),
                              "ganflow.failed_at_step": str(store.steps_done)})
             mlflow.end_run(status="FAILED")
@@ -592,7 +592,7 @@ def _train_as_worker(config: RunConfig, plugins: Plugins, verbose: int, role,
             if (guard.diverged or saver.diverged) is None:
                 saver.save()  # as the chief does last
         except devices.lost_peer_errors() as exc:
-            raise devices.WorkerLost.during(exc, None, resume_run_id, config) from None
+            raise devices.WorkerLost.during(exc, None, resume_run_id) from None
         except KeyboardInterrupt as exc:
             raise devices.WorkerStopped(
                 f"{role.name} stopped by {signals.name_of(exc)} at step {store.steps_done}; "

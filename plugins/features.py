@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -115,8 +116,6 @@ def train_classifier(x, y, num_classes, log=print):
 
 
 def classifier_features(options: ganflow.FeatureOptions) -> Classifier:
-    import keras
-
     source = options.source
     if not source.labelled:
         raise ganflow.UsageError(
@@ -129,27 +128,55 @@ def classifier_features(options: ganflow.FeatureOptions) -> Classifier:
     x, y = _load_labelled(source)
     folder = Path(options.cache_dir) / "classifiers" / _cache_key(options, x, y)
     if (folder / "info.json").is_file():
-        info = json.loads((folder / "info.json").read_text())
-        info.pop("dataset", None)
-        model = keras.models.load_model(folder / "classifier.keras")
-        options.log(f"Domain classifier for {options.dataset} from the cache {folder} "
-                    f"(test accuracy {info['classifier_test_accuracy']:.4f})")
-        return Classifier(model, info)
-
-    model, info = train_classifier(x, y, source.spec.num_classes, options.log)
-    options.log(f"Domain classifier for {options.dataset}: test accuracy "
-                f"{info['classifier_test_accuracy']:.4f}, cached in {folder}")
-    # Written to a temporary folder and renamed: two runs training at once never leave a
-    # half-written cache, and the second rename simply loses to the first.
+        return _cached_classifier(folder, options)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
-    model.save(staging / "classifier.keras")
-    (staging / "info.json").write_text(json.dumps({**info, "dataset": options.dataset}, indent=2))
-    try:
-        os.rename(staging, folder)
-    except OSError:  # another process got there first
-        shutil.rmtree(staging, ignore_errors=True)
+    # Runs started together (a sweep, or four runs at once on one store) would each train
+    # the same classifier: the first trains it while the others wait, then load it.
+    with _exclusive(folder.parent / f".{folder.name}.lock"):
+        if (folder / "info.json").is_file():
+            return _cached_classifier(folder, options)
+        model, info = train_classifier(x, y, source.spec.num_classes, options.log)
+        options.log(f"Domain classifier for {options.dataset}: test accuracy "
+                    f"{info['classifier_test_accuracy']:.4f}, cached in {folder}")
+        # Written to a temporary folder and renamed: a run killed while writing never leaves
+        # a half-written cache (and where file locks do not work, the second rename of two
+        # runs training at once simply loses to the first).
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
+        model.save(staging / "classifier.keras")
+        (staging / "info.json").write_text(
+            json.dumps({**info, "dataset": options.dataset}, indent=2))
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another process got there first
+            shutil.rmtree(staging, ignore_errors=True)
     return Classifier(model, info)
+
+
+def _cached_classifier(folder: Path, options) -> Classifier:
+    import keras
+
+    info = json.loads((folder / "info.json").read_text())
+    info.pop("dataset", None)
+    model = keras.models.load_model(folder / "classifier.keras")
+    options.log(f"Domain classifier for {options.dataset} from the cache {folder} "
+                f"(test accuracy {info['classifier_test_accuracy']:.4f})")
+    return Classifier(model, info)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """An exclusive lock on ``path`` between processes (none where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent runs may both train; the rename settles it
+        yield
+        return
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Inception:

@@ -18,8 +18,15 @@ TINY = ["--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "16", "--eval
 
 @pytest.fixture(scope="session", autouse=True)
 def feature_cache(tmp_path_factory):
-    """One cache of trained domain classifiers for the whole session, never the user's."""
-    path = tmp_path_factory.mktemp("ganflow-cache")
+    """One cache of trained domain classifiers for the whole session, never the user's.
+
+    Under pytest-xdist the workers share it (the base temp folder's parent is the session's):
+    the first to need a classifier trains it while the others wait on its lock."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        path = tmp_path_factory.getbasetemp().parent / "ganflow-cache"
+        path.mkdir(exist_ok=True)
+    else:
+        path = tmp_path_factory.mktemp("ganflow-cache")
     saved = os.environ.get("GANFLOW_CACHE_DIR")
     os.environ["GANFLOW_CACHE_DIR"] = str(path)
     yield path

@@ -70,8 +70,38 @@ def test_digits_classifier_is_accurate_and_cached(plugins, digits, feature_cache
     again = plugins.features.get("classifier").obj(options)
     assert "from the cache" in lines[-1] and again.info == first.info
     np.testing.assert_allclose(again.extract(x)[0], features, rtol=1e-5, atol=1e-5)
-    (cached,) = (feature_cache / "classifiers").iterdir()
+    (cached,) = (p for p in (feature_cache / "classifiers").iterdir()
+                 if not p.name.startswith("."))  # not the lock file
     assert sorted(p.name for p in cached.iterdir()) == ["classifier.keras", "info.json"]
+
+
+def test_runs_needing_the_same_classifier_at_once_train_it_once(plugins, tmp_path,
+                                                                 monkeypatch):
+    from ganflow.types import DataSource
+    from ganflow_plugins import features
+
+    monkeypatch.setattr(features, "CLASSIFIER_UPDATES", 10)
+    rng = np.random.default_rng(0)
+    source = DataSource.from_arrays(rng.uniform(-1, 1, (200, 8, 8, 1)), rng.integers(0, 2, 200))
+    logs = [[], [], []]
+    infos = [None] * 3
+
+    def evaluate(i):
+        options = FeatureOptions(source, "noise", cache_dir=tmp_path, log=logs[i].append)
+        infos[i] = plugins.features.get("classifier").obj(options).info
+
+    threads = [threading.Thread(target=evaluate, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    trained = [log for log in logs if any("Training the domain classifier" in line
+                                          for line in log)]
+    assert len(trained) == 1, logs
+    assert sum("from the cache" in log[-1] for log in logs) == 2, logs
+    assert infos[0] == infos[1] == infos[2]
+    assert len([p for p in (tmp_path / "classifiers").iterdir()
+                if not p.name.startswith(".")]) == 1
 
 
 def test_evaluate_a_registered_generator(cli, workdir):

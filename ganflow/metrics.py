@@ -12,7 +12,6 @@ import warnings
 import numpy as np
 import scipy.linalg
 from sklearn.metrics import pairwise_distances_chunked
-from sklearn.metrics.pairwise import polynomial_kernel
 from sklearn.neighbors import NearestNeighbors
 
 from ganflow.errors import GanflowError
@@ -124,11 +123,20 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased MMD^2 of two equal-sized sets under the cubic polynomial kernel."""
     m = len(x)
     gamma = 1.0 / x.shape[1]
-    kxx = polynomial_kernel(x, degree=3, gamma=gamma, coef0=1)
-    kyy = polynomial_kernel(y, degree=3, gamma=gamma, coef0=1)
-    kxy = polynomial_kernel(x, y, degree=3, gamma=gamma, coef0=1)
+    kxx, kyy, kxy = _cubic_kernel(x, x, gamma), _cubic_kernel(y, y, gamma), _cubic_kernel(x, y, gamma)
     within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
     return float(within - 2.0 * kxy.mean())
+
+
+def _cubic_kernel(x: np.ndarray, y: np.ndarray, gamma: float) -> np.ndarray:
+    """(x.y * gamma + 1)^3: scikit-learn's ``polynomial_kernel(degree=3, coef0=1)``, the same
+    operations in the same order (so the same bits), without its input checks, which cost
+    ten times the kernel on an evaluation of a few hundred samples (KID calls it 300 times)."""
+    k = x @ y.T
+    k *= gamma
+    k += 1.0
+    k **= 3
+    return k
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:

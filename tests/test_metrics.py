@@ -109,6 +109,11 @@ def test_kid_matches_the_explicit_double_sum():
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((30, 5)), rng.standard_normal((30, 5)) + 0.5
     assert metrics.mmd2_unbiased(x, y) == pytest.approx(explicit_mmd2(x, y), rel=1e-10)
+    # The kernel is scikit-learn's, bit for bit (the same operations, without its checks).
+    from sklearn.metrics.pairwise import polynomial_kernel
+
+    np.testing.assert_array_equal(metrics._cubic_kernel(x, y, 0.2),
+                                  polynomial_kernel(x, y, degree=3, gamma=0.2, coef0=1))
     # Subsets are at most half of a set (15 here), so they differ and the std says how much.
     mean, std = metrics.kid(x, y, subsets=200, subset_size=1000, seed=3)
     assert std > 0 and abs(mean - explicit_mmd2(x, y)) < 3 * std / np.sqrt(200)

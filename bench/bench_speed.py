@@ -124,6 +124,17 @@ def ganflow_model():
                        latent_dim=LATENT, seed=0), loss
 
 
+def pipeline(batch_size: int):
+    """Random images in [-1, 1], cached, shuffled, batched: a step costs the same whatever
+    the pixels are."""
+    import numpy as np
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).uniform(-1, 1, (DATA, 28, 28, 1)).astype("float32")
+    return (tf.data.Dataset.from_tensor_slices(images).cache().shuffle(DATA, seed=0)
+            .repeat().batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+
+
 class KerasVariant:
     """A Keras model's compiled training step (the function ``fit`` calls each step), run on
     one iterator of the pipeline: no per-call setup of ``fit`` is timed."""
@@ -215,20 +226,16 @@ def main():
     args = parser.parse_args()
 
     import keras
-    import numpy as np
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
-    images = np.random.default_rng(0).uniform(-1, 1, (DATA, 28, 28, 1)).astype("float32")
-    pipeline = (tf.data.Dataset.from_tensor_slices(images).cache().shuffle(DATA, seed=0)
-                .repeat().batch(args.batch_size, drop_remainder=True)
-                .prefetch(tf.data.AUTOTUNE))
+    data = pipeline(args.batch_size)
     variants = {}
     for precision in args.precision:
         for jit in args.jit:
             for kind in ("keras-style", "ganflow"):
                 variants[(kind, precision, f"xla {jit}")] = KerasVariant(
-                    kind, precision, jit == "on", pipeline)
+                    kind, precision, jit == "on", data)
     torch_version = None
     if not args.no_torch:
         try:

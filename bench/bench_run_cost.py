@@ -5,6 +5,7 @@ pipeline with no callbacks.
 
     python bench/bench_run_cost.py                   # the dcgan recipe, 3 rounds of 5 epochs
     python bench/bench_run_cost.py --recipe toy --rounds 5
+    python bench/bench_run_cost.py --parts           # also the run without each of its parts
 
 Both variants train the recipe's model from the same settings in this process, taking turns in
 each round. Timed: the epochs after the first (which traces the step), from the end of the first
@@ -13,11 +14,17 @@ process, MLflow's sender included). The run logs to a fresh SQLite store in a te
 it does not evaluate (``--eval-every 0``: an evaluation's cost is its own, see
 bench/bench_evaluate.py) and does not register. The start (MLflow run, params) and the end
 (logging the generator, about 1-2 s once per run) are not in the timed epochs.
+
+``--parts`` adds runs with one part taken out each, to see what each costs: the per-step
+callbacks (their ``on_train_batch_end``: metric windows, the divergence and tracking checks,
+step-numbered checkpoints; Keras then neither calls them nor turns each step's logs into
+numbers), the sample grids, the checkpoints, or what the MLflow thread sends.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -46,11 +53,13 @@ def main() -> None:
     parser.add_argument("--recipe", default="dcgan")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--parts", action="store_true",
+                        help="also time the run without each of its parts")
     args = parser.parse_args()
 
     import keras
 
-    from ganflow import checkpoints
+    from ganflow import callbacks, checkpoints, outbox
     from ganflow.data import training_pipeline
     from ganflow.plugins import load_plugins
     from ganflow.runner import prepare, resolve_config, run
@@ -72,7 +81,7 @@ def main() -> None:
                          callbacks=[ticks], verbose=0)
         return clock.per_epoch(), prepared.steps_per_epoch
 
-    def full() -> tuple[float, float]:
+    def full(without=()) -> tuple[float, float]:
         clock = EpochClock()
         # The checkpoint callback is the last of an epoch's callbacks: mark after it.
         on_epoch_end = checkpoints.CheckpointCallback.on_epoch_end
@@ -81,17 +90,32 @@ def main() -> None:
             on_epoch_end(self, epoch, logs)
             clock.mark()
 
-        checkpoints.CheckpointCallback.on_epoch_end = marked
-        try:
+        with replaced([(checkpoints.CheckpointCallback, "on_epoch_end", marked), *without]):
             run(config(), plugins, verbose=0)
-        finally:
-            checkpoints.CheckpointCallback.on_epoch_end = on_epoch_end
         return clock.per_epoch(), None
 
-    results = {"bare step": [], "full run": []}
+    def nothing(*args, **kwargs):
+        return None
+
+    default = keras.callbacks.Callback.on_train_batch_end  # Keras skips callbacks that keep it
+    variants = {"bare step": bare, "full run": full}
+    if args.parts:
+        variants.update({
+            "full run without per-step callbacks": lambda: full(
+                [(cls, "on_train_batch_end", default) for cls in (
+                    callbacks.MlflowLogger, callbacks.DivergenceGuard, callbacks.TrackingWatch,
+                    checkpoints.CheckpointCallback)]),
+            "full run without sample grids": lambda: full(
+                [(callbacks.MlflowLogger, "_write_grid", nothing)]),
+            "full run without checkpoints": lambda: full(
+                [(checkpoints.CheckpointCallback, "save", nothing)]),
+            "full run without MLflow sends": lambda: full([(outbox, "_send", nothing)]),
+        })
+
+    results = {name: [] for name in variants}
     steps = None
     for round_ in range(args.rounds):
-        for name, variant in (("bare step", bare), ("full run", full)):
+        for name, variant in variants.items():
             per_epoch, spe = variant()
             steps = spe or steps
             results[name].append(per_epoch)
@@ -111,6 +135,22 @@ def main() -> None:
         print(f"| {name} | {medians[0]:.1f} ({min(wall):.1f}-{max(wall):.1f}) | "
               f"{medians[0] / base[0]:.2f} | {medians[1]:.1f} ({min(cpu):.1f}-{max(cpu):.1f}) | "
               f"{medians[1] / base[1]:.2f} |")
+
+
+@contextlib.contextmanager
+def replaced(attributes):
+    """Set (object, name, value) attributes for the block, then put the old ones back."""
+    saved = [(owner, name, owner.__dict__.get(name)) for owner, name, _ in attributes]
+    for owner, name, value in attributes:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            if value is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,25 @@ def test_outbox_skips_a_call_the_store_refuses_and_goes_on(workdir):
     assert [m.value for m in MlflowClient().get_metric_history(run.info.run_id, "x")] == [1.0, 2.0]
 
 
+def test_outbox_sends_metric_windows_that_come_together_in_one_request(workdir):
+    mlflow.set_experiment("outbox")
+    with mlflow.start_run() as run:
+        box = Outbox(run.info.run_id, linger=5.0)
+        for step in range(1, 6):
+            box.log_metrics({"d_loss": step / 10, "g_loss": step}, step=step)
+            time.sleep(0.02)
+        from PIL import Image
+
+        Image.new("L", (8, 8)).save(workdir / "grid.png")
+        box.log_image(workdir / "grid.png", "samples", step=5)  # not a metric: its own request
+        started = time.monotonic()
+        assert box.flush(timeout=30) and box.close() == []
+        assert time.monotonic() - started < 5.0  # flush does not wait out the linger
+        assert box.requests == 2 and box.delivered == 6
+    history = MlflowClient().get_metric_history(run.info.run_id, "d_loss")
+    assert [(m.step, m.value) for m in history] == [(s, s / 10) for s in range(1, 6)]
+
+
 def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir):
     import signal
     import socket

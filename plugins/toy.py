@@ -256,18 +256,26 @@ TOY_DEFAULTS = {
 # Measured on grid25 (README, "Toy data, mode metrics and the maximum-likelihood baseline"):
 # with the toy recipe's settings, D stays at chance and G spreads over the whole square
 # (high quality 0.02); D seeing the data scaled to +-1 (scale=4), a 5x higher learning rate
-# decayed linearly to 0, and 10,000 updates make it capture every mode.
+# decayed linearly to 0, and 10,000 updates make it capture every mode. Tuned further (issue
+# 13, seed 0 unless said; PacGAN's high-quality share at the end): width 128 instead of 256
+# halves the time of an update; the EMA of G (0.999) and a little R1 (gamma 0.1) make the
+# last epochs' samples steadier and the modes more even (reverse KL 0.24 -> 0.006-0.015); the
+# rate 2e-3 beats 1e-3 (0.940 against 0.914 in 10,000 updates, seed 1 0.939) and 3e-3
+# (0.859); 16,000 updates beat 10,000 (0.956); fewer, longer epochs cut the per-epoch
+# evaluation. Tried and dropped: latent 4 (0.868), PyTorch's initialisation (random biases,
+# 0.859), G 256 wide with D 128 (0.934 at 1e-3, but as slow as 256/256).
 TOY_GRID = {
     **TOY_DEFAULTS,
     "dataset": "grid25",
-    "arch": "mlp:256,256,256/pack=2/scale=4",
-    "lr_g": 1e-3,
-    "lr_d": 1e-3,
+    "arch": "mlp:128,128,128/pack=2/scale=4",
+    "lr_g": 2e-3,
+    "lr_d": 2e-3,
     "lr_schedule": "linear",
-    "ema": None,
+    "ema": 0.999,
+    "regularizers": ["r1:gamma=0.1"],
     "batch_size": 512,
-    "epochs": 20,
-    "steps_per_epoch": 500,
+    "epochs": 10,
+    "steps_per_epoch": 1600,
     "log_every": 100,
 }
 

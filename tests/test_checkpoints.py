@@ -118,7 +118,7 @@ def wait_for_step(workdir, step, proc, timeout=300):
 
 def test_sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path, stepped):
     # Checkpoints every 6 steps, epochs of 8: killed after step 9, the run resumes from the
-    # checkpoint of step 6 and replays 7, 8, 9, ... exactly.
+    # checkpoint of step 6 (or 12) and replays the steps after it exactly.
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     whole.mkdir(), broken.mkdir()
     args = ["run", "--plugin-module", stepped, "--loss", "stepped", "--checkpoint-every", "6",
@@ -131,8 +131,11 @@ def test_sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path
     run_id = wait_for_step(broken, 9, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = max(logged_steps(broken, run_id))
-    assert killed_at not in (6, 8, 12, 16, 24)  # neither a checkpoint nor an epoch's end
+    # The store shows steps up to a second late (the MLflow thread gathers the windows of a
+    # second): the newest checkpoint may be ckpt-12 by the time step 9 shows.
+    progress = broken / "ganflow-runs" / run_id / "checkpoints" / "progress.json"
+    saved = json.loads(progress.read_text())["steps_done"]
+    assert saved in (6, 12) and max(logged_steps(broken, run_id)) >= 9
     (run,) = the_run(broken)
     assert run.info.status == "RUNNING"  # SIGKILL leaves it so, until a ganflow command looks
 
@@ -140,7 +143,7 @@ def test_sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path
     assert resumed.returncode == 0, resumed.stderr
     (run,) = the_run(broken)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
-    assert run.data.tags["ganflow.resumed_from_step"] == "6"
+    assert run.data.tags["ganflow.resumed_from_step"] == str(saved)
     assert run.data.tags["ganflow.abandoned"].startswith("process ")
     # Every step logged once, none missing, and the last values equal the uninterrupted run's.
     assert logged_steps(broken, run_id) == list(range(1, 25))

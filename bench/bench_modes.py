@@ -8,8 +8,8 @@
 Methods (every one is a real ``ganflow run``, in this process):
 - ``gan``, ``pacgan2``, ``pacgan3``, ``pacgan4``: the ``toy-grid`` recipe's networks and
   settings with D judging packs of 1 (a plain GAN), 2, 3 or 4 examples, trained for
-  ``--budget`` generator updates (default 1,000; the recipe's own length is 10,000), so that
-  the whole table stays affordable on 2 cores.
+  as many generator updates as the recipe (16,000), so that packing is the only difference;
+  ``--budget N`` trains them for N updates instead (in epochs of 100), for a cheaper table.
 - ``toy-grid``: the ``toy-grid`` recipe itself, unchanged but for the dataset.
 - ``toy`` (not run by default): the ``toy`` recipe, unchanged but for the dataset.
 
@@ -56,19 +56,21 @@ COLUMNS = (
 SECONDS = "bench/seconds"
 
 
-def cell_flags(method: str, dataset: str, budget: int, plugins) -> tuple[str, dict]:
-    """The recipe and the flags on top of it that one cell's runs train with."""
+def cell_flags(method: str, dataset: str, budget: int | None, plugins) -> tuple[str, dict]:
+    """The recipe and the flags on top of it that one cell's runs train with: the gan/pacgan
+    methods are ``toy-grid`` with another pack, for the recipe's own length (``budget`` None)
+    or ``budget`` updates in epochs of 100."""
     if method in RECIPES:
         return method, {"dataset": dataset}
-    arch = plugins.recipes.get("toy-grid").obj["arch"]
-    sizes, _, options = arch.partition(":")[2].partition("/")
+    recipe = plugins.recipes.get("toy-grid").obj
+    sizes, _, options = recipe["arch"].partition(":")[2].partition("/")
     kept = [o for o in options.split("/") if o and not o.startswith("pack=")]
-    steps = 100
-    return "toy-grid", {
-        "dataset": dataset,
-        "arch": f"mlp:{'/'.join([sizes, f'pack={PACKS[method]}', *kept])}",
-        "epochs": max(1, budget // steps), "steps_per_epoch": steps,
-    }
+    flags = {"dataset": dataset,
+             "arch": f"mlp:{'/'.join([sizes, f'pack={PACKS[method]}', *kept])}"}
+    if budget is not None and budget != recipe["epochs"] * recipe["steps_per_epoch"]:
+        steps = 100
+        flags.update({"epochs": max(1, budget // steps), "steps_per_epoch": steps})
+    return "toy-grid", flags
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -107,8 +109,9 @@ def main(argv=None) -> int:
                         help=f"of: {', '.join(METHODS)} (default: all but toy)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), metavar="DATASET",
                         help=f"of: {', '.join(DATASETS)}")
-    parser.add_argument("--budget", type=int, default=1000, metavar="UPDATES",
-                        help="generator updates of the gan/pacgan methods (default 1,000)")
+    parser.add_argument("--budget", type=int, default=None, metavar="UPDATES",
+                        help="generator updates of the gan/pacgan methods (default: the "
+                        "toy-grid recipe's own, 16,000)")
     parser.add_argument("--out", default="modes-benchmark.md", metavar="FILE",
                         help="where the Markdown table is written (default modes-benchmark.md)")
     parser.add_argument("--tracking-uri", default="sqlite:///modes-benchmark.db")
@@ -123,7 +126,7 @@ def main(argv=None) -> int:
         unknown = [v for v in given if v not in known]
         if unknown:
             parser.error(f"{name}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
-    if args.seeds < 1 or args.budget < 100:
+    if args.seeds < 1 or (args.budget is not None and args.budget < 100):
         parser.error("--seeds must be at least 1 and --budget at least 100")
 
     import mlflow

@@ -112,9 +112,14 @@ class MlflowLogger(keras.callbacks.Callback):
         self.outbox.log_metrics(window, step=step)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.model.stop_training:
-            return  # diverged mid-epoch: nothing worth logging or drawing
         step = (epoch + 1) * self.steps_per_epoch
+        if self.model.stop_training and (
+                steps_done(self.model) != step
+                or not all(np.isfinite(float(v)) for v in (logs or {}).values())):
+            # Stopped mid-epoch (interrupted, diverged, the store away), or diverged in its
+            # last step: nothing worth logging or drawing. An epoch that ran to its end
+            # before a stop is logged: a resume starts after it and would never log it.
+            return
         if step > self.logged_until:
             self.outbox.log_metrics(
                 {epoch_metric(k): float(v) for k, v in (logs or {}).items()}, step=step)

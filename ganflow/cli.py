@@ -292,13 +292,42 @@ def ui(tracking_uri, port):
     if newest:
         click.echo(f"newest run: {run_url(base, newest[0].info.experiment_id, newest[0].info.run_id)}")
     click.echo("Ctrl-C stops it.")
+    # Its own process group: `mlflow ui` serves from a child process of its own, and both
+    # must go when this command is stopped (Ctrl-C reaches the whole group from a terminal,
+    # but not when this process alone gets SIGINT).
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", "127.0.0.1", "--port", str(port)])
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              start_new_session=True)
     try:
         sys.exit(server.wait())
     except KeyboardInterrupt:
-        server.terminate()
-        server.wait(timeout=30)
+        _stop_group(server, grace=10.0)
+
+
+def _stop_group(proc, grace: float) -> None:
+    """SIGTERM to ``proc``'s process group; SIGKILL to what is left of it after ``grace``
+    seconds (and 2 more for the stragglers once ``proc`` itself is gone)."""
+    import signal
+    import subprocess
+    import time
+
+    def signal_group(sig) -> bool:
+        try:
+            os.killpg(proc.pid, sig)
+            return True
+        except ProcessLookupError:  # nobody left in the group
+            return False
+
+    signal_group(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 2.0
+    while signal_group(0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    signal_group(signal.SIGKILL)
+    proc.wait()
 
 
 @main.command()

@@ -45,6 +45,30 @@ def test_windows_are_exact_means_of_the_updates_in_them(workdir):
                                                          (10, 500.0)]
 
 
+def test_an_epoch_that_ends_as_the_run_stops_is_logged_and_one_stopped_inside_is_not(workdir):
+    # The tracking store away, the run stops at an epoch's last step: a resume starts after
+    # that epoch, so its mean must be logged now. Stopped inside an epoch (or diverged in its
+    # last step), it is not.
+    steps = keras.Variable(0, dtype="int64")
+    drawn = []
+    model = SimpleNamespace(metrics=[], steps_done=steps, stop_training=False,
+                            sampling_generator=None)
+    mlflow.set_experiment("epoch-ends")
+    with mlflow.start_run() as run:
+        outbox = Outbox(run.info.run_id)
+        logger = MlflowLogger(outbox, log_every=5, steps_per_epoch=5, samples_dir=workdir,
+                              view=lambda g, path, title: (drawn.append(title) or path, {}))
+        logger.set_model(model)
+        for epoch, (stop_after, loss) in enumerate([(5, 1.0), (3, 2.0), (5, float("nan"))]):
+            steps.assign(epoch * 5 + stop_after)
+            model.stop_training = True
+            logger.on_epoch_end(epoch, {"d_loss": loss})
+        assert outbox.flush(timeout=60) and not outbox.close()
+    history = MlflowClient().get_metric_history(run.info.run_id, "epoch/mean_d_loss")
+    assert [(m.step, m.value) for m in history] == [(5, 1.0)]
+    assert drawn == ["epoch 1"]
+
+
 def test_grid_tiles_with_padding_and_scales_small_images():
     images = np.full((5, 8, 8, 1), -1.0, np.float32)
     images[1] = 1.0

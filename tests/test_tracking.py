@@ -173,9 +173,12 @@ def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # Ctrl-C as a terminal gives it: a suite started in the background (`pytest &`, nohup)
+    # ignores SIGINT, and a child that inherits that would ignore the test's SIGINT.
     proc = subprocess.Popen([sys.executable, "-m", "ganflow", "ui", "--tracking-uri", uri,
                              "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=workdir)
+                            stderr=subprocess.DEVNULL, text=True, cwd=workdir,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = [proc.stdout.readline() for _ in range(3)]
         base = f"http://127.0.0.1:{port}"

@@ -123,7 +123,8 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased MMD^2 of two equal-sized sets under the cubic polynomial kernel."""
     m = len(x)
     gamma = 1.0 / x.shape[1]
-    kxx, kyy, kxy = _cubic_kernel(x, x, gamma), _cubic_kernel(y, y, gamma), _cubic_kernel(x, y, gamma)
+    kxx, kyy = _cubic_kernel(x, x, gamma), _cubic_kernel(y, y, gamma)
+    kxy = _cubic_kernel(x, y, gamma)
     within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
     return float(within - 2.0 * kxy.mean())
 

@@ -96,7 +96,12 @@ def test_the_compiled_step_trains_as_the_plain_one(plugins, flags):
     compiled, compiled_logs = train(plugins, flags, jit=True)
     assert plain_logs.keys() == compiled_logs.keys()
     for name, value in plain_logs.items():
-        assert compiled_logs[name] == pytest.approx(value, rel=1e-3, abs=1e-4), name
+        # A penalty is a square of gradient norms' deviations, computed through a second
+        # backward pass that XLA fuses differently: its float sums, whose order moves with the
+        # CPU threads on a loaded machine, moved reg/gp by 0.9% once in a two-process suite.
+        # The weights below are the check at 1e-3.
+        rel = 2e-2 if name.startswith("reg/") else 1e-3
+        assert compiled_logs[name] == pytest.approx(value, rel=rel, abs=1e-4), name
     moved = max(float(np.abs(w).max()) for w in plain)
     assert moved > 0
     for a, b in zip(plain, compiled):

@@ -29,6 +29,7 @@ import os
 import statistics
 import tempfile
 import time
+from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -140,17 +141,10 @@ def main() -> None:
 @contextlib.contextmanager
 def replaced(attributes):
     """Set (object, name, value) attributes for the block, then put the old ones back."""
-    saved = [(owner, name, owner.__dict__.get(name)) for owner, name, _ in attributes]
-    for owner, name, value in attributes:
-        setattr(owner, name, value)
-    try:
+    with contextlib.ExitStack() as stack:
+        for owner, name, value in attributes:
+            stack.enter_context(mock.patch.object(owner, name, value))
         yield
-    finally:
-        for owner, name, value in saved:
-            if value is None:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, value)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,19 @@ Metrics, from the run's last epoch (the EMA generator when the run keeps one):
 Each training run is tracked in the MLflow experiment ``modes-benchmark`` (``--tracking-uri``,
 default ``sqlite:///modes-benchmark.db`` here) with the tags ``bench.method``,
 ``bench.dataset`` and ``bench.seed``, nested under one parent run per table cell that holds
-the cell's mean and standard error; a run already in the store with the same settings is not
-trained again. The Markdown table goes to stdout and to ``--out``.
+the cell's mean and standard error. A run is keyed by everything in its resolved settings that
+can change what it learns (tag ``bench.key``), so a run already in the store is not trained
+again: ``pacgan2`` at the recipe's length is the ``toy-grid`` recipe and shares its runs, and
+runs made before the recipe changed are never taken for today's. The Markdown table goes to
+stdout and to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import math
 import os
 import statistics
@@ -54,6 +60,18 @@ COLUMNS = (
     ("modes >= 1% (ganflow)", "toy/modes_captured", 1, 1.0),
 )
 SECONDS = "bench/seconds"
+# RunConfig fields that say where a run is tracked and saved, not what it learns.
+BOOKKEEPING = {"seed", "recipe", "tracking_uri", "tracking_timeout", "experiment", "register",
+               "registered_model", "output_dir", "plugin_modules", "checkpoint_every",
+               "keep_checkpoints", "checkpoint_to_mlflow", "log_every"}
+
+
+def training_key(config) -> str:
+    """A short hash of the settings of ``config`` (a resolved RunConfig) that can change what
+    the run learns: two cells whose flags differ but resolve to the same training share it."""
+    learned = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+               if f.name not in BOOKKEEPING}
+    return hashlib.sha256(json.dumps(learned, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def cell_flags(method: str, dataset: str, budget: int | None, plugins) -> tuple[str, dict]:
@@ -89,13 +107,12 @@ def fmt(mean: float, se: float, digits: int) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")
 
 
-def seed_runs(client, experiment_id: str, method: str, dataset: str, settings: str) -> dict:
-    """seed -> the finished run of this cell and settings already in the store."""
+def seed_runs(client, experiment_id: str, key: str) -> dict:
+    """seed -> the finished run already in the store that trained with these settings."""
     found = {}
     for run in client.search_runs(
-            [experiment_id], f"tags.`bench.method` = '{method}' and tags.`bench.dataset` = "
-            f"'{dataset}' and tags.`bench.settings` = '{settings}' and "
-            "attributes.status = 'FINISHED'", max_results=1000):
+            [experiment_id], f"tags.`bench.key` = '{key}' and attributes.status = 'FINISHED'",
+            max_results=1000):
         if "bench.seed" in run.data.tags:  # not the cell's own run
             found.setdefault(int(run.data.tags["bench.seed"]), run)
     return found
@@ -142,23 +159,25 @@ def main(argv=None) -> int:
                      else client.create_experiment(EXPERIMENT))
     started = time.perf_counter()
     rows = []
-    for method in args.methods:
-        for dataset in args.datasets:
+    for dataset in args.datasets:
+        for method in args.methods:
             recipe, flags = cell_flags(method, dataset, args.budget, plugins)
             settings = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items()
                                 if k != "dataset")
             settings = f"--plugin {recipe}" + (f" {settings}" if settings else "")
-            done = seed_runs(client, experiment_id, method, dataset, settings)
+            common = {**flags, "register": False, "tracking_uri": args.tracking_uri,
+                      "experiment": EXPERIMENT, "output_dir": args.output_dir}
+            key = training_key(resolve_config(plugins, recipe, None, common))
+            done = seed_runs(client, experiment_id, key)
             for seed in range(args.seeds):
                 if seed in done or args.table_only:
                     continue
-                config = resolve_config(plugins, recipe, None, {
-                    **flags, "seed": seed, "register": False, "tracking_uri": args.tracking_uri,
-                    "experiment": EXPERIMENT, "output_dir": args.output_dir})
+                config = resolve_config(plugins, recipe, None, {**common, "seed": seed})
                 result = run(config, plugins, verbose=0, eval_optional=True)
-                for key, value in {"bench.method": method, "bench.dataset": dataset,
-                                   "bench.seed": str(seed), "bench.settings": settings}.items():
-                    client.set_tag(result.run_id, key, value)
+                for tag, value in {"bench.method": method, "bench.dataset": dataset,
+                                   "bench.seed": str(seed), "bench.settings": settings,
+                                   "bench.key": key}.items():
+                    client.set_tag(result.run_id, tag, value)
                 client.log_param(result.run_id, "method", method)
                 client.log_metric(result.run_id, SECONDS, result.seconds)
                 m = result.metrics
@@ -166,11 +185,11 @@ def main(argv=None) -> int:
                       f"hq {m['toy/pacgan_hq']:.3f}, reverse KL "
                       f"{m['toy/pacgan_reverse_kl']:.3f}, ganflow modes "
                       f"{m['toy/modes_captured']:.0f} in {result.seconds:.0f} s", flush=True)
-            done = seed_runs(client, experiment_id, method, dataset, settings)
+            done = seed_runs(client, experiment_id, key)
             runs = [done[s] for s in range(args.seeds) if s in done]
             if runs:
                 rows.append((method, dataset, recipe, settings, runs))
-                log_cell(client, experiment_id, method, dataset, settings, runs)
+                log_cell(client, experiment_id, method, dataset, settings, key, runs)
     table = render(rows, args)
     Path(args.out).write_text(table, encoding="utf-8")
     print(table)
@@ -178,11 +197,13 @@ def main(argv=None) -> int:
     return 0
 
 
-def log_cell(client, experiment_id: str, method: str, dataset: str, settings: str, runs):
+def log_cell(client, experiment_id: str, method: str, dataset: str, settings: str, key: str,
+             runs):
     """One parent run per cell (made once, updated as seeds are added): the mean and standard
-    error of every column over its seeds, whose runs are nested under it in the UI."""
+    error of every column over its seeds, whose runs are nested under it in the UI (a run
+    that two cells share, pacgan2 and the recipe, is nested under the last)."""
     tags = {"bench.method": method, "bench.dataset": dataset, "bench.cell": "true",
-            "bench.settings": settings}
+            "bench.key": key}
     found = client.search_runs([experiment_id], " and ".join(
         f"tags.`{k}` = '{v}'" for k, v in tags.items()), max_results=1)
     if found:

@@ -100,6 +100,23 @@ def load_bench():
     return module
 
 
+def test_bench_modes_keys_runs_by_what_they_train(plugins):
+    bench = load_bench()
+    from ganflow.runner import resolve_config
+
+    def key(method, budget=None, **extra):
+        recipe, flags = bench.cell_flags(method, "grid25", budget, plugins)
+        return bench.training_key(resolve_config(plugins, recipe, None, {**flags, **extra}))
+
+    # PacGAN2 at the recipe's length is the toy-grid recipe (pack 2): one set of runs.
+    assert key("pacgan2") == key("toy-grid")
+    # Where it is tracked does not matter; what it learns does.
+    assert key("gan", tracking_uri="sqlite:///elsewhere.db", experiment="x") == key("gan")
+    keys = {key("gan"), key("pacgan2"), key("pacgan4"), key("pacgan2", budget=1000),
+            key("toy-grid", lr_g=1e-3), key("toy")}
+    assert len(keys) == 6
+
+
 def test_bench_modes_runs_cells_into_mlflow_and_a_table(workdir, capsys):
     bench = load_bench()
     uri = f"sqlite:///{workdir / 'bench.db'}"

@@ -3,6 +3,7 @@
 
     python bench/bench_modes.py                            # the README's table, 10 seeds
     python bench/bench_modes.py --seeds 3 --methods gan pacgan4 --datasets grid25
+    python bench/bench_modes.py --jobs 2                   # two runs at once
     python bench/bench_modes.py --table-only               # the table of the runs already made
 
 Methods (every one is a real ``ganflow run``, in this process):
@@ -134,6 +135,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tracking-uri", default="sqlite:///modes-benchmark.db")
     parser.add_argument("--output-dir", default="ganflow-runs", metavar="DIR",
                         help="the runs' checkpoints and pictures")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="train N runs at once, in worker processes that share the cores "
+                        "(a toy run keeps about one core busy: 2 on 2 cores)")
     parser.add_argument("--table-only", action="store_true",
                         help="train nothing; the table (and the cells' runs) of the runs "
                         "already in the store")
@@ -143,13 +147,13 @@ def main(argv=None) -> int:
         unknown = [v for v in given if v not in known]
         if unknown:
             parser.error(f"{name}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
-    if args.seeds < 1 or (args.budget is not None and args.budget < 100):
-        parser.error("--seeds must be at least 1 and --budget at least 100")
+    if args.seeds < 1 or args.jobs < 1 or (args.budget is not None and args.budget < 100):
+        parser.error("--seeds and --jobs must be at least 1 and --budget at least 100")
 
     import mlflow
 
     from ganflow.plugins import load_plugins
-    from ganflow.runner import resolve_config, run
+    from ganflow.runner import resolve_config
 
     plugins = load_plugins()
     mlflow.set_tracking_uri(args.tracking_uri)
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
     experiment_id = (experiment.experiment_id if experiment
                      else client.create_experiment(EXPERIMENT))
     started = time.perf_counter()
-    rows = []
+    cells, jobs = [], {}
     for dataset in args.datasets:
         for method in args.methods:
             recipe, flags = cell_flags(method, dataset, args.budget, plugins)
@@ -168,33 +172,89 @@ def main(argv=None) -> int:
             common = {**flags, "register": False, "tracking_uri": args.tracking_uri,
                       "experiment": EXPERIMENT, "output_dir": args.output_dir}
             key = training_key(resolve_config(plugins, recipe, None, common))
+            cells.append((method, dataset, recipe, settings, key))
             done = seed_runs(client, experiment_id, key)
             for seed in range(args.seeds):
-                if seed in done or args.table_only:
-                    continue
-                config = resolve_config(plugins, recipe, None, {**common, "seed": seed})
-                result = run(config, plugins, verbose=0, eval_optional=True)
-                for tag, value in {"bench.method": method, "bench.dataset": dataset,
-                                   "bench.seed": str(seed), "bench.settings": settings,
-                                   "bench.key": key}.items():
-                    client.set_tag(result.run_id, tag, value)
-                client.log_param(result.run_id, "method", method)
-                client.log_metric(result.run_id, SECONDS, result.seconds)
-                m = result.metrics
-                print(f"{method} {dataset} seed {seed}: modes {m['toy/pacgan_modes']:.0f}, "
-                      f"hq {m['toy/pacgan_hq']:.3f}, reverse KL "
-                      f"{m['toy/pacgan_reverse_kl']:.3f}, ganflow modes "
-                      f"{m['toy/modes_captured']:.0f} in {result.seconds:.0f} s", flush=True)
-            done = seed_runs(client, experiment_id, key)
-            runs = [done[s] for s in range(args.seeds) if s in done]
-            if runs:
-                rows.append((method, dataset, recipe, settings, runs))
-                log_cell(client, experiment_id, method, dataset, settings, key, runs)
+                if seed not in done and not args.table_only:  # a run two cells share, once
+                    jobs.setdefault((key, seed), Job(method, dataset, recipe, common, seed,
+                                                     settings, key))
+    if jobs:
+        train_all(list(jobs.values()), args.jobs)
+    rows = []
+    for method, dataset, recipe, settings, key in cells:
+        done = seed_runs(client, experiment_id, key)
+        runs = [done[s] for s in range(args.seeds) if s in done]
+        if runs:
+            rows.append((method, dataset, recipe, settings, runs))
+            log_cell(client, experiment_id, method, dataset, settings, key, runs)
     table = render(rows, args)
     Path(args.out).write_text(table, encoding="utf-8")
     print(table)
     print(f"(table in {args.out}; {time.perf_counter() - started:.0f} s in all)", file=sys.stderr)
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One seed of one cell to train."""
+
+    method: str
+    dataset: str
+    recipe: str
+    flags: dict
+    seed: int
+    settings: str
+    key: str
+
+
+def train_all(jobs: list[Job], processes: int) -> None:
+    """Train the jobs, in this process or in ``processes`` worker processes at once (each
+    with its share of the CPU's threads); a job's line is printed as it ends."""
+    if processes == 1:
+        for job in jobs:
+            print(train(job), flush=True)
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the workers import this file
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    with concurrent.futures.ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=share_cpu, initargs=(threads,)) as pool:
+        for line in concurrent.futures.as_completed([pool.submit(train, job) for job in jobs]):
+            print(line.result(), flush=True)
+
+
+def share_cpu(threads: int) -> None:
+    """A worker process's TensorFlow threads: its share of the cores."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def train(job: Job) -> str:
+    """Train one seed of a cell as ``ganflow run`` would, tag its run; its line for the log."""
+    import mlflow
+
+    from ganflow.plugins import load_plugins
+    from ganflow.runner import resolve_config, run
+
+    plugins = load_plugins()
+    config = resolve_config(plugins, job.recipe, None, {**job.flags, "seed": job.seed})
+    result = run(config, plugins, verbose=0, eval_optional=True)
+    client = mlflow.MlflowClient(config.tracking_uri)
+    for tag, value in {"bench.method": job.method, "bench.dataset": job.dataset,
+                       "bench.seed": str(job.seed), "bench.settings": job.settings,
+                       "bench.key": job.key}.items():
+        client.set_tag(result.run_id, tag, value)
+    client.log_param(result.run_id, "method", job.method)
+    client.log_metric(result.run_id, SECONDS, result.seconds)
+    m = result.metrics
+    return (f"{job.method} {job.dataset} seed {job.seed}: modes {m['toy/pacgan_modes']:.0f}, "
+            f"hq {m['toy/pacgan_hq']:.3f}, reverse KL {m['toy/pacgan_reverse_kl']:.3f}, "
+            f"ganflow modes {m['toy/modes_captured']:.0f} in {result.seconds:.0f} s")
 
 
 def log_cell(client, experiment_id: str, method: str, dataset: str, settings: str, key: str,

@@ -6,6 +6,7 @@ pipeline with no callbacks.
     python bench/bench_run_cost.py                   # the dcgan recipe, 3 rounds of 5 epochs
     python bench/bench_run_cost.py --recipe toy --rounds 5
     python bench/bench_run_cost.py --parts           # also the run without each of its parts
+    python bench/bench_run_cost.py --log-every 8     # metric windows every 8 steps
 
 Both variants train the recipe's model from the same settings in this process, taking turns in
 each round. Timed: the epochs after the first (which traces the step), from the end of the first
@@ -19,6 +20,12 @@ bench/bench_evaluate.py) and does not register. The start (MLflow run, params) a
 callbacks (their ``on_train_batch_end``: metric windows, the divergence and tracking checks,
 step-numbered checkpoints; Keras then neither calls them nor turns each step's logs into
 numbers), the sample grids, the checkpoints, or what the MLflow thread sends.
+
+The run makes as many training steps per call into TensorFlow as fit between its metric
+windows, checkpoints and epoch ends (``--steps-per-execution``, by default the largest such
+count); when that is more than one, the run with one step per call is timed too, to show what
+the host's wait on every step costs. The bare step is Keras's ``fit`` default, one step per
+call.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ def main() -> None:
     parser.add_argument("--recipe", default="dcgan")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--log-every", type=int, default=None, metavar="N",
+                        help="the run's metric windows (default: the recipe's)")
     parser.add_argument("--parts", action="store_true",
                         help="also time the run without each of its parts")
     args = parser.parse_args()
@@ -63,15 +72,17 @@ def main() -> None:
     from ganflow import callbacks, checkpoints, outbox
     from ganflow.data import training_pipeline
     from ganflow.plugins import load_plugins
-    from ganflow.runner import prepare, resolve_config, run
+    from ganflow.runner import prepare, resolve_config, run, steps_per_call
 
     plugins = load_plugins()
     folder = tempfile.mkdtemp(prefix="ganflow-bench-run-")
 
-    def config():
+    def config(**flags):
         return resolve_config(plugins, args.recipe, None, {
             "epochs": args.epochs, "eval_every": 0, "register": False,
-            "tracking_uri": f"sqlite:///{folder}/mlflow.db", "output_dir": f"{folder}/runs"})
+            "log_every": args.log_every,
+            "tracking_uri": f"sqlite:///{folder}/mlflow.db", "output_dir": f"{folder}/runs",
+            **flags})
 
     def bare() -> tuple[float, float]:
         prepared = prepare(config(), plugins)
@@ -82,7 +93,7 @@ def main() -> None:
                          callbacks=[ticks], verbose=0)
         return clock.per_epoch(), prepared.steps_per_epoch
 
-    def full(without=()) -> tuple[float, float]:
+    def full(without=(), **flags) -> tuple[float, float]:
         clock = EpochClock()
         # The checkpoint callback is the last of an epoch's callbacks: mark after it.
         on_epoch_end = checkpoints.CheckpointCallback.on_epoch_end
@@ -92,7 +103,7 @@ def main() -> None:
             clock.mark()
 
         with replaced([(checkpoints.CheckpointCallback, "on_epoch_end", marked), *without]):
-            run(config(), plugins, verbose=0)
+            run(config(**flags), plugins, verbose=0)
         return clock.per_epoch(), None
 
     def nothing(*args, **kwargs):
@@ -100,6 +111,11 @@ def main() -> None:
 
     default = keras.callbacks.Callback.on_train_batch_end  # Keras skips callbacks that keep it
     variants = {"bare step": bare, "full run": full}
+    prepared = prepare(config(), plugins)
+    per_call = steps_per_call(prepared.config, prepared.steps_per_epoch, 0)
+    del prepared
+    if per_call > 1:
+        variants["full run, one step per call"] = lambda: full(steps_per_execution=1)
     if args.parts:
         variants.update({
             "full run without per-step callbacks": lambda: full(
@@ -123,7 +139,8 @@ def main() -> None:
             print(f"round {round_ + 1}: {name}: {per_epoch[0]:.2f} s wall, "
                   f"{per_epoch[1]:.2f} s CPU per epoch", flush=True)
 
-    print(f"\n{args.recipe}, {steps} steps per epoch, epochs 2-{args.epochs} of each run, "
+    print(f"\n{args.recipe}, {steps} steps per epoch ({per_call} per call in the run), "
+          f"epochs 2-{args.epochs} of each run, "
           f"{args.rounds} rounds; steps per second, median (min-max):\n")
     print("| variant | steps/s wall | ratio | steps/CPU-s | ratio |")
     print("|---|---|---|---|---|")

@@ -140,7 +140,9 @@ class MlflowLogger(keras.callbacks.Callback):
 
 class DivergenceGuard(keras.callbacks.Callback):
     """Stops training at the first step whose losses are not finite; ``diverged`` is then
-    (what, step)."""
+    (what, step). With several steps per call into TensorFlow (``--steps-per-execution``),
+    Keras passes the losses of each call's last step: a loss that went NaN inside a call
+    shows there, as the NaN weights it leaves behind do (checkpoints refuse those too)."""
 
     def __init__(self):
         super().__init__()

@@ -101,6 +101,10 @@ class RunConfig:
                                          "resume works from the tracking server alone, on "
                                          "another machine")
     log_every: int = setting(10, "log metrics to MLflow every N generator updates")
+    steps_per_execution: int | None = setting(
+        None, "training steps per call into TensorFlow, the host waiting on the device once "
+        "per call (default: as many as fit between the metric windows, the checkpoints and "
+        "the epoch's end; 1: every step)", "N")
     eval_every: int | None = setting(None, "every N epochs (and before the first and after "
                                      "the last), log FID, KID, precision/recall and class "
                                      "coverage; 0: never", "N")
@@ -186,6 +190,7 @@ _MINIMUMS = {
     "latent_dim": 1,
     "steps_per_epoch": 1,
     "log_every": 1,
+    "steps_per_execution": 1,
     "eval_every": 0,
     "eval_samples": 10,
     "samples": 1,

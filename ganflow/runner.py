@@ -3,6 +3,7 @@ checked before the MLflow run starts, so a mistake costs seconds and leaves no h
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -308,6 +309,7 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False,
                 f"{config.batch_size * (config.d_steps + int(gan.generator_uses_real))}: "
                 "the learning-rate schedule would not span the run; pass --steps-per-epoch")
         steps_per_epoch = config.steps_per_epoch or per_pass
+    steps_per_call(config, steps_per_epoch, 0)  # a --steps-per-execution that does not fit fails now
 
     evaluator = None
     inception_by_default = not config.features and evaluation.default_features(source) == "inception"
@@ -472,7 +474,8 @@ def _run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
             with signals.terminate_as_interrupt():
                 history = _fit_from(gan, lambda skip: training_pipeline(
                     source, prepared.per_step, config.seed).skip(skip), done,
-                    prepared.steps_per_epoch, config.epochs, fit_callbacks, verbose)
+                    prepared.steps_per_epoch, config.epochs, fit_callbacks, verbose,
+                    steps_per_call(config, prepared.steps_per_epoch, done))
             if history is not None:
                 metrics = {k: float(v[-1]) for k, v in history.history.items()}
             metrics.update(logger.last_view_metrics)
@@ -588,7 +591,8 @@ def _train_as_worker(config: RunConfig, plugins: Plugins, verbose: int, role,
             with signals.terminate_as_interrupt():
                 _fit_from(gan, lambda skip: training_pipeline(
                     prepared.source, prepared.per_step, config.seed).skip(skip), done,
-                    prepared.steps_per_epoch, config.epochs, [guard, logger, saver], verbose)
+                    prepared.steps_per_epoch, config.epochs, [guard, logger, saver], verbose,
+                    steps_per_call(config, prepared.steps_per_epoch, done))
             if (guard.diverged or saver.diverged) is None:
                 saver.save()  # as the chief does last
         except devices.lost_peer_errors() as exc:
@@ -681,13 +685,39 @@ def _stop_unreachable(exc: TrackingUnavailable, outbox: Outbox, pending: Path, s
     ) from None
 
 
+def steps_per_call(config: RunConfig, steps_per_epoch: int, done: int) -> int:
+    """Training steps per call into TensorFlow (Keras's ``steps_per_execution``) for a run
+    that starts after ``done`` steps: the callbacks see every call's last step only, so a call
+    must end wherever one of them acts (a metric window, a step checkpoint, an epoch's end, the
+    partial epoch of a resumed run). By default as many steps as fit between those; a given
+    ``--steps-per-execution`` must fit there too."""
+    ends = [config.log_every, steps_per_epoch, done % steps_per_epoch]
+    if config.checkpoint_every:
+        ends.append(config.checkpoint_every)
+    most = math.gcd(*ends)
+    wanted = config.steps_per_execution
+    if wanted is None:
+        return most
+    if most % wanted:
+        fits = [n for n in range(1, most + 1) if most % n == 0]
+        raise UsageError(
+            f"--steps-per-execution {wanted} does not divide the {most} steps between the "
+            f"run's metric windows (--log-every {config.log_every}), checkpoints and epoch ends "
+            f"({steps_per_epoch} steps): pass one of {', '.join(map(str, fits[-6:]))}")
+    return wanted
+
+
 def _fit_from(gan, pipeline_from, done: int, steps_per_epoch: int, epochs: int, callbacks,
-              verbose):
+              verbose, per_call: int = 1):
     """``gan.fit`` from ``done`` training steps on: a partial epoch first when ``done`` falls
     inside one (Keras starts epochs only at their beginning), then the remaining epochs. Each
-    call gets the data stream from where it stands (``pipeline_from(steps to skip)``).
+    call gets the data stream from where it stands (``pipeline_from(steps to skip)``), and runs
+    ``per_call`` steps per call into TensorFlow (see ``steps_per_call``).
     Returns the last call's history (None when there was nothing left to train)."""
     history = None
+    if gan.steps_per_execution != per_call:
+        gan.steps_per_execution = per_call
+        gan.train_function = None  # the count is part of the traced loop
     epoch, within = divmod(done, steps_per_epoch)
     common = {"callbacks": callbacks, "verbose": verbose,
               "shuffle": False}  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
@@ -747,7 +777,7 @@ PENDING = "undelivered.jsonl"  # logging calls a stopped run could not send, bes
 # Settings that only a trainer with networks uses: a maximum-likelihood run does not log them.
 GAN_ONLY = ("loss", "regularizers", "epochs", "batch_size", "d_steps", "latent_dim",
             "optimizer", "g_optimizer", "d_optimizer", "lr_g", "lr_d", "lr_schedule", "ema",
-            "steps_per_epoch", "jit", "log_every", "eval_every", "eval_samples", "features",
+            "steps_per_epoch", "jit", "log_every", "steps_per_execution", "eval_every", "eval_samples", "features",
             "feature_weights")
 HELDOUT_SIZE = 10_000
 

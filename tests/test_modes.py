@@ -3,6 +3,7 @@ mode-collapse benchmark (bench/bench_modes.py)."""
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import mlflow
@@ -96,6 +97,7 @@ def test_toy_grid_recipe_is_registered_with_its_settings(plugins):
 def load_bench():
     spec = importlib.util.spec_from_file_location("bench_modes", BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_modes"] = module  # as an import makes it: its dataclass needs it
     spec.loader.exec_module(module)
     return module
 
@@ -122,7 +124,7 @@ def test_bench_modes_runs_cells_into_mlflow_and_a_table(workdir, capsys):
     uri = f"sqlite:///{workdir / 'bench.db'}"
     argv = ["--seeds", "1", "--methods", "gan", "pacgan2", "--datasets", "grid25",
             "--budget", "100", "--out", "table.md", "--tracking-uri", uri]
-    assert bench.main(argv) == 0
+    assert bench.main([*argv, "--jobs", "2"]) == 0  # the two runs in two worker processes
     table = (workdir / "table.md").read_text()
     lines = table.splitlines()
     assert "modes (PacGAN)" in lines[0] and "modes >= 1% (ganflow)" in lines[0]

@@ -222,8 +222,13 @@ def train_all(jobs: list[Job], processes: int) -> None:
     with concurrent.futures.ProcessPoolExecutor(
             processes, mp_context=multiprocessing.get_context("spawn"),
             initializer=share_cpu, initargs=(threads,)) as pool:
-        for line in concurrent.futures.as_completed([pool.submit(train, job) for job in jobs]):
-            print(line.result(), flush=True)
+        futures = [pool.submit(train, job) for job in jobs]
+        try:
+            for line in concurrent.futures.as_completed(futures):
+                print(line.result(), flush=True)
+        except BaseException:  # an interrupted run: start no other
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def share_cpu(threads: int) -> None:
@@ -244,6 +249,8 @@ def train(job: Job) -> str:
     plugins = load_plugins()
     config = resolve_config(plugins, job.recipe, None, {**job.flags, "seed": job.seed})
     result = run(config, plugins, verbose=0, eval_optional=True)
+    if result.interrupted:  # its checkpoint is kept, its run is not finished: not counted
+        raise KeyboardInterrupt(f"{job.method} {job.dataset} seed {job.seed} was interrupted")
     client = mlflow.MlflowClient(config.tracking_uri)
     for tag, value in {"bench.method": job.method, "bench.dataset": job.dataset,
                        "bench.seed": str(job.seed), "bench.settings": job.settings,

@@ -5,6 +5,7 @@ recall, class coverage on classifier features, 10,000 samples).
     python bench/loss_table.py                         # every row, seeds 0 1 2 (about 70 min)
     python bench/loss_table.py --rows hinge hinge+sn --seeds 0
     python bench/loss_table.py --table-only            # the table of the runs already made
+    python bench/loss_table.py --rows "non-saturating + R1" --precision mixed_bfloat16
 
 Each cell is one real ``ganflow run`` in its own process, tracked in the MLflow experiment
 ``ganflow-loss-table`` (``--tracking-uri``, default ``sqlite:///loss-table.db`` here), so the
@@ -39,11 +40,13 @@ METRICS = ("fid", "kid", "precision", "recall", "class_coverage", "class_accurac
 EXPERIMENT = "ganflow-loss-table"
 
 
-def cell_runs(client, experiment_id, row: str, seed: int, epochs: int, recipe: str):
+def cell_runs(client, experiment_id, row: str, seed: int, epochs: int, recipe: str,
+              precision: str):
     return [r for r in client.search_runs([experiment_id], f"tags.loss_table_row = '{row}'")
             if r.data.params.get("seed") == str(seed) and r.info.status == "FINISHED"
             and r.data.params.get("epochs") == str(epochs)
-            and r.data.params.get("recipe") == recipe]
+            and r.data.params.get("recipe") == recipe
+            and r.data.params.get("precision", "float32") == precision]
 
 
 def main():
@@ -53,6 +56,8 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--recipe", default="dcgan")
+    parser.add_argument("--precision", default="float32",
+                        help="the runs' --precision (float32, mixed_bfloat16, ...)")
     parser.add_argument("--tracking-uri", default="sqlite:///loss-table.db")
     parser.add_argument("--table-only", action="store_true", help="run nothing; print the table")
     args = parser.parse_args()
@@ -70,11 +75,12 @@ def main():
         for row in args.rows:
             for seed in args.seeds:
                 if cell_runs(client, experiment.experiment_id, row, seed, args.epochs,
-                             args.recipe):
+                             args.recipe, args.precision):
                     continue
                 command = [sys.executable, "-m", "ganflow", "run", "--plugin", args.recipe,
                            *ROWS[row], "--seed", str(seed), "--epochs", str(args.epochs),
-                           "--eval-every", str(args.epochs), "--no-register", "-q",
+                           "--eval-every", str(args.epochs), "--precision", args.precision,
+                           "--no-register", "-q",
                            "--tracking-uri", args.tracking_uri, "--experiment", EXPERIMENT]
                 started = time.perf_counter()
                 proc = subprocess.run(command, capture_output=True, text=True)
@@ -87,14 +93,14 @@ def main():
                 fid = client.get_run(run_id).data.metrics.get("eval/fid")
                 print(f"{row}, seed {seed}: FID {fid:.2f} in {seconds:.0f} s", flush=True)
 
-    print(f"\n{args.recipe} on the digits, {args.epochs} epochs, seeds "
+    print(f"\n{args.recipe} on the digits, {args.precision}, {args.epochs} epochs, seeds "
           f"{', '.join(map(str, args.seeds))}: mean (std) after the last epoch\n")
     print("| loss | " + " | ".join(METRICS) + " | runs |")
     print("|---" * (len(METRICS) + 2) + "|")
     for row in args.rows:
         runs = [r for seed in args.seeds
                 for r in cell_runs(client, experiment.experiment_id, row, seed, args.epochs,
-                                   args.recipe)[:1]]
+                                   args.recipe, args.precision)[:1]]
         cells = []
         for name in METRICS:
             values = [r.data.metrics[f"eval/{name}"] for r in runs

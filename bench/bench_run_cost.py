@@ -23,9 +23,9 @@ numbers), the sample grids, the checkpoints, or what the MLflow thread sends.
 
 The run makes as many training steps per call into TensorFlow as fit between its metric
 windows, checkpoints and epoch ends (``--steps-per-execution``, by default the largest such
-count); when that is more than one, the run with one step per call is timed too, to show what
-the host's wait on every step costs. The bare step is Keras's ``fit`` default, one step per
-call.
+count, up to 32); when that is more than one, the bare step with as many steps per call and
+the run with one step per call are timed too, to show what the host's wait on every step
+costs. The baseline bare step is Keras's ``fit`` default, one step per call.
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ def main() -> None:
             "tracking_uri": f"sqlite:///{folder}/mlflow.db", "output_dir": f"{folder}/runs",
             **flags})
 
-    def bare() -> tuple[float, float]:
+    def bare(per_call: int = 1) -> tuple[float, float]:
         prepared = prepare(config(), plugins)
+        prepared.gan.steps_per_execution = per_call
         clock = EpochClock()
         ticks = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: clock.mark())
         prepared.gan.fit(training_pipeline(prepared.source, prepared.per_step, 0),
@@ -115,6 +116,7 @@ def main() -> None:
     per_call = steps_per_call(prepared.config, prepared.steps_per_epoch, 0)
     del prepared
     if per_call > 1:
+        variants[f"bare step, {per_call} per call"] = lambda: bare(per_call)
         variants["full run, one step per call"] = lambda: full(steps_per_execution=1)
     if args.parts:
         variants.update({

@@ -140,19 +140,22 @@ class MlflowLogger(keras.callbacks.Callback):
 
 class DivergenceGuard(keras.callbacks.Callback):
     """Stops training at the first step whose losses are not finite; ``diverged`` is then
-    (what, step). With several steps per call into TensorFlow (``--steps-per-execution``),
-    Keras passes the losses of each call's last step: a loss that went NaN inside a call
-    shows there, as the NaN weights it leaves behind do (checkpoints refuse those too)."""
+    (what, step). The losses Keras passes are the epoch's running means, so a loss that went
+    NaN anywhere shows; with several steps per call into TensorFlow (``--steps-per-execution``)
+    only at the call's end: ``span`` is then how many steps it may have happened in, ending at
+    ``step``."""
 
     def __init__(self):
         super().__init__()
         self.diverged: tuple[str, int] | None = None
+        self.span = 1
 
     def on_train_batch_end(self, batch, logs=None):
         for name in ("d_loss", "g_loss"):
             value = (logs or {}).get(name)
             if value is not None and not np.isfinite(float(value)):
                 self.diverged = (name, steps_done(self.model))
+                self.span = int(getattr(self.model, "steps_per_execution", 1) or 1)
                 self.model.stop_training = True
                 return
 

@@ -475,7 +475,7 @@ def _run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
                 history = _fit_from(gan, lambda skip: training_pipeline(
                     source, prepared.per_step, config.seed).skip(skip), done,
                     prepared.steps_per_epoch, config.epochs, fit_callbacks, verbose,
-                    steps_per_call(config, prepared.steps_per_epoch, done))
+                    lambda at: steps_per_call(config, prepared.steps_per_epoch, at))
             if history is not None:
                 metrics = {k: float(v[-1]) for k, v in history.history.items()}
             metrics.update(logger.last_view_metrics)
@@ -521,7 +521,8 @@ def _run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
                     f"the tracking store did not answer for {outbox.down_for():.0f} s")
             outbox.close()
             if diverged is not None:
-                _fail_diverged(diverged, store, run_id)  # raises
+                _fail_diverged(diverged, store, run_id,
+                               guard.span if diverged is guard.diverged else 1)  # raises
             model_name, model_uri, version, champion = retry(
                 lambda: _log_model(config, gan, run_id, metrics, prepared, interrupted),
                 "logging the generator", outbox, config.tracking_timeout)
@@ -592,7 +593,7 @@ def _train_as_worker(config: RunConfig, plugins: Plugins, verbose: int, role,
                 _fit_from(gan, lambda skip: training_pipeline(
                     prepared.source, prepared.per_step, config.seed).skip(skip), done,
                     prepared.steps_per_epoch, config.epochs, [guard, logger, saver], verbose,
-                    steps_per_call(config, prepared.steps_per_epoch, done))
+                    lambda at: steps_per_call(config, prepared.steps_per_epoch, at))
             if (guard.diverged or saver.diverged) is None:
                 saver.save()  # as the chief does last
         except devices.lost_peer_errors() as exc:
@@ -685,19 +686,25 @@ def _stop_unreachable(exc: TrackingUnavailable, outbox: Outbox, pending: Path, s
     ) from None
 
 
+# The most training steps one call into TensorFlow makes by default: a signal, a lost tracking
+# store or a diverged loss is acted on when the call returns, at most this many steps late.
+MOST_STEPS_PER_CALL = 32
+
+
 def steps_per_call(config: RunConfig, steps_per_epoch: int, done: int) -> int:
-    """Training steps per call into TensorFlow (Keras's ``steps_per_execution``) for a run
-    that starts after ``done`` steps: the callbacks see every call's last step only, so a call
-    must end wherever one of them acts (a metric window, a step checkpoint, an epoch's end, the
-    partial epoch of a resumed run). By default as many steps as fit between those; a given
-    ``--steps-per-execution`` must fit there too."""
+    """Training steps per call into TensorFlow (Keras's ``steps_per_execution``) for a
+    ``gan.fit`` that starts after ``done`` steps and ends at an epoch's end: the callbacks see
+    every call's last step only, so a call must end wherever one of them acts (a metric
+    window, a step checkpoint, an epoch's end). By default the most steps, up to
+    ``MOST_STEPS_PER_CALL``, that fit between those; a given ``--steps-per-execution`` must
+    fit there too."""
     ends = [config.log_every, steps_per_epoch, done % steps_per_epoch]
     if config.checkpoint_every:
         ends.append(config.checkpoint_every)
     most = math.gcd(*ends)
     wanted = config.steps_per_execution
     if wanted is None:
-        return most
+        return max(n for n in range(1, min(most, MOST_STEPS_PER_CALL) + 1) if most % n == 0)
     if most % wanted:
         fits = [n for n in range(1, most + 1) if most % n == 0]
         raise UsageError(
@@ -708,27 +715,32 @@ def steps_per_call(config: RunConfig, steps_per_epoch: int, done: int) -> int:
 
 
 def _fit_from(gan, pipeline_from, done: int, steps_per_epoch: int, epochs: int, callbacks,
-              verbose, per_call: int = 1):
+              verbose, per_call=lambda done: 1):
     """``gan.fit`` from ``done`` training steps on: a partial epoch first when ``done`` falls
     inside one (Keras starts epochs only at their beginning), then the remaining epochs. Each
-    call gets the data stream from where it stands (``pipeline_from(steps to skip)``), and runs
-    ``per_call`` steps per call into TensorFlow (see ``steps_per_call``).
+    call gets the data stream from where it stands (``pipeline_from(steps to skip)``), and
+    makes ``per_call(done)`` steps per call into TensorFlow (see ``steps_per_call``).
     Returns the last call's history (None when there was nothing left to train)."""
     history = None
-    if gan.steps_per_execution != per_call:
-        gan.steps_per_execution = per_call
-        gan.train_function = None  # the count is part of the traced loop
     epoch, within = divmod(done, steps_per_epoch)
     common = {"callbacks": callbacks, "verbose": verbose,
               "shuffle": False}  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
     if within and epoch < epochs:
+        _set_steps_per_call(gan, per_call(done))
         history = gan.fit(pipeline_from(done), epochs=epoch + 1, initial_epoch=epoch,
                           steps_per_epoch=steps_per_epoch - within, **common)
         epoch, done = epoch + 1, (epoch + 1) * steps_per_epoch
     if epoch < epochs and not gan.stop_training:
+        _set_steps_per_call(gan, per_call(done))
         history = gan.fit(pipeline_from(done), epochs=epochs, initial_epoch=epoch,
                           steps_per_epoch=steps_per_epoch, **common)
     return history
+
+
+def _set_steps_per_call(gan, steps: int) -> None:
+    if gan.steps_per_execution != steps:
+        gan.steps_per_execution = steps
+        gan.train_function = None  # the count is part of the traced loop: trace it again
 
 
 def _restore(gan, config: RunConfig, resolved: Resolved, run_id: str):
@@ -753,22 +765,24 @@ def _set_learning_rates(gan, config: RunConfig, resolved: Resolved) -> None:
         gan.d_optimizer.learning_rate = config.lr_d
 
 
-def _fail_diverged(diverged: tuple[str, int], store, run_id: str):
+def _fail_diverged(diverged: tuple[str, int], store, run_id: str, span: int = 1):
     """End the run FAILED, saying what stopped being finite (a loss, or the weights) and
-    where, and how to go on; nothing is registered."""
+    where (in one of the ``span`` steps up to ``step``), and how to go on; nothing is
+    registered."""
     import mlflow
 
     from ganflow.errors import TrainingDiverged
 
     what, step = diverged
     what = "the weights are" if what == "weights" else f"{what} is"
+    at = f"step {step}" if span == 1 else f"one of steps {step - span + 1}-{step}"
     kept = store.manager.latest_checkpoint
-    mlflow.set_tags({"ganflow.failure": f"{what} not finite at step {step}",
+    mlflow.set_tags({"ganflow.failure": f"{what} not finite at {at}",
                      "ganflow.failed_at_step": str(step)})
     where = (f"the last good checkpoint is {Path(kept).name}: resume from it with lower "
              f"learning rates: ganflow resume {run_id} --lr-g LR --lr-d LR") if kept else \
         "there is no checkpoint yet: start again with lower --lr-g and --lr-d"
-    raise TrainingDiverged(f"training diverged: {what} not finite at step {step}; the run "
+    raise TrainingDiverged(f"training diverged: {what} not finite at {at}; the run "
                            f"is marked FAILED and nothing was registered; {where}")
 
 

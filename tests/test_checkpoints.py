@@ -211,6 +211,23 @@ def test_a_diverging_run_fails_cleanly_and_registers_nothing(cli, workdir, stepp
         "ckpt-2.index", "ckpt-4.index"]
 
 
+def test_a_run_making_several_steps_per_call_says_which_steps_diverged(cli, workdir, stepped):
+    # Windows and checkpoints every 4 steps: 4 steps per call into TensorFlow, and the NaN of
+    # step 5 is seen as the call of steps 5-8 returns.
+    flags = [*SMALL[:-2]]
+    flags[flags.index("--log-every") + 1] = "4"
+    result = cli("run", "--plugin-module", stepped, "--loss", "stepped:nan_at=5",
+                 "--checkpoint-every", "4", *flags)
+    assert result.exit_code == 1
+    (run,) = the_run(workdir)
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "Error: training diverged: d_loss is not finite at one of steps 5-8; the run is marked "
+        "FAILED and nothing was registered; the last good checkpoint is ckpt-4: ")
+    assert run.data.tags["ganflow.failed_at_step"] == "8"
+    checkpoints = workdir / "ganflow-runs" / run.info.run_id / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("ckpt-*.index")) == ["ckpt-4.index"]
+
+
 def test_resuming_what_cannot_be_resumed(cli, workdir, stepped):
     def bad(*args):
         result = cli(*args)

@@ -68,8 +68,13 @@ def test_steps_per_call_fit_between_windows_checkpoints_and_epoch_ends(plugins):
 
     assert per_call() == 2
     assert per_call(checkpoint_every=0) == 6
-    assert per_call(checkpoint_every=0, log_every=100, steps_per_epoch=1600) == 100
-    assert per_call(done=15, checkpoint_every=0) == 3  # a resumed run's partial epoch first
+    # At most 32 by default: a signal is acted on within 32 steps.
+    assert per_call(checkpoint_every=0, log_every=100, steps_per_epoch=1600) == 25
+    assert per_call(checkpoint_every=0, log_every=128, steps_per_epoch=1024) == 32
+    assert per_call(checkpoint_every=0, log_every=128, steps_per_epoch=1024,
+                    steps_per_execution=64) == 64
+    assert per_call(done=15, checkpoint_every=0) == 3  # a resumed run's partial epoch
+    assert per_call(done=24, checkpoint_every=0) == 6  # whole epochs from there on
     assert per_call(steps_per_execution=1) == 1
     with pytest.raises(UsageError, match=r"^--steps-per-execution 4 does not divide the 2 steps "
                        r"between .* pass one of 1, 2$"):

@@ -307,6 +307,10 @@ def _check(config: RunConfig) -> None:
         value = getattr(config, key)
         if not 0 < value < float("inf"):
             raise UsageError(f"{flag(key)} must be a positive number, got {value}")
+    if config.jit == "on" and config.deterministic:
+        raise UsageError("--jit on and --deterministic do not go together: Keras compiles "
+                         "without XLA under op determinism (not every XLA op is "
+                         "deterministic); drop one of them")
     if config.ema is not None and not 0 < config.ema < 1:
         raise UsageError(f"--ema must be in (0, 1), e.g. 0.999, got {config.ema}")
     if not config.experiment.strip():

@@ -334,9 +334,12 @@ def _check_distribution(config: RunConfig, replicas: int) -> None:
         import tensorflow as tf
 
         if not tf.config.list_logical_devices("GPU"):
-            # XLA compiles the step for one device; on logical CPU devices the replicas'
-            # noise-generator state lives on another device, which a compiled step cannot
-            # read (InvalidArgumentError "Trying to access resource ... located in device").
+            # TensorFlow's XLA cannot do it on CPUs. Mirrored over logical CPU devices: the
+            # replicas' noise-generator state lives on another device, which a compiled step
+            # cannot read (InvalidArgumentError "Trying to access resource ... located in
+            # device"). Multiworker, one CPU per worker: "Collectives are not yet implemented
+            # for CPU devices when compiling with XLA" (b/194942685), and the workers then
+            # abort ("double free or corruption"), measured November 2026.
             raise UsageError(f"--jit on with --strategy {config.strategy} works on GPUs, not on "
                              "CPU devices: use --jit off (or auto)")
 

@@ -34,6 +34,10 @@ def test_params_hold_every_set_field_as_text_and_no_unset_one():
     ({"regularizers": [1]}, "flags: regularizers must be a list of text, got [1]"),
     ({"lr_d": float("inf")}, "--lr-d must be a positive number, got inf"),
     ({"steps_per_epoch": 0}, "--steps-per-epoch must be at least 1, got 0"),
+    ({"steps_per_execution": 0}, "--steps-per-execution must be at least 1, got 0"),
+    ({"jit": "on", "deterministic": True}, "--jit on and --deterministic do not go together: "
+     "Keras compiles without XLA under op determinism (not every XLA op is deterministic); "
+     "drop one of them"),
 ])
 def test_bad_settings_are_named(layer, message):
     with pytest.raises(UsageError) as err:

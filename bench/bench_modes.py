@@ -10,6 +10,8 @@ Methods (every one is a real ``ganflow run``, in this process or a worker's):
   settings with D judging packs of 1 (a plain GAN), 2, 3 or 4 examples, trained for
   as many generator updates as the recipe (16,000), so that packing is the only difference;
   ``--budget N`` trains them for N updates instead (in epochs of 100), for a cheaper table.
+- ``hinge``: the ``toy-grid`` recipe with the hinge loss (from ganflow's loss library) instead
+  of the non-saturating one, as long (or ``--budget``).
 - ``toy-grid``: the ``toy-grid`` recipe itself, unchanged but for the dataset.
 - ``toy`` (not run by default): the ``toy`` recipe, unchanged but for the dataset.
 
@@ -48,10 +50,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 EXPERIMENT = "modes-benchmark"
 DATASETS = ("ring8", "grid25")
 PACKS = {"gan": 1, "pacgan2": 2, "pacgan3": 3, "pacgan4": 4}
+LOSSES = {"hinge": "hinge"}  # method -> the --loss the recipe trains with instead
 RECIPES = ("toy-grid", "toy")
-METHODS = (*PACKS, *RECIPES)
-DEFAULT_METHODS = (*PACKS, "toy-grid")
-LABELS = {"gan": "GAN", "pacgan2": "PacGAN2", "pacgan3": "PacGAN3", "pacgan4": "PacGAN4"}
+METHODS = (*PACKS, *LOSSES, *RECIPES)
+DEFAULT_METHODS = (*PACKS, "hinge", "toy-grid")
+LABELS = {"gan": "GAN", "pacgan2": "PacGAN2", "pacgan3": "PacGAN3", "pacgan4": "PacGAN4",
+          "hinge": "`toy-grid`, hinge loss"}
 # (column, metric of the run, digits, scale): PacGAN's three, then ganflow's count.
 COLUMNS = (
     ("modes (PacGAN)", "toy/pacgan_modes", 1, 1.0),
@@ -76,15 +80,18 @@ def training_key(config) -> str:
 
 def cell_flags(method: str, dataset: str, budget: int | None, plugins) -> tuple[str, dict]:
     """The recipe and the flags on top of it that one cell's runs train with: the gan/pacgan
-    methods are ``toy-grid`` with another pack, for the recipe's own length (``budget`` None)
-    or ``budget`` updates in epochs of 100."""
+    methods are ``toy-grid`` with another pack, a loss method ``toy-grid`` with that loss, for
+    the recipe's own length (``budget`` None) or ``budget`` updates in epochs of 100."""
     if method in RECIPES:
         return method, {"dataset": dataset}
     recipe = plugins.recipes.get("toy-grid").obj
-    sizes, _, options = recipe["arch"].partition(":")[2].partition("/")
-    kept = [o for o in options.split("/") if o and not o.startswith("pack=")]
-    flags = {"dataset": dataset,
-             "arch": f"mlp:{'/'.join([sizes, f'pack={PACKS[method]}', *kept])}"}
+    if method in LOSSES:
+        flags = {"dataset": dataset, "loss": LOSSES[method]}
+    else:
+        sizes, _, options = recipe["arch"].partition(":")[2].partition("/")
+        kept = [o for o in options.split("/") if o and not o.startswith("pack=")]
+        flags = {"dataset": dataset,
+                 "arch": f"mlp:{'/'.join([sizes, f'pack={PACKS[method]}', *kept])}"}
     if budget is not None and budget != recipe["epochs"] * recipe["steps_per_epoch"]:
         steps = 100
         flags.update({"epochs": max(1, budget // steps), "steps_per_epoch": steps})

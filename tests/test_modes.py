@@ -115,8 +115,9 @@ def test_bench_modes_keys_runs_by_what_they_train(plugins):
     # Where it is tracked does not matter; what it learns does.
     assert key("gan", tracking_uri="sqlite:///elsewhere.db", experiment="x") == key("gan")
     keys = {key("gan"), key("pacgan2"), key("pacgan4"), key("pacgan2", budget=1000),
-            key("toy-grid", lr_g=1e-3), key("toy")}
-    assert len(keys) == 6
+            key("toy-grid", lr_g=1e-3), key("toy"), key("hinge")}
+    assert len(keys) == 7
+    assert key("hinge") == key("toy-grid", loss="hinge")
 
 
 def test_bench_modes_runs_cells_into_mlflow_and_a_table(workdir, capsys):

@@ -309,7 +309,7 @@ def prepare(config: RunConfig, plugins: Plugins, eval_optional: bool = False,
                 f"{config.batch_size * (config.d_steps + int(gan.generator_uses_real))}: "
                 "the learning-rate schedule would not span the run; pass --steps-per-epoch")
         steps_per_epoch = config.steps_per_epoch or per_pass
-    steps_per_call(config, steps_per_epoch, 0)  # a --steps-per-execution that does not fit fails now
+    steps_per_call(config, steps_per_epoch, 0)  # a --steps-per-execution that cannot fit: now
 
     evaluator = None
     inception_by_default = not config.features and evaluation.default_features(source) == "inception"
@@ -794,8 +794,8 @@ PENDING = "undelivered.jsonl"  # logging calls a stopped run could not send, bes
 # Settings that only a trainer with networks uses: a maximum-likelihood run does not log them.
 GAN_ONLY = ("loss", "regularizers", "epochs", "batch_size", "d_steps", "latent_dim",
             "optimizer", "g_optimizer", "d_optimizer", "lr_g", "lr_d", "lr_schedule", "ema",
-            "steps_per_epoch", "jit", "log_every", "steps_per_execution", "eval_every", "eval_samples", "features",
-            "feature_weights")
+            "steps_per_epoch", "jit", "log_every", "steps_per_execution", "eval_every",
+            "eval_samples", "features", "feature_weights")
 HELDOUT_SIZE = 10_000
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -158,10 +159,9 @@ def main(argv=None) -> int:
 
     import mlflow
 
-    from ganflow.plugins import load_plugins
     from ganflow.runner import resolve_config
 
-    plugins = load_plugins()
+    plugins = loaded_plugins()
     mlflow.set_tracking_uri(args.tracking_uri)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -245,14 +245,22 @@ def share_cpu(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+@functools.cache
+def loaded_plugins():
+    """ganflow's plugins, discovered once per process (the main one, or a worker for all its
+    jobs)."""
+    from ganflow.plugins import load_plugins
+
+    return load_plugins()
+
+
 def train(job: Job) -> str:
     """Train one seed of a cell as ``ganflow run`` would, tag its run; its line for the log."""
     import mlflow
 
-    from ganflow.plugins import load_plugins
     from ganflow.runner import resolve_config, run
 
-    plugins = load_plugins()
+    plugins = loaded_plugins()
     config = resolve_config(plugins, job.recipe, None, {**job.flags, "seed": job.seed})
     result = run(config, plugins, verbose=0, eval_optional=True)
     if result.interrupted:  # its checkpoint is kept, its run is not finished: not counted

@@ -104,5 +104,10 @@ def test_the_compiled_step_trains_as_the_plain_one(plugins, flags):
         assert compiled_logs[name] == pytest.approx(value, rel=rel, abs=1e-4), name
     moved = max(float(np.abs(w).max()) for w in plain)
     assert moved > 0
+    # The weights are 0.1-0.3 in size. One CI run (two test processes on a loaded VM) had two
+    # small entries of D's last kernel, -0.0144 and -0.0074, land 3e-4 and 6e-4 apart, while the
+    # other 62 agreed to 1e-6: a LeakyReLU input near zero can take the other side under a
+    # fused sum, and 3 steps carry that on. A broken loss, penalty, augmentation or EMA moves
+    # every weight by far more than 1e-3 (the logs above are the sharper check).
     for a, b in zip(plain, compiled):
-        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3)

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 import ganflow
 from ganflow.data import training_pipeline
-from ganflow.devices import dtype_policy
+from ganflow.devices import dtype_policy, resolve_precision
 
 from conftest import TINY, free_port
 from test_gan import SHAPE, numbered_source
@@ -43,7 +43,8 @@ SAME_AS_ONE_DEVICE = textwrap.dedent("""
 
     def train(strategy):
         config = resolve_config(plugins, "dcgan", None, {
-            **flags, "batch_size": 16, "eval_every": 0, "ema": 0.9, "strategy": strategy})
+            "precision": "float32", **flags, "batch_size": 16, "eval_every": 0, "ema": 0.9,
+            "strategy": strategy})
         prepared = prepare(config, plugins)
         gan = prepared.gan
         start = [v.numpy() for v in gan.generator.weights]
@@ -139,7 +140,7 @@ def test_float16_trains_where_its_unscaled_gradients_underflow():
 
 
 def test_precision_auto_is_bfloat16_where_the_cpu_has_it():
-    from ganflow.devices import cpu_has_bfloat16, resolve_precision
+    from ganflow.devices import cpu_has_bfloat16
 
     assert resolve_precision("float32") == "float32"
     expected = "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
@@ -159,8 +160,9 @@ def test_ganflow_run_on_two_replicas_logs_registers_and_resumes(workdir):
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     params = run.data.params
-    assert (params["strategy"], params["replicas"], params["dtype_policy"]) == (
-        "mirrored", "2", "float32")
+    # The recipe's --precision auto: bfloat16 on a CPU that has it (this one), else float32.
+    assert (params["strategy"], params["replicas"], params["precision"],
+            params["dtype_policy"]) == ("mirrored", "2", "auto", resolve_precision("auto"))
     # A step counts once: 2 epochs of 3 steps, each epoch's mean logged at its last step.
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch/mean_d_loss")]
     assert steps == [3, 6]

@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--log-every", type=int, default=None, metavar="N",
                         help="the run's metric windows (default: the recipe's)")
+    parser.add_argument("--precision", default=None,
+                        help="the networks' dtype policy (default: the recipe's)")
     parser.add_argument("--parts", action="store_true",
                         help="also time the run without each of its parts")
     args = parser.parse_args()
@@ -71,6 +73,7 @@ def main() -> None:
 
     from ganflow import callbacks, checkpoints, outbox
     from ganflow.data import training_pipeline
+    from ganflow.devices import resolve_precision
     from ganflow.plugins import load_plugins
     from ganflow.runner import prepare, resolve_config, run, steps_per_call
 
@@ -80,7 +83,7 @@ def main() -> None:
     def config(**flags):
         return resolve_config(plugins, args.recipe, None, {
             "epochs": args.epochs, "eval_every": 0, "register": False,
-            "log_every": args.log_every,
+            "log_every": args.log_every, "precision": args.precision,
             "tracking_uri": f"sqlite:///{folder}/mlflow.db", "output_dir": f"{folder}/runs",
             **flags})
 
@@ -141,7 +144,8 @@ def main() -> None:
             print(f"round {round_ + 1}: {name}: {per_epoch[0]:.2f} s wall, "
                   f"{per_epoch[1]:.2f} s CPU per epoch", flush=True)
 
-    print(f"\n{args.recipe}, {steps} steps per epoch ({per_call} per call in the run), "
+    precision = resolve_precision(config().precision)
+    print(f"\n{args.recipe} ({precision}), {steps} steps per epoch ({per_call} per call in the run), "
           f"epochs 2-{args.epochs} of each run, "
           f"{args.rounds} rounds; steps per second, median (min-max):\n")
     print("| variant | steps/s wall | ratio | steps/CPU-s | ratio |")

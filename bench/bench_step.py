@@ -1,13 +1,16 @@
-"""Training-step speed: ms per step (k D updates + 1 G update) for a recipe, XLA off vs on.
+"""Training-step speed: ms per step (k D updates + 1 G update) for a recipe, per precision
+and XLA setting.
 
     python bench/bench_step.py                      # the dcgan recipe on digits
     python bench/bench_step.py --batch-size 64 --d-steps 2 --repeats 7
+    python bench/bench_step.py --precision float32 mixed_bfloat16 --jit off
 
 Each variant is built from the same resolved settings (the real plugins, pipeline and
 GAN.train_step), warmed up (tracing and XLA compilation excluded), then timed over --repeats
 windows of --steps steps. Variants alternate window by window, so drift of a shared machine
-hits them alike. Reported: median ms/step (min-max), real examples consumed per second, and the ratio to the first
-variant (XLA off) measured in the same run.
+hits them alike. Reported: median ms/step of wall time (min-max) and of CPU time
+(``time.process_time``, all threads), real examples consumed per wall second, and the ratios
+of the first variant's time to each one's (above 1: faster), measured in the same run.
 """
 
 from __future__ import annotations
@@ -28,44 +31,56 @@ def main():
     parser.add_argument("--steps", type=int, default=50, help="steps per timed window")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=5, help="timed windows per variant")
+    parser.add_argument("--precision", nargs="+", default=["float32", "mixed_bfloat16"],
+                        help="dtype policies to time (auto: the recipe's choice here)")
+    parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
     args = parser.parse_args()
 
     import keras
 
     from ganflow.data import training_pipeline
+    from ganflow.devices import resolve_precision
     from ganflow.plugins import load_plugins
     from ganflow.runner import prepare, resolve_config
 
     plugins = load_plugins()
     flags = {"batch_size": args.batch_size, "d_steps": args.d_steps, "eval_every": 0}
     variants = {}
-    for jit in ("off", "on"):
-        config = resolve_config(plugins, args.plugin, None, {**flags, "jit": jit})
-        prepared = prepare(config, plugins)
-        pipeline = training_pipeline(prepared.source, prepared.per_step, config.seed)
-        prepared.gan.fit(pipeline, epochs=1, steps_per_epoch=args.warmup, verbose=0,
-                         shuffle=False)
-        variants[f"jit={jit}"] = (prepared.gan, pipeline, prepared)
+    for precision in args.precision:
+        for jit in args.jit:
+            config = resolve_config(plugins, args.plugin, None,
+                                    {**flags, "jit": jit, "precision": precision})
+            prepared = prepare(config, plugins)
+            pipeline = training_pipeline(prepared.source, prepared.per_step, config.seed)
+            prepared.gan.fit(pipeline, epochs=1, steps_per_epoch=args.warmup, verbose=0,
+                             shuffle=False)
+            name = f"{resolve_precision(precision)}, jit {jit}"
+            variants[name] = (prepared.gan, pipeline, prepared)
 
     times = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, (gan, pipeline, _) in variants.items():
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             gan.fit(pipeline, epochs=1, steps_per_epoch=args.steps, verbose=0, shuffle=False)
             times[name].append((time.perf_counter() - started) / args.steps * 1000)
+            cpu[name].append((time.process_time() - started_cpu) / args.steps * 1000)
 
     prepared = next(iter(variants.values()))[2]
     config = prepared.config
     print(f"recipe {args.plugin}: batch {config.batch_size} x d-steps {config.d_steps}, "
           f"keras {keras.__version__}, {os.cpu_count()} CPUs; {args.repeats} windows of "
           f"{args.steps} steps after {args.warmup} warm-up steps")
-    baseline = statistics.median(next(iter(times.values())))
-    print(f"{'variant':<10}{'ms/step':>10}{'min-max':>16}{'examples/s':>12}{'ratio':>8}")
+    first = next(iter(variants))
+    print("| variant | ms/step (wall) | examples/s | speed-up | CPU ms/step | speed-up |")
+    print("|---|---|---|---|---|---|")
     for name, values in times.items():
-        median = statistics.median(values)
+        median, median_cpu = statistics.median(values), statistics.median(cpu[name])
         examples = prepared.per_step / (median / 1000)  # real ones consumed
-        print(f"{name:<10}{median:>10.1f}{min(values):>8.1f}-{max(values):<7.1f}"
-              f"{examples:>12.0f}{median / baseline:>8.2f}")
+        print(f"| {name} | {median:.1f} ({min(values):.1f}-{max(values):.1f}) | {examples:.0f} "
+              f"| {statistics.median(times[first]) / median:.2f} | {median_cpu:.1f} "
+              f"({min(cpu[name]):.1f}-{max(cpu[name]):.1f}) "
+              f"| {statistics.median(cpu[first]) / median_cpu:.2f} |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ganflow import noise
-from ganflow.config import RunConfig, load_config_file, recipe_layer, resolve
+from ganflow.config import CHOICES, RunConfig, load_config_file, recipe_layer, resolve
 from ganflow.errors import PluginError, UsageError
 from ganflow.outbox import Outbox, TrackingUnavailable, retry
 from ganflow.plugins import Component, Entry, Plugins
@@ -65,6 +65,11 @@ def resume_config(run_id: str, changes: dict[str, Any]) -> tuple[RunConfig, bool
     if chief and run.info.status == "RUNNING" and tracking.process_alive(run.data.tags):
         raise UsageError(f"run {run_id} is still running (process {run.data.tags.get('ganflow.pid')}"
                          f" on {run.data.tags.get('ganflow.host')}): stop it first")
+    # It computes as it did: `--precision auto` stays the policy it picked when the run
+    # started (param dtype_policy), though this machine, or a worker, might pick another.
+    policy = run.data.params.get("dtype_policy")
+    if values.get("precision") == "auto" and policy in CHOICES["precision"]:
+        values["precision"] = policy
     before = values["epochs"]
     values.update({k: v for k, v in changes.items() if v is not None})
     if run.info.status == "FINISHED" and values["epochs"] <= before:

@@ -70,6 +70,10 @@ def test_run_tracks_registers_and_samples_end_to_end(cli, workdir):
                                                                     "non-saturating")
     assert (params["epochs"], params["batch_size"], params["d_steps"]) == ("2", "16", "1")
     assert (params["data_shape"], params["data_size"]) == ("32x32x1", "1797")
+    # The recipe's --precision auto: bfloat16 where the hardware has it, else float32.
+    from ganflow.devices import resolve_precision
+
+    assert (params["precision"], params["dtype_policy"]) == ("auto", resolve_precision("auto"))
 
     client = MlflowClient()
     history = client.get_metric_history(run.info.run_id, "d_loss")
@@ -259,6 +263,7 @@ def ganflow_register_losses(register):
 '''
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_work_and_marks_the_run_killed(cli, workdir, tmp_path):
     plugin = write_plugin(tmp_path / "interrupting.py", INTERRUPTING)
     result = cli("run", "--plugin-module", plugin, "--loss", "interrupting", *TINY)

@@ -75,12 +75,14 @@ def train(plugins, flags, jit):
               ema=0.9, augment=resolved.augment)
     gan.compile(keras.optimizers.SGD(0.05), keras.optimizers.SGD(0.05), resolved.loss_object,
                 regularizers=resolved.regularizations, jit_compile=jit)
+    start = gan.generator.get_weights() + gan.discriminator.get_weights()
     per_step = gan.real_per_step(8)
     logs = gan.fit(training_pipeline(source(), per_step, seed=0), epochs=1, steps_per_epoch=3,
                    verbose=0).history
     weights = gan.generator.get_weights() + gan.discriminator.get_weights() + \
         gan.ema_generator.get_weights()
-    return weights, {k: float(v[-1]) for k, v in logs.items()}
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(start, weights))
+    return weights, {k: float(v[-1]) for k, v in logs.items()}, moved
 
 
 @pytest.mark.parametrize("flags", [
@@ -92,8 +94,8 @@ def train(plugins, flags, jit):
     {"loss": "lsgan", "regularizers": ["r1:gamma=1,every=3"], "augment": ["translation"]},
 ], ids=["minimax", "non-saturating", "hinge", "wgan", "lsgan"])
 def test_the_compiled_step_trains_as_the_plain_one(plugins, flags):
-    plain, plain_logs = train(plugins, flags, jit=False)
-    compiled, compiled_logs = train(plugins, flags, jit=True)
+    plain, plain_logs, moved = train(plugins, flags, jit=False)
+    compiled, compiled_logs, _ = train(plugins, flags, jit=True)
     assert plain_logs.keys() == compiled_logs.keys()
     for name, value in plain_logs.items():
         # A penalty is a square of gradient norms' deviations, computed through a second
@@ -102,12 +104,11 @@ def test_the_compiled_step_trains_as_the_plain_one(plugins, flags):
         # The weights below are the check at 1e-3.
         rel = 2e-2 if name.startswith("reg/") else 1e-3
         assert compiled_logs[name] == pytest.approx(value, rel=rel, abs=1e-4), name
-    moved = max(float(np.abs(w).max()) for w in plain)
-    assert moved > 0
+    assert moved > 1e-2  # 3 steps of SGD at 0.05 moved the weights well past the tolerance
     # The weights are 0.1-0.3 in size. One CI run (two test processes on a loaded VM) had two
     # small entries of D's last kernel, -0.0144 and -0.0074, land 3e-4 and 6e-4 apart, while the
     # other 62 agreed to 1e-6: a LeakyReLU input near zero can take the other side under a
-    # fused sum, and 3 steps carry that on. A broken loss, penalty, augmentation or EMA moves
-    # every weight by far more than 1e-3 (the logs above are the sharper check).
+    # fused sum, and 3 steps carry that on. Training moved the weights by more than 1e-2
+    # (checked above), and the logs are the sharper check of the losses and penalties.
     for a, b in zip(plain, compiled):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3)

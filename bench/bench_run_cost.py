@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=None, metavar="N",
                         help="the run's metric windows (default: the recipe's)")
     parser.add_argument("--precision", default=None,
+                        choices=["float32", "mixed_bfloat16", "mixed_float16", "auto"],
                         help="the networks' dtype policy (default: the recipe's)")
     parser.add_argument("--parts", action="store_true",
                         help="also time the run without each of its parts")

@@ -32,7 +32,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=5, help="timed windows per variant")
     parser.add_argument("--precision", nargs="+", default=["float32", "mixed_bfloat16"],
-                        help="dtype policies to time (auto: the recipe's choice here)")
+                        choices=["float32", "mixed_bfloat16", "mixed_float16", "auto"],
+                        help="dtype policies to time (auto: what it picks here)")
     parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
     args = parser.parse_args()
 
@@ -46,7 +47,8 @@ def main():
     plugins = load_plugins()
     flags = {"batch_size": args.batch_size, "d_steps": args.d_steps, "eval_every": 0}
     variants = {}
-    for precision in args.precision:
+    # Each policy once: `auto` is one of the others on any machine.
+    for precision in dict.fromkeys(resolve_precision(p) for p in args.precision):
         for jit in args.jit:
             config = resolve_config(plugins, args.plugin, None,
                                     {**flags, "jit": jit, "precision": precision})
@@ -54,7 +56,7 @@ def main():
             pipeline = training_pipeline(prepared.source, prepared.per_step, config.seed)
             prepared.gan.fit(pipeline, epochs=1, steps_per_epoch=args.warmup, verbose=0,
                              shuffle=False)
-            name = f"{resolve_precision(precision)}, jit {jit}"
+            name = f"{precision}, jit {jit}"
             variants[name] = (prepared.gan, pipeline, prepared)
 
     times = {name: [] for name in variants}

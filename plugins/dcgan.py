@@ -134,12 +134,13 @@ DCGAN_RECIPE = {
     "eval_every": 25,
     # Metric windows of 8 of the digits' 56 steps an epoch (at batch 32), so that 8 steps run
     # per call into TensorFlow (with 10, only 2 fit): measured (bench/bench_run_cost.py), the
-    # bare step is 1.06-1.08x as fast at 8 per call, in every round.
+    # bare step is 1.04-1.08x as fast at 8 per call, in every round.
     "log_every": 8,
     # bfloat16 where the hardware computes in it (AVX-512 BF16 or AMX, a GPU of compute
-    # capability 8+), float32 elsewhere. Measured on this CPU (bench/bench_speed.py): 1.55x the
-    # float32 step; and in the loss table (3 seeds, 100 epochs) FID 12.26 (0.80) against 12.99
-    # (0.82) in float32, level.
+    # capability 8+), float32 elsewhere. Measured on a CPU with AVX-512 BF16: this recipe's
+    # step 1.45x as fast as in float32 (bench/bench_step.py), the tutorial's networks 1.48-1.57x
+    # (bench/bench_speed.py); and in the loss table (3 seeds, 100 epochs) FID 12.26 (0.80)
+    # against 12.99 (0.82) in float32, level.
     "precision": "auto",
 }
 

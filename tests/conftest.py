@@ -16,6 +16,13 @@ TINY = ["--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "16", "--eval
         "-q"]
 
 
+def pytest_collection_modifyitems(items):
+    """The long tests (marked slow) first, in their files' order: the two test processes
+    (pytest-xdist) then end on short tests together, rather than one idling while the other
+    finishes a test of a minute."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def feature_cache(tmp_path_factory):
     """One cache of trained domain classifiers for the whole session, never the user's.

@@ -123,6 +123,7 @@ def ganflow_register_augmentations(register):
 '''
 
 
+@pytest.mark.slow
 def test_a_third_party_augmentation(cli, workdir, tmp_path):
     path = tmp_path / "flip.py"
     path.write_text(FLIP)

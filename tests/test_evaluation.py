@@ -248,6 +248,7 @@ def test_fid_falls_as_the_dcgan_recipe_trains(cli, workdir):
     assert coverage[-1].value >= 0.9
 
 
+@pytest.mark.slow
 def test_champion_is_the_best_fid_across_runs_and_only_among_comparable_ones(cli, workdir):
     for seed in (0, 1, 2):
         assert cli("run", *TINY, *EVAL, "--seed", seed).exit_code == 0

@@ -120,6 +120,7 @@ def test_bench_modes_keys_runs_by_what_they_train(plugins):
     assert key("hinge") == key("toy-grid", loss="hinge")
 
 
+@pytest.mark.slow
 def test_bench_modes_runs_cells_into_mlflow_and_a_table(workdir, capsys):
     bench = load_bench()
     uri = f"sqlite:///{workdir / 'bench.db'}"

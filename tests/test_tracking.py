@@ -153,6 +153,7 @@ def test_outbox_sends_metric_windows_that_come_together_in_one_request(workdir):
     assert [(m.step, m.value) for m in history] == [(s, s / 10) for s in range(1, 6)]
 
 
+@pytest.mark.slow
 def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir):
     import signal
     import socket

@@ -57,6 +57,8 @@ class EpochClock:
 
 
 def main() -> None:
+    from ganflow.config import CHOICES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="dcgan")
     parser.add_argument("--epochs", type=int, default=5)
@@ -64,7 +66,7 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=None, metavar="N",
                         help="the run's metric windows (default: the recipe's)")
     parser.add_argument("--precision", default=None,
-                        choices=["float32", "mixed_bfloat16", "mixed_float16", "auto"],
+                        choices=CHOICES["precision"],
                         help="the networks' dtype policy (default: the recipe's)")
     parser.add_argument("--parts", action="store_true",
                         help="also time the run without each of its parts")
@@ -146,8 +148,8 @@ def main() -> None:
                   f"{per_epoch[1]:.2f} s CPU per epoch", flush=True)
 
     precision = resolve_precision(config().precision)
-    print(f"\n{args.recipe} ({precision}), {steps} steps per epoch ({per_call} per call in the run), "
-          f"epochs 2-{args.epochs} of each run, "
+    print(f"\n{args.recipe} ({precision}), {steps} steps per epoch ({per_call} per call in "
+          f"the run), epochs 2-{args.epochs} of each run, "
           f"{args.rounds} rounds; steps per second, median (min-max):\n")
     print("| variant | steps/s wall | ratio | steps/CPU-s | ratio |")
     print("|---|---|---|---|---|")

@@ -24,6 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def main():
+    from ganflow.config import CHOICES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plugin", default="dcgan", help="recipe")
     parser.add_argument("--batch-size", type=int)
@@ -32,7 +34,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=5, help="timed windows per variant")
     parser.add_argument("--precision", nargs="+", default=["float32", "mixed_bfloat16"],
-                        choices=["float32", "mixed_bfloat16", "mixed_float16", "auto"],
+                        choices=CHOICES["precision"],
                         help="dtype policies to time (auto: what it picks here)")
     parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """The mode-collapse benchmark: methods x toy datasets x seeds, scored as PacGAN (Lin et al.
 2018, Table 1) scores them, beside ganflow's own stricter mode count.
 
-    python bench/bench_modes.py --jobs 2      # the README's table, 10 seeds: 80 min on 2 cores
+    python bench/bench_modes.py --jobs 2      # the README's table, 10 seeds: 105 min on 2 cores
     python bench/bench_modes.py --seeds 3 --methods gan pacgan4 --datasets grid25
     python bench/bench_modes.py --table-only  # the table of the runs already made
 

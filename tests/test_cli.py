@@ -9,6 +9,8 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from ganflow.devices import resolve_precision
+
 from conftest import TINY, image_steps, write_plugin
 
 THIRD_PARTY = textwrap.dedent('''
@@ -71,8 +73,6 @@ def test_run_tracks_registers_and_samples_end_to_end(cli, workdir):
     assert (params["epochs"], params["batch_size"], params["d_steps"]) == ("2", "16", "1")
     assert (params["data_shape"], params["data_size"]) == ("32x32x1", "1797")
     # The recipe's --precision auto: bfloat16 where the hardware has it, else float32.
-    from ganflow.devices import resolve_precision
-
     assert (params["precision"], params["dtype_policy"]) == ("auto", resolve_precision("auto"))
 
     client = MlflowClient()

@@ -1,4 +1,4 @@
-"""The README's pictures of the MLflow UI, taken from a real run in headless Chromium.
+"""The pictures of the MLflow UI in docs/tracking.md, taken from a real run in headless Chromium.
 
     apt-get install chromium                                  # Debian's; any Chromium works
     ganflow run --plugin dcgan                                # or any finished ganflow run

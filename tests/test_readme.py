@@ -1,4 +1,5 @@
-"""The README as a user reads it: every picture it shows is in the repository."""
+"""The README and the docs/ pages as a user reads them: every picture they show is in the
+repository, every link leads to a file, and the README stays a landing page."""
 
 import re
 import shutil
@@ -8,8 +9,30 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
-PICTURES = sorted(set(re.findall(r"!\[[^\]]*\]\(([^)#\s]+)\)", README)) - {""})
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+QUICK_START = ("    pip install -e . && ganflow run --plugin dcgan\n"
+               "    pip install -e '.[test]' && pytest\n")
+
+
+def targets(pattern: str) -> list[tuple[str, str]]:
+    """(page, target) for every match of ``pattern`` in every page, the target's #anchor cut
+    off and its path resolved from the page's folder, relative to the repository."""
+    found = set()
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code is not Markdown
+        for target in re.findall(pattern, text):
+            path = target.split("#")[0]
+            if path and not path.startswith(("http://", "https://", "mailto:")):
+                resolved = (page.parent / path).resolve()
+                target = (resolved.relative_to(ROOT).as_posix()
+                          if resolved.is_relative_to(ROOT) else str(resolved))
+            found.add((page.relative_to(ROOT).as_posix(), target))
+    return sorted(found)
+
+
+PICTURES = targets(r"!\[[^\]]*\]\(([^)\s]+)\)")
+LINKS = [(page, target) for page, target in targets(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+         if not target.startswith(("http://", "https://", "mailto:", "#"))]
 
 
 def tracked() -> set[str] | None:
@@ -22,13 +45,37 @@ def tracked() -> set[str] | None:
 
 
 def test_the_readme_shows_pictures():
-    assert len(PICTURES) >= 8
+    assert len({picture for _, picture in PICTURES}) >= 8
+    assert any(page == "README.md" for page, _ in PICTURES), "the landing page shows a picture"
 
 
-@pytest.mark.parametrize("picture", PICTURES)
-def test_every_picture_the_readme_shows_is_committed(picture):
+@pytest.mark.parametrize(("page", "picture"), PICTURES)
+def test_every_picture_the_readme_shows_is_committed(page, picture):
     assert not picture.startswith(("http://", "https://")), "pictures live in the repository"
-    assert (ROOT / picture).is_file(), f"{picture} is not on disk"
+    assert (ROOT / picture).is_file(), f"{page} shows {picture}, which is not on disk"
     files = tracked()
     if files is not None:  # on disk is not enough: .gitignore has hidden images before
-        assert picture in files, f"{picture} is not committed (check .gitignore)"
+        assert picture in files, f"{page} shows {picture}: not committed (check .gitignore)"
+
+
+def test_the_readme_links_every_page():
+    linked = {target for page, target in LINKS if page == "README.md"}
+    pages = {page.relative_to(ROOT).as_posix() for page in PAGES[1:] if page.name != "README.md"}
+    assert pages <= linked, f"the README links no {sorted(pages - linked)}"
+
+
+@pytest.mark.parametrize(("page", "link"), LINKS)
+def test_every_relative_link_leads_to_a_file(page, link):
+    assert (ROOT / link).exists(), f"{page} links to {link}, which does not exist"
+
+
+def test_the_readme_is_a_landing_page():
+    readme = PAGES[0].read_text()
+    assert len(readme.splitlines()) < 250
+    assert QUICK_START in readme, "the quick start's two commands, verbatim"
+
+
+def test_the_layout_page_names_every_module():
+    layout = (ROOT / "docs" / "layout.md").read_text()
+    modules = sorted(p.name for p in (ROOT / "ganflow").glob("*.py"))
+    assert [m for m in modules if f"`{m}`" not in layout] == []

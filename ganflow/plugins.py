@@ -3,7 +3,13 @@
 The rest of ganflow asks ``Plugins`` for a loss, dataset, architecture, recipe, ... by name
 and never calls pluggy itself. Everything a plugin registers is checked when it registers;
 everything a plugin's code does later goes through ``call``, which turns its failures into
-one line naming the plugin.
+one line naming the plugin. Which kinds there are, and how a run names each, is
+``ganflow.kinds.KINDS``.
+
+Plugins are switched off as pytest switches them off (``-p no:NAME``): ``--disable-plugin
+NAME`` (a provider as ``ganflow plugins`` shows it) is never registered, and an entry point
+never imported; ``GANFLOW_DISABLE_PLUGIN_AUTOLOAD=1`` skips every installed package's entry
+points, while the built-ins and ``--plugin-module`` stay.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import difflib
 import importlib
 import importlib.metadata
 import importlib.util
-import inspect
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +28,12 @@ import pluggy
 
 from ganflow import hookspecs
 from ganflow.errors import GanflowError, PluginError, UsageError, last_line
+from ganflow.kinds import BY_NAME, KINDS, Kind
 from ganflow.settings import Setting, check_declarations, convert, resolve, split_spec
 
 ENTRY_POINT_GROUP = "ganflow"
 HOOK_PREFIX = "ganflow_"
+NO_AUTOLOAD = "GANFLOW_DISABLE_PLUGIN_AUTOLOAD"
 
 # The built-in plugins, loaded by name exactly as a third-party module would be.
 DEFAULT_PLUGINS = (
@@ -78,17 +86,29 @@ class Entry:
                 f"{type(exc).__name__}: {last_line(exc)}".rstrip(": ")
                 + " (ganflow --debug shows the traceback)") from exc
 
+    def problem(self, exc: Exception) -> PluginError:
+        """``exc`` (about this entry's object) as an error naming the plugin and the entry."""
+        return PluginError(f"plugin {self.plugin}: {self.kind} {self.name!r}: {exc}")
+
 
 @dataclass(frozen=True)
 class Component:
-    """A registered thing with the settings a run gives it (``--loss wgan:gp=5``)."""
+    """A registered thing as a run names it: ``--loss wgan:gp=5`` (its settings), ``--dataset
+    folder:PATH`` (its argument), ``--regularizer r1:every=16`` (``engine``: the settings the
+    engine gives every one of its kind)."""
 
     entry: Entry
-    values: dict[str, Any]
+    values: dict[str, Any] = field(default_factory=dict)
+    argument: str | None = None
+    engine: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.entry.name
+
+    @property
+    def plugin(self) -> str:
+        return self.entry.plugin
 
     def build(self, *args):
         """The object a run uses: the registered factory called with ``args`` and the
@@ -99,19 +119,16 @@ class Component:
 
     def params(self, prefix: str) -> dict[str, Any]:
         """Each setting that has a value as an MLflow param: ``{prefix}.{key}``."""
-        return {f"{prefix}.{key}": value for key, value in self.values.items()
+        return {f"{prefix}.{key}": value for key, value in {**self.values, **self.engine}.items()
                 if value is not None}
 
 
 class Registry:
     """Named things of one kind; refuses duplicates and answers unknown names helpfully."""
 
-    def __init__(self, kind: str, check: Callable[[Entry], None] | None = None,
-                 takes_argument: bool = False, takes_settings: bool = False):
-        self.kind = kind
-        self.check = check
-        self.takes_argument = takes_argument
-        self.takes_settings = takes_settings
+    def __init__(self, kind: Kind):
+        self.kind = kind.name
+        self.spec = kind
         self._entries: dict[str, Entry] = {}
 
     def add(self, entry: Entry) -> None:
@@ -126,9 +143,11 @@ class Registry:
                 f"{self.kind} {entry.name!r} is registered by two plugins, {first} and "
                 f"{entry.plugin}: uninstall one of them or rename its {self.kind}"
             )
-        if self.check is not None:
-            self.check(entry)
+        self.spec.check(entry)
         self._entries[entry.name] = entry
+
+    def remove(self, name: str) -> None:
+        self._entries.pop(name, None)
 
     def get(self, name: str) -> Entry:
         try:
@@ -151,126 +170,9 @@ class Registry:
         return name in self._entries
 
 
-def _problem(entry: Entry, text: str) -> PluginError:
-    return PluginError(f"plugin {entry.plugin}: {entry.kind} {entry.name!r} {text}")
-
-
-def _not_a_class(entry: Entry) -> None:
-    """A class registered without settings would be used as the object itself, uncalled."""
-    if inspect.isclass(entry.obj) and not entry.settings:
-        raise _problem(entry, f"is the class {entry.obj.__name__}: register an instance "
-                              f"({entry.obj.__name__}()), or declare settings to make the class "
-                              "a factory called with them")
-
-
-def _check_loss(entry: Entry) -> None:
-    from ganflow.step import loss_protocol
-
-    _not_a_class(entry)
-    if entry.settings:
-        if not callable(entry.obj):
-            raise _problem(entry, "declares settings, so it must be a factory (e.g. the "
-                                  "class) called with them")
-    elif loss_protocol(entry.obj) is None:
-        raise _problem(entry, f"is a {type(entry.obj).__name__}, not a loss: give it "
-                              "d_loss(step) and g_loss(step) (subclass ganflow.StepLoss), or "
-                              "discriminator_loss(real_logits, fake_logits) and "
-                              "generator_loss(fake_logits) (ganflow.Loss)")
-
-
-def _check_regularizer(entry: Entry) -> None:
-    from ganflow.step import check_regularizer
-
-    _not_a_class(entry)
-    if "every" in entry.settings:
-        raise _problem(entry, "declares the setting 'every', which the engine gives every "
-                              "regularizer: rename it")
-    if not entry.settings:
-        try:
-            check_regularizer(entry.obj)
-        except PluginError as exc:
-            raise _problem(entry, str(exc)) from None
-    elif not callable(entry.obj):
-        raise _problem(entry, "declares settings, so it must be a factory called with them")
-
-
-def _check_callable(what: str):
-    def check(entry: Entry) -> None:
-        if not callable(entry.obj):
-            raise _problem(entry, f"must be {what}, got a {type(entry.obj).__name__}")
-    return check
-
-
-def _check_augmentation(entry: Entry) -> None:
-    _not_a_class(entry)
-    _check_callable("a factory called with its settings" if entry.settings
-                    else "callable as augmentation(x, seed_generator)")(entry)
-
-
-def _check_architecture(entry: Entry) -> None:
-    if entry.argument:
-        _check_callable("a factory called with the argument")(entry)
-    elif not (hasattr(entry.obj, "build_generator") or hasattr(entry.obj, "fit")):
-        raise _problem(entry, "has neither build_generator(spec, latent_dim) and "
-                              "build_discriminator(spec) nor fit(source, seed)")
-
-
-def _check_trainer(entry: Entry) -> None:
-    _not_a_class(entry)
-    if entry.settings:
-        _check_callable("a factory called with its settings")(entry)
-    elif not (callable(getattr(entry.obj, "build", None)) or
-              callable(getattr(entry.obj, "fit_density", None))):
-        raise _problem(entry, "has neither build(setup) nor fit_density(setup)")
-
-
-def _check_recipe(entry: Entry) -> None:
-    """Setting names, types and ranges; the plugin names in it are checked once every plugin
-    has registered (``Plugins.check_recipes``)."""
-    from ganflow.config import recipe_layer
-    from ganflow.config import resolve as resolve_config
-
-    if not isinstance(entry.obj, dict):
-        raise _problem(entry, f"must be a dict of settings, got a {type(entry.obj).__name__}")
-    try:
-        resolve_config(recipe_layer(entry.name, entry.obj))
-    except UsageError as exc:
-        raise PluginError(f"plugin {entry.plugin}: {exc} (`ganflow settings` lists every "
-                          "setting by its config name)") from None
-
-
-# The engine's own setting of every regularizer.
-EVERY = Setting(1, "run on every N-th update of its network only, multiplied by N", minimum=1)
-
-# hook name -> (attribute, kind, check, takes an argument, takes settings), in the order
-# `ganflow plugins` lists them.
-KINDS = {
-    "ganflow_register_recipes": ("recipes", "recipe", _check_recipe, False, False),
-    "ganflow_register_trainers": ("trainers", "trainer", _check_trainer, False, True),
-    "ganflow_register_augmentations": ("augmentations", "augmentation", _check_augmentation,
-                                       False, True),
-    "ganflow_register_losses": ("losses", "loss", _check_loss, False, True),
-    "ganflow_register_regularizers": ("regularizers", "regularizer", _check_regularizer,
-                                      False, True),
-    "ganflow_register_optimizers": ("optimizers", "optimizer",
-                                    _check_callable("a factory(learning_rate, **settings)"),
-                                    False, True),
-    "ganflow_register_schedules": ("schedules", "learning-rate schedule",
-                                   _check_callable("a factory(learning_rate, total_steps, "
-                                                   "**settings)"), False, True),
-    "ganflow_register_datasets": ("datasets", "dataset", _check_callable("a loader(options)"),
-                                  True, False),
-    "ganflow_register_architectures": ("architectures", "architecture", _check_architecture,
-                                       True, False),
-    "ganflow_register_feature_extractors": ("features", "feature extractor",
-                                            _check_callable("a factory(options)"), False, False),
-}
-# How `ganflow plugins` titles a registry, where its attribute name would not do.
-TITLES = {"features": "feature extractors", "schedules": "learning-rate schedules"}
-
-
 class Plugins:
-    """Everything the loaded plugins registered."""
+    """Everything the loaded plugins registered: one ``Registry`` per kind, as attributes
+    (``plugins.losses``), built from ``ganflow.kinds.KINDS``."""
 
     losses: Registry
     regularizers: Registry
@@ -283,62 +185,81 @@ class Plugins:
     recipes: Registry
     features: Registry
 
-    def __init__(self, pm: pluggy.PluginManager):
+    def __init__(self, pm: pluggy.PluginManager, disabled: tuple[str, ...] = ()):
         self.pm = pm
-        for hook_name, (attribute, kind, check, argument, settings) in KINDS.items():
-            registry = Registry(kind, check, argument, settings)
-            setattr(self, attribute, registry)
-            self._collect(hook_name, registry)
+        self.disabled = disabled
+        for kind in KINDS:
+            registry = Registry(kind)
+            setattr(self, kind.attribute, registry)
+            self._collect(kind, registry)
         self.check_recipes()
 
     def check_recipes(self) -> None:
         """Every name and plugin setting a recipe gives exists and is valid (nothing is built
-        or loaded): a recipe's typo shows in ``ganflow plugins``, not only when it runs."""
+        or loaded): a recipe's typo shows in ``ganflow plugins``, not only when it runs.
+
+        With plugins switched off, a recipe naming what is not registered goes with them (it
+        may name what they provide): listed nowhere, an unknown recipe if asked for."""
         from ganflow.config import recipe_layer
         from ganflow.config import resolve as resolve_config
 
-        for entry in self.recipes:
+        for entry in list(self.recipes):
             config = resolve_config(recipe_layer(entry.name, entry.obj))
             try:
-                self.component(self.trainers, config.trainer, "trainer")
-                self.component(self.losses, config.loss, "loss")
-                self.component(self.schedules, config.lr_schedule, "lr_schedule")
-                for key in ("optimizer", "g_optimizer", "d_optimizer"):
-                    if getattr(config, key):
-                        self.component(self.optimizers, getattr(config, key), key)
-                for spec in config.regularizers:
-                    self.regularizer(spec)
-                for spec in config.augment:
-                    self.component(self.augmentations, spec, "augment")
-                self._lookup(self.architectures, "arch", config.arch)
-                self._lookup(self.datasets, "dataset", config.dataset)
-                if config.features:
-                    self.features.get(config.features)
+                self.choose_all(config)
             except UsageError as exc:
+                if self.disabled:
+                    self.recipes.remove(entry.name)
+                    continue
                 raise PluginError(f"plugin {entry.plugin}: recipe {entry.name}: {exc}") from None
+
+    def choose_all(self, config) -> dict[str, Component]:
+        """Every plugin ``config`` names, by slot (``loss``, ``regularizer.r1``,
+        ``g_optimizer``, ``arch``, ...; see ``ganflow.kinds.Use``), looked up with its settings
+        checked, in the order of ``KINDS``. A setting left unset (``features``) is absent."""
+        from ganflow.config import flag
+
+        chosen: dict[str, Component] = {}
+        for kind in KINDS:
+            for use in kind.uses:
+                key = next((k for k in use.keys if getattr(config, k)), None)
+                if key is None:
+                    continue
+                specs = getattr(config, key)
+                for spec in (specs if isinstance(specs, tuple) else (specs,)):
+                    component = self.choose(kind.name, spec, flag(key))
+                    slot = use.slot.format(name=component.name)
+                    if slot in chosen:
+                        names = ", ".join(split_spec(spec)[0] for spec in specs)
+                        raise UsageError(f"{flag(key)}: each {kind.name} may be given once, "
+                                         f"got {names}")
+                    chosen[slot] = component
+        return chosen
+
+    def registry(self, kind: str) -> Registry:
+        return getattr(self, BY_NAME[kind].attribute)
 
     @property
     def registries(self) -> dict[str, Registry]:
         """Every registry by its title (``losses``, ``feature extractors``), in the order
         ``ganflow plugins`` lists them."""
-        return {TITLES.get(attribute, attribute): getattr(self, attribute)
-                for attribute, *_ in KINDS.values()}
+        return {kind.heading: getattr(self, kind.attribute) for kind in KINDS}
 
-    def _collect(self, hook_name: str, registry: Registry) -> None:
+    def _collect(self, kind: Kind, registry: Registry) -> None:
         # Each implementation is called on its own so every registration knows its plugin,
         # which is what lets a duplicate name point at both plugins.
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+        for impl in getattr(self.pm.hook, kind.hook).get_hookimpls():
             plugin = impl.plugin_name
 
             def register(name, obj, description="", argument=None, argument_optional=False,
                          settings=None, _plugin=plugin):
-                if argument is not None and not registry.takes_argument:
+                if argument is not None and not kind.argument:
                     raise PluginError(
                         f"plugin {_plugin}: only datasets and architectures take an argument")
-                if settings is not None and not registry.takes_settings:
-                    raise PluginError(f"plugin {_plugin}: a {registry.kind} takes no settings")
-                declared = check_declarations(settings, _plugin, f"{registry.kind} {name!r}")
-                registry.add(Entry(registry.kind, name, obj, _plugin, description, argument,
+                if settings is not None and not kind.settings:
+                    raise PluginError(f"plugin {_plugin}: a {kind.name} takes no settings")
+                declared = check_declarations(settings, _plugin, f"{kind.name} {name!r}")
+                registry.add(Entry(kind.name, name, obj, _plugin, description, argument,
                                    bool(argument_optional), declared))
 
             try:
@@ -347,40 +268,40 @@ class Plugins:
                 raise
             except Exception as exc:
                 raise PluginError(
-                    f"plugin {plugin} failed in {hook_name}: {type(exc).__name__}: "
+                    f"plugin {plugin} failed in {kind.hook}: {type(exc).__name__}: "
                     f"{last_line(exc)}") from exc
 
-    def component(self, registry: Registry, spec: str, option: str,
-                  given: dict[str, Any] | None = None) -> Component:
-        """Look up ``NAME`` or ``NAME:key=value,...``; settings checked against the entry's
-        declarations (``given``: more settings, as text or typed values)."""
+    def choose(self, kind: str, spec: str, option: str) -> Component:
+        """``spec`` as a run names one of ``kind``: ``NAME``, ``NAME:key=value,...`` (its
+        settings checked against the entry's declarations, and the engine's own), or
+        ``NAME:ARGUMENT`` for the kinds that take an argument; ``option`` names the flag in
+        errors."""
+        registry = self.registry(kind)
+        if registry.spec.argument:
+            entry, argument = self._lookup(registry, option, spec)
+            return Component(entry, argument=argument)
         name, values = split_spec(spec)
         entry = registry.get(name)
+        engine = {key: convert(setting, values.pop(key, setting.default),
+                               f"{option} {name}: setting {key}")
+                  for key, setting in registry.spec.engine_settings.items()}
         what = f"{option} {name}: {registry.kind} {name!r}"
-        return Component(entry, resolve(entry.settings, {**values, **(given or {})}, what))
+        return Component(entry, resolve(entry.settings, values, what), engine=engine)
 
-    def regularizer(self, spec: str) -> tuple[Component, int]:
-        """``--regularizer NAME[:SETTINGS]``: the regularizer and its ``every`` (the engine's
-        own setting of every regularizer)."""
-        name, values = split_spec(spec)
-        every = convert(EVERY, values.pop("every", EVERY.default),
-                        f"--regularizer {name}: setting every")
-        return self.component(self.regularizers, name, "--regularizer", given=values), every
+    def component(self, registry: Registry, spec: str, option: str) -> Component:
+        """``choose`` by registry (``plugins.component(plugins.losses, "wgan:gp=5", "--loss")``)."""
+        return self.choose(registry.kind, spec, option)
 
     def dataset(self, spec: str) -> tuple[Entry, str | None]:
         """Look up ``NAME`` or ``NAME:ARGUMENT``; returns the entry and the argument."""
-        return self._lookup(self.datasets, "--dataset", spec)
+        chosen = self.choose("dataset", spec, "--dataset")
+        return chosen.entry, chosen.argument
 
     def architecture(self, spec: str) -> tuple[Entry, Any]:
-        """Look up ``NAME`` or ``NAME:ARGUMENT``; returns the entry and the architecture.
-
-        An architecture registered with an argument is a factory, called with the argument
-        (None when an optional one is left out).
-        """
-        entry, argument = self._lookup(self.architectures, "--arch", spec)
-        if not entry.argument:
-            return entry, entry.obj
-        return entry, entry.call(f"to build from {spec!r}", entry.obj, argument)
+        """Look up ``NAME`` or ``NAME:ARGUMENT``; returns the entry and the architecture
+        (``build_architecture``)."""
+        chosen = self.choose("architecture", spec, "--arch")
+        return chosen.entry, build_architecture(chosen)
 
     @staticmethod
     def _lookup(registry: Registry, option: str, spec: str) -> tuple[Entry, str | None]:
@@ -395,23 +316,44 @@ class Plugins:
         return entry, (argument if sep and argument else None)
 
 
-def load_plugins(plugin_modules: tuple[str, ...] = ()) -> Plugins:
-    """Load built-ins, then the ``ganflow`` entry points, then each ``--plugin-module``.
+def build_architecture(chosen: Component):
+    """The architecture an ``--arch`` names: the registered object, or, when registered with
+    an argument, the factory called with it (None when an optional one is left out)."""
+    if not chosen.entry.argument:
+        return chosen.entry.obj
+    return chosen.entry.call(f"to build from {chosen.entry.name}:{chosen.argument or ''}",
+                             chosen.entry.obj, chosen.argument)
+
+
+def load_plugins(plugin_modules: tuple[str, ...] = (), disable: tuple[str, ...] = ()) -> Plugins:
+    """Load built-ins, then the ``ganflow`` entry points, then each ``--plugin-module``, but
+    none that ``disable`` names (see the module docstring).
 
     A module already loaded (installed and also given by name or path, or given twice) is
     loaded once.
     """
     pm = pluggy.PluginManager("ganflow")
     pm.add_hookspecs(hookspecs)
+    autoload = os.environ.get(NO_AUTOLOAD, "").strip() in ("", "0")
+    entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)) if autoload \
+        else []
+    _check_disabled(disable, [*DEFAULT_PLUGINS, *(ep.name for ep in entry_points),
+                              *plugin_modules])
+    for name in disable:
+        pm.set_blocked(name)
     for name in DEFAULT_PLUGINS:
-        _register(pm, importlib.import_module(name), name)
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if not pm.is_blocked(name):
+            _register(pm, importlib.import_module(name), name)
+    for ep in entry_points:
+        if pm.is_blocked(ep.name):
+            continue  # not even imported: a broken plugin switched off stays out of the way
         try:
             module = ep.load()
         except Exception as exc:
             raise PluginError(
                 f"plugin {ep.name!r} (entry point {ep.value}) failed to import: "
-                f"{type(exc).__name__}: {last_line(exc)}"
+                f"{type(exc).__name__}: {last_line(exc)}; switch it off with "
+                f"--disable-plugin {ep.name}"
             ) from exc
         known = pm.get_plugin(ep.name)
         if known is not None and known is not module:
@@ -419,6 +361,8 @@ def load_plugins(plugin_modules: tuple[str, ...] = ()) -> Plugins:
                               f"{getattr(known, '__name__', known)}: uninstall one of them")
         _register(pm, module, ep.name)
     for spec in plugin_modules:
+        if pm.is_blocked(spec):
+            continue
         module = _loaded_from(pm, spec) or _import_plugin_module(spec)
         _register(pm, module, spec)
     try:
@@ -431,7 +375,16 @@ def load_plugins(plugin_modules: tuple[str, ...] = ()) -> Plugins:
             f"ganflow hook{_did_you_mean(unknown[0])}; the hooks are: "
             f"{', '.join(hook_names())}"
         ) from exc
-    return Plugins(pm)
+    return Plugins(pm, tuple(disable))
+
+
+def _check_disabled(disable: tuple[str, ...], known: list[str]) -> None:
+    for name in disable:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"--disable-plugin {name}: no plugin of that name{hint}; the "
+                             f"plugins are: {', '.join(known)}")
 
 
 def hook_names() -> list[str]:
@@ -458,6 +411,8 @@ def _register(pm: pluggy.PluginManager, module, name: str) -> None:
 
 def _check_undecorated(module, name: str) -> None:
     """A hook function without ``@ganflow.hookimpl`` would be silently ignored: refuse it."""
+    import inspect
+
     for attribute, value in vars(module).items():
         if not attribute.startswith(HOOK_PREFIX) or not inspect.isfunction(value):
             continue

@@ -221,7 +221,7 @@ def test_a_class_registered_without_settings_is_refused(tmp_path):
 @pytest.mark.parametrize("recipe, message", [
     ({"loss": "non-saturatin"}, "unknown loss 'non-saturatin'; known: hinge, lsgan, minimax, "
                                 "non-saturating, wgan (did you mean 'non-saturating'?)"),
-    ({"optimizer": "adam:beta=0.5"}, "optimizer adam: optimizer 'adam' has no setting 'beta' "
+    ({"optimizer": "adam:beta=0.5"}, "--optimizer adam: optimizer 'adam' has no setting 'beta' "
                                      "(did you mean 'beta2'?); its settings: beta1, beta2, "
                                      "epsilon, amsgrad"),
     ({"regularizers": ["r1:every=0"]}, "--regularizer r1: setting every must be at least 1, "
@@ -289,3 +289,43 @@ def test_two_plugins_with_one_name(installed, tmp_path, monkeypatch):
     (tmp_path / "mine.py").write_text(textwrap.dedent(LOSS).replace('"mine"', '"other"'))
     with pytest.raises(PluginError, match="two plugins are named 'mine': mine and ganflow_mine"):
         load_plugins(("mine",))
+
+
+def test_a_trainer_that_builds_something_else_is_named(cli, workdir, tmp_path):
+    path = plugin(tmp_path, """
+        import ganflow
+
+        class Plain:
+            def build(self, setup):
+                generator, discriminator = setup.networks()
+                return generator
+
+        @ganflow.hookimpl
+        def ganflow_register_trainers(register):
+            register("plain", Plain(), "returns G itself")
+    """)
+    code, line = one_line(cli("run", "--plugin-module", path, "--trainer", "plain", *TINY))
+    assert code == 1
+    assert line == (f"plugin {path}: trainer 'plain' built a Sequential; build(setup) must "
+                    "return a compiled ganflow.GAN (or subclass)")
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
+def test_a_regularizer_of_no_network_is_refused_when_it_registers(tmp_path):
+    path = plugin(tmp_path, """
+        import ganflow
+
+        class Sideways(ganflow.Regularizer):
+            network = "critic"
+
+            def __call__(self, step):
+                return 0.0
+
+        @ganflow.hookimpl
+        def ganflow_register_regularizers(register):
+            register("sideways", Sideways())
+    """)
+    with pytest.raises(PluginError) as err:
+        load_plugins((path,))
+    assert str(err.value) == (f"plugin {path}: regularizer 'sideways' Sideways.network must be "
+                              "'discriminator' or 'generator', got 'critic'")

@@ -12,7 +12,8 @@ The public API, for users and plugin authors:
 - ``reachable(host, port)``: whether the network answers, so a download fails fast offline.
 - ``replicas()``: how many replicas the networks being built will have (``--strategy``).
 - ``Mixture``: a Gaussian mixture with a known density (toy data, fixed P_G's, exact JSD).
-- ``GanflowError``, ``UsageError``, ``PluginError``: errors a user can act on.
+- ``GanflowError``, ``UsageError``, ``PluginError``: errors a user can act on;
+  ``GanflowDeprecationWarning``: what still works but will not always.
 """
 
 import pluggy
@@ -22,7 +23,8 @@ from ganflow.errors import GanflowError, PluginError, UsageError
 from ganflow.mixture import Mixture
 from ganflow.net import reachable
 from ganflow.settings import Setting
-from ganflow.step import LOG_4, Regularization, Regularizer, Step, StepLoss, value_function
+from ganflow.step import (LOG_4, GanflowDeprecationWarning, Regularization, Regularizer, Step,
+                          StepLoss, value_function)
 from ganflow.training import TrainingSetup
 from ganflow.types import (
     Architecture,
@@ -49,6 +51,7 @@ __all__ = [
     "FeatureExtractor",
     "FeatureOptions",
     "FittedDensity",
+    "GanflowDeprecationWarning",
     "GanflowError",
     "Loss",
     "Mixture",

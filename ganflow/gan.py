@@ -19,8 +19,8 @@ from keras import ops
 
 from ganflow import devices, noise
 from ganflow.errors import PluginError, UsageError, last_line
-from ganflow.step import (DISCRIMINATOR, GENERATOR, LOG_4, LogitLoss, Regularization, Step,
-                          as_step_loss, value_function)
+from ganflow.step import (DISCRIMINATOR, GENERATOR, LOG_4, LogitLoss, Penalty, Regularization,
+                          Step, as_step_loss, penalty_of, value_function)
 
 __all__ = ["GAN", "LOG_4", "value_function"]
 
@@ -99,7 +99,9 @@ class GAN(keras.Model):
 
     def compile(self, d_optimizer, g_optimizer, loss, regularizers=(), jit_compile="auto",
                 **kwargs):
-        super().compile(jit_compile=jit_compile, **kwargs)
+        # No optimizer of Keras's own: the two networks have theirs (Keras would make an
+        # unused RMSprop, and build its slots for every weight under a strategy).
+        super().compile(optimizer=None, jit_compile=jit_compile, **kwargs)
         # A network computing in float16 (mixed_float16) needs its gradients loss-scaled, or
         # small ones underflow to 0: as keras.Model.compile does for its one optimizer.
         d_optimizer = _loss_scaled(d_optimizer, self.discriminator)
@@ -109,7 +111,7 @@ class GAN(keras.Model):
         self.gan_loss = as_step_loss(loss)
         self.regularizations = [r if isinstance(r, Regularization)
                                 else Regularization(type(r).__name__.lower(), r)
-                                for r in regularizers]
+                                for r in regularizers] + penalty_of(loss)
         # Building the optimizers here, against their own variables, is what tf.distribute and
         # XLA need: no variable may be created inside the compiled step. One forward pass first
         # builds networks that create their weights lazily (subclassed models).
@@ -123,12 +125,7 @@ class GAN(keras.Model):
         g_optimizer.build(self.generator.trainable_variables)
         names = self.check_step()
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
-        if devices.across_workers():
-            # Keras 3.15's fit reduces each replica's logs along axis 0 across workers, which
-            # fails for scalars ("Invalid reduction dimension 0"): give it vectors of one.
-            step = self.train_step
-            self.train_step = lambda data: {
-                name: ops.reshape(value, (1,)) for name, value in step(data).items()}
+        self._across_workers = devices.across_workers()
 
     @property
     def metrics(self):
@@ -151,16 +148,29 @@ class GAN(keras.Model):
         the generator update when it reads real data."""
         return batch_size * (self.d_steps + int(self.generator_uses_real))
 
+    # The one shim over Keras's private API, for Keras 3.15 under MultiWorkerMirroredStrategy
+    # (keras-team/keras#20585, tensorflow/tensorflow#72388: Keras 3 has no test of it): under
+    # a tf.distribute strategy, fit first takes a batch and reduces it across the replicas to
+    # build the model symbolically, and across workers that reduce fails ("Attempt to convert
+    # a value (PerReplica...) to a Tensor"). compile built every network and optimizer, so
+    # there is nothing to build. tests/test_gan.py fails if Keras renames the method.
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under a tf.distribute strategy, Keras's fit first takes a batch from a throwaway
-        # iterator and reduces it across replicas to build the model symbolically. compile
-        # built everything, so that only costs a batch; and under MultiWorkerMirroredStrategy
-        # the reduce fails ("Attempt to convert a value (PerReplica...) to a Tensor").
-        if all(layer.built for layer in self._flatten_layers()):
-            with self.distribute_strategy.scope():
-                self._symbolic_build(data_batch=())  # builds nothing, finishes the build
-            return
-        super()._maybe_symbolic_build(iterator, data_batch)
+        if not self.built:
+            super()._maybe_symbolic_build(iterator, data_batch)
+
+    def fit(self, x=None, *args, shuffle=False, **kwargs):
+        """``keras.Model.fit``, on batches of ``real_per_step(m)`` real examples: a tf.data
+        pipeline, which shuffles itself (``ganflow.data.training_pipeline``), so Keras's
+        ``shuffle`` is off by default (Keras ignores it for a dataset, and warns)."""
+        return super().fit(x, *args, shuffle=shuffle, **kwargs)
+
+    def steps_per_call(self, steps: int) -> None:
+        """Make ``steps`` training steps per call into TensorFlow from the next ``fit`` on:
+        what ``compile(steps_per_execution=...)`` sets; the count is part of the traced loop,
+        so the train function is made again."""
+        if self.steps_per_execution != steps:
+            self.steps_per_execution = steps
+            self.make_train_function(force=True)
 
     def build(self, input_shape):
         if not self.generator.built:
@@ -219,19 +229,25 @@ class GAN(keras.Model):
 
     def report(self, d_loss, g_loss, step):
         """Count the step, update the metrics with its losses and the loss's own metrics of
-        its last discriminator update (``step``); returns what ``train_step`` returns."""
+        its last discriminator update (``step``); returns what ``train_step`` returns (a
+        ``train_step`` of a subclass must return it too: it counts the steps checkpoints
+        record)."""
         self.steps_done.assign_add(1)
         self.trackers["d_loss"].update_state(d_loss)
         self.trackers["g_loss"].update_state(g_loss)
         for name, value in self.gan_loss.metrics(step).items():
             self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+        if self._across_workers:
+            # Keras 3.15's fit reduces each replica's logs along axis 0 across workers, which
+            # fails for scalars ("Invalid reduction dimension 0"): give it vectors of one.
+            return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
 
     def discriminator_update(self, real, labels=None, index: int = 0):
         """One update of D on ``real`` and as many fresh fakes; returns (its loss, the Step)."""
-        step = self._step(DISCRIMINATOR, ops.shape(real)[0], real, labels, index)
         with tf.GradientTape() as tape:
-            step.fake  # noqa: B018  G's forward pass first, as the loss will need it
+            step = self._step(DISCRIMINATOR, ops.shape(real)[0], real, labels, index)
             loss = self._total(self.gan_loss.d_loss(step), step, self.d_optimizer)
             # The loss scale of a LossScaleOptimizer (mixed_float16): apply_gradients unscales.
             scaled = self.d_optimizer.scale_loss(loss * self._replica_scale())
@@ -243,8 +259,8 @@ class GAN(keras.Model):
         """One update of G on ``m`` fresh noise samples (and ``real``, when the loss reads
         real data in this update; ``labels`` for the fakes, in a conditional GAN); returns its
         loss."""
-        step = self._step(GENERATOR, m, real, labels, self.d_steps)
         with tf.GradientTape() as tape:
+            step = self._step(GENERATOR, m, real, labels, self.d_steps)
             loss = self._total(self.gan_loss.g_loss(step), step, self.g_optimizer)
             scaled = self.g_optimizer.scale_loss(loss * self._replica_scale())
         # A generator without trainable weights (a fixed P_G, as in `ganflow theory`) stays put.
@@ -254,13 +270,14 @@ class GAN(keras.Model):
         return loss
 
     def _step(self, update, m, real, labels, index) -> Step:
-        return Step(update, generator=self.generator, discriminator=self.discriminator,
-                    z=self.noise(m), real=real, labels=labels, index=index,
-                    d_steps=self.d_steps,
-                    # A snapshot: read before this step's own G update adds one.
-                    global_step=ops.convert_to_tensor(self.g_optimizer.iterations),
-                    training=True, seed_generator=self.plugin_seed_generator, batch_size=m,
-                    conditional=self.conditional, augment=self.augment)
+        """The update's Step, its forward passes made (inside the update's tape)."""
+        return Step.forward(update, generator=self.generator, discriminator=self.discriminator,
+                            z=self.noise(m), real=real, labels=labels, index=index,
+                            d_steps=self.d_steps,
+                            # A snapshot: read before this step's own G update adds one.
+                            global_step=ops.convert_to_tensor(self.g_optimizer.iterations),
+                            training=True, seed_generator=self.plugin_seed_generator,
+                            batch_size=m, conditional=self.conditional, augment=self.augment)
 
     @staticmethod
     def _replica_scale():
@@ -279,7 +296,7 @@ class GAN(keras.Model):
                 due = ops.equal(optimizer.iterations % use.every, 0)
                 value = tf.cond(
                     due,
-                    lambda use=use: ops.cast(use.regularizer(step.fork()), "float32"),
+                    lambda use=use: ops.cast(use.regularizer(step), "float32"),
                     lambda: tf.constant(0.0),
                 )
                 ran = ops.cast(due, "float32")
@@ -301,11 +318,12 @@ class GAN(keras.Model):
 
         def probe(update, real_part):
             given = real_part is not None or self.conditional
-            return Step(update, generator=self.generator, discriminator=self.discriminator,
-                        z=z, real=real_part, labels=labels if given else None,
-                        d_steps=self.d_steps, index=0 if update == DISCRIMINATOR else self.d_steps,
-                        global_step=ops.zeros((), "int64"), training=False,
-                        seed_generator=seeds, batch_size=m, conditional=self.conditional)
+            return Step.forward(
+                update, generator=self.generator, discriminator=self.discriminator, z=z,
+                real=real_part, labels=labels if given else None, d_steps=self.d_steps,
+                index=0 if update == DISCRIMINATOR else self.d_steps,
+                global_step=ops.zeros((), "int64"), training=False, seed_generator=seeds,
+                batch_size=m, conditional=self.conditional)
 
         loss = self.gan_loss
         component = loss.loss if isinstance(loss, LogitLoss) else loss  # the plugin's own
@@ -328,9 +346,12 @@ class GAN(keras.Model):
                                      self.augment)
         names = ["d_loss", "g_loss", *metrics]
         for use in self.regularizations:
-            s = step.fork() if use.network == DISCRIMINATOR else g_step.fork()
-            _scalar(_attempt(use.regularizer, "its call", lambda: use.regularizer(s)),
-                    use.regularizer, "the regularizer")
+            s = step if use.network == DISCRIMINATOR else g_step
+            # A deprecated logits-loss penalty is the loss's to answer for.
+            owner = use.regularizer.loss if isinstance(use.regularizer, Penalty) else \
+                use.regularizer
+            _scalar(_attempt(owner, "its call" if owner is use.regularizer else "penalty",
+                             lambda: use.regularizer(s)), owner, "the regularizer")
             names.append(f"reg/{use.name}")
         if len(set(names)) != len(names):
             raise StepCheckError(f"metric names clash: {', '.join(names)}: rename a metric of "

@@ -16,6 +16,10 @@ users give them as ``NAME:key=value,...`` (``--loss wgan:gp=5``), each value is 
 against its declaration before anything starts, ``ganflow plugins`` lists them, and each
 becomes an MLflow param (``loss.gp``).
 
+Each hook registers one kind of plugin; ``ganflow.kinds.KINDS`` is the table of kinds (which
+hook, which registry, how a run's settings name one), so a new kind is a hook here and one
+entry there. A user switches a plugin off with ``--disable-plugin NAME`` (``ganflow.plugins``).
+
 Errors: raise ``ganflow.UsageError`` for a user's mistake (a one-line message, exit code 2).
 Any other exception from a plugin's code becomes a one-line error naming the plugin and what
 it was doing (exit code 1; ``ganflow --debug`` shows the traceback).
@@ -32,25 +36,21 @@ def ganflow_register_losses(register):
 
     A ``ganflow.StepLoss`` has ``d_loss(step)`` and ``g_loss(step)``, each returning the scalar
     its network minimizes, and optionally ``metrics(step)``, a dict of scalars to log (called
-    on the last discriminator update of each training step). ``step`` is a ``ganflow.Step``:
-    the update (``step.update``: "discriminator" or "generator", ``step.index`` of
-    ``step.d_steps``, ``step.global_step``), the real examples and ``labels``, ``z``, the
-    ``fake`` examples, both networks, and ``real_logits`` and ``fake_logits`` (float32,
-    shape (m, 1)), computed when first read. ``real`` and ``fake`` hold m examples each,
-    m = ``--batch-size``. In the generator update the real examples are there only if the
-    loss sets ``generator_uses_real = True``: each step then draws m more fresh examples.
+    on the last discriminator update of each training step). ``step`` is a ``ganflow.Step``
+    (its docstring lists what it holds: the update, the real examples and labels, ``z``, the
+    fakes, both networks, both logits). In the generator update the real examples are there
+    only if the loss sets ``generator_uses_real = True``: each step then draws m more fresh
+    examples.
 
-    The older shape, ``ganflow.Loss``, still works: ``discriminator_loss(real_logits,
-    fake_logits)`` and ``generator_loss(fake_logits)``, and an optional ``penalty(
-    discriminator, real, fake)`` added to each discriminator update (call the discriminator
-    with ``training=True``, as the update does).
+    The short way, ``ganflow.Loss``: ``discriminator_loss(real_logits, fake_logits)`` and
+    ``generator_loss(fake_logits)``, on D's logits; ganflow adapts it to the step. (Its old
+    ``penalty(discriminator, real, fake)`` still runs, as the regularizer ``penalty``, with a
+    ``ganflow.GanflowDeprecationWarning``: write a regularizer instead.)
 
-    Losses run inside the traced, possibly XLA-compiled training step: Python code runs once
-    when the step is traced (``print`` shows symbolic tensors; use ``tf.print`` or metrics),
-    draw randomness from ``step.seed_generator``, and compute in float32 (the engine casts
-    logits and the returned loss). The logged ``d_loss`` and ``g_loss`` are the totals each
-    network minimizes: regularizers and the penalty included. Before training, each loss is
-    tried once on a batch of 2 zeros; a loss that returns a vector instead of a scalar, or
+    Losses run inside the traced training step (``ganflow.step`` says what that means for a
+    plugin). The logged ``d_loss`` and ``g_loss`` are the totals each network minimizes,
+    regularizers included. Before training, each loss is tried once on a batch of
+    ``ganflow.gan.PROBE_BATCH`` zeros; a loss that returns a vector instead of a scalar, or
     fails, stops the run with its name. Selected with ``--loss NAME[:SETTINGS]``.
     """
 
@@ -150,7 +150,8 @@ def ganflow_register_architectures(register):
     ``architecture.build_generator(spec, latent_dim)`` returns a keras.Model mapping
     (batch, latent_dim) to (batch, *spec.shape); ``architecture.build_discriminator(spec)``
     one mapping (batch, *spec.shape) to (batch, 1) logits. ``spec`` is a ``ganflow.DataSpec``.
-    The engine checks both shapes before training. Selected with ``--arch NAME``.
+    The engine checks both shapes before training. For conditional runs both take
+    ``num_classes=`` (``ganflow.Architecture`` says how). Selected with ``--arch NAME``.
 
     With ``argument="SIZES"`` the registered object is a factory instead, called with the
     user's argument (``--arch mlp:256,256`` gives ``"256,256"``; None when an optional

@@ -1,15 +1,19 @@
 """What losses and regularizers see: one update of a training step, as a ``Step``.
 
 A training step of the default trainer is k discriminator updates, then one generator update.
-Each update builds a ``Step`` and hands it to the loss (``d_loss(step)`` or ``g_loss(step)``)
-and to the regularizers of that network (``regularizer(step)``), inside the update's
-GradientTape. Forward passes are made when first asked for and then shared: a loss that never
-reads ``real_logits`` in the generator update does not pay for them.
+Each update builds a ``Step`` (``Step.forward``: G's samples and D's logits, made once) inside
+its GradientTape and hands it to the loss (``d_loss(step)`` or ``g_loss(step)``) and to the
+regularizers of that network (``regularizer(step)``). The record is immutable, so a lazy
+regularizer, which runs inside a ``tf.cond``, can read it and keep what it computes to itself.
+The generator update scores real examples only when the loss or a generator regularizer asks
+(``generator_uses_real``): one that does not ask pays for no forward pass of real data there.
 
-Everything here runs inside a traced (``tf.function``, possibly XLA-compiled) training step:
+The traced step (this is the one place ganflow says it; the hooks and docs point here):
+everything here runs inside a traced (``tf.function``, possibly XLA-compiled) training step.
 Python code runs once, when the step is traced; ``print`` shows symbolic tensors at that time;
 use ``tf.print`` or return metrics to see values. Use ``step.seed_generator`` for randomness,
-never NumPy or Python's ``random`` (they would be frozen into the trace).
+never NumPy or Python's ``random`` (they would be frozen into the trace). Logits reach the loss
+in float32 and its result is cast to float32, whatever the networks' dtype.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ def value_function(real_logits, fake_logits):
 
 
 class Step:
-    """One update, as a loss or regularizer sees it.
+    """One update, as a loss or regularizer sees it: an immutable record, its forward passes
+    made once when the update builds it (``Step.forward``) and shared by the loss and the
+    regularizers.
 
     update: ``"discriminator"`` or ``"generator"``: which network this update trains.
     index, d_steps: this is discriminator update ``index`` (0-based) of ``d_steps`` (k) in this
@@ -58,6 +64,10 @@ class Step:
         (``keras.random.uniform(shape, seed=step.seed_generator)``): reproduced by ``--seed``.
     """
 
+    __slots__ = ("update", "generator", "discriminator", "z", "_real", "labels", "_fake",
+                 "_real_logits", "_fake_logits", "index", "d_steps", "global_step", "training",
+                 "seed_generator", "_batch_size", "conditional", "augment")
+
     def __init__(self, update: str, *, generator, discriminator, z=None, real=None,
                  labels=None, fake=None, real_logits=None, fake_logits=None, index: int = 0,
                  d_steps: int = 1, global_step: Any = 0, training: bool = True,
@@ -65,33 +75,39 @@ class Step:
                  augment=None):
         if update not in (DISCRIMINATOR, GENERATOR):
             raise ValueError(f"update must be {DISCRIMINATOR!r} or {GENERATOR!r}, got {update!r}")
-        self.update = update
-        self.generator = generator
-        self.discriminator = discriminator
-        self.z = z
-        self._real = real
-        self.labels = labels
-        self._fake = fake
-        self._real_logits = real_logits
-        self._fake_logits = fake_logits
-        self.index = index
-        self.d_steps = d_steps
-        self.global_step = global_step
-        self.training = training
-        self.seed_generator = seed_generator
-        self._batch_size = batch_size
-        self.conditional = conditional
-        self.augment = augment
         if conditional and labels is None:
             raise ValueError("a conditional step needs labels")
+        given = dict(update=update, generator=generator, discriminator=discriminator, z=z,
+                     _real=real, labels=labels, _fake=fake, _real_logits=real_logits,
+                     _fake_logits=fake_logits, index=index, d_steps=d_steps,
+                     global_step=global_step, training=training, seed_generator=seed_generator,
+                     _batch_size=batch_size, conditional=conditional, augment=augment)
+        for name, value in given.items():
+            object.__setattr__(self, name, value)
 
-    @property
-    def is_discriminator_update(self) -> bool:
-        return self.update == DISCRIMINATOR
+    def __setattr__(self, name, value):
+        raise AttributeError(f"a Step is immutable (set {name!r}): compute what you need "
+                             "from it instead")
 
-    @property
-    def is_generator_update(self) -> bool:
-        return self.update == GENERATOR
+    @classmethod
+    def forward(cls, update: str, *, generator, discriminator, z=None, real=None, labels=None,
+                fake=None, conditional: bool = False, training: bool = True, augment=None,
+                seed_generator=None, **kwargs) -> Step:
+        """The step of an update, its forward passes made: ``fake`` = G(z) (unless given), D's
+        logits of the fakes, and of ``real`` when the update has real examples (the generator
+        update has them only when its loss or regularizers ask, see ``generator_uses_real``)."""
+        if fake is None:
+            fake = generator([z, labels] if conditional else z, training=training)
+
+        def logits(x):
+            return _discriminate(discriminator, x, labels, conditional, training, augment,
+                                 seed_generator)
+
+        return cls(update, generator=generator, discriminator=discriminator, z=z, real=real,
+                   labels=labels, fake=fake,
+                   real_logits=None if real is None else logits(real),
+                   fake_logits=logits(fake), conditional=conditional, training=training,
+                   augment=augment, seed_generator=seed_generator, **kwargs)
 
     @property
     def batch_size(self):
@@ -116,22 +132,20 @@ class Step:
     @property
     def fake(self):
         if self._fake is None:
-            if self.z is None:
-                raise ValueError("this step has neither fake examples nor noise to make them")
-            inputs = [self.z, self.labels] if self.conditional else self.z
-            self._fake = self.generator(inputs, training=self.training)
+            raise ValueError("this step has no fake examples")
         return self._fake
 
     @property
     def real_logits(self):
         if self._real_logits is None:
-            self._real_logits = self.discriminate(self.real)
+            self.real  # noqa: B018  says why there are none, when it is the generator update
+            raise ValueError("this step has no real logits")
         return self._real_logits
 
     @property
     def fake_logits(self):
         if self._fake_logits is None:
-            self._fake_logits = self.discriminate(self.fake)
+            raise ValueError("this step has no fake logits")
         return self._fake_logits
 
     def discriminate(self, x):
@@ -139,23 +153,8 @@ class Step:
         ``training=step.training`` (and the labels, in a conditional run): e.g. on
         interpolates for a gradient penalty. While training, ``x`` first goes through the
         run's differentiable augmentations (``--augment``), as every input of D does."""
-        from keras import ops
-
-        if self.augment is not None and self.training:
-            x = self.augment(x, self.seed_generator)
-        inputs = [x, self.labels] if self.conditional else x
-        return ops.cast(self.discriminator(inputs, training=self.training), "float32")
-
-    def fork(self) -> Step:
-        """The same update, sharing what is computed so far: what a lazy regularizer receives,
-        so that what it computes inside its conditional branch stays there."""
-        return Step(self.update, generator=self.generator, discriminator=self.discriminator,
-                    z=self.z, real=self._real, labels=self.labels, fake=self._fake,
-                    real_logits=self._real_logits, fake_logits=self._fake_logits,
-                    index=self.index, d_steps=self.d_steps, global_step=self.global_step,
-                    training=self.training, seed_generator=self.seed_generator,
-                    batch_size=self._batch_size, conditional=self.conditional,
-                    augment=self.augment)
+        return _discriminate(self.discriminator, x, self.labels, self.conditional,
+                             self.training, self.augment, self.seed_generator)
 
     @classmethod
     def from_logits(cls, real_logits=None, fake_logits=None, update: str = DISCRIMINATOR,
@@ -169,6 +168,15 @@ class Step:
 
         return cls(update, generator=None, discriminator=None,
                    real_logits=tensor(real_logits), fake_logits=tensor(fake_logits), **kwargs)
+
+
+def _discriminate(discriminator, x, labels, conditional, training, augment, seed_generator):
+    from keras import ops
+
+    if augment is not None and training:
+        x = augment(x, seed_generator)
+    inputs = [x, labels] if conditional else x
+    return ops.cast(discriminator(inputs, training=training), "float32")
 
 
 class StepLoss:
@@ -225,27 +233,39 @@ class Regularization:
 
 class LogitLoss(StepLoss):
     """A loss on logits (``ganflow.Loss``: ``discriminator_loss(real_logits, fake_logits)``,
-    ``generator_loss(fake_logits)``, optional ``penalty(discriminator, real, fake)``) on the
-    step API. The penalty is part of ``d_loss``."""
+    ``generator_loss(fake_logits)``) on the step: the short way to write a loss, adapted as
+    TF-GAN's ``tuple_losses`` adapt its loss functions to ``GANModel``."""
 
     def __init__(self, loss):
         self.loss = loss
 
     def d_loss(self, step):
-        value = self.loss.discriminator_loss(step.real_logits, step.fake_logits)
-        penalty = getattr(self.loss, "penalty", None)
-        if penalty is not None:
-            value = value + penalty(_Discriminate(step), step.real, step.fake)
-        return value
+        return self.loss.discriminator_loss(step.real_logits, step.fake_logits)
 
     def g_loss(self, step):
         return self.loss.generator_loss(step.fake_logits)
 
 
+class GanflowDeprecationWarning(FutureWarning):
+    """Something ganflow still accepts but will not always: shown by default (unlike a
+    DeprecationWarning), as it is meant for plugin authors running the command line."""
+
+
+class Penalty(Regularizer):
+    """A logits loss's ``penalty(discriminator, real, fake)`` (deprecated) as the
+    discriminator regularizer it is: ``discriminator`` is D as the step calls it (the labels
+    of a conditional run and the run's augmentations added)."""
+
+    def __init__(self, loss):
+        self.loss = loss  # the plugin's own object, named when the penalty fails
+
+    def __call__(self, step):
+        return self.loss.penalty(_Discriminate(step), step.real, step.fake)
+
+
 class _Discriminate:
     """D as a logits loss's ``penalty`` receives it: called on images alone, as the step's
-    ``discriminate`` (the labels of a conditional run and the run's augmentations added);
-    anything else (``trainable_variables``, ...) is D's own."""
+    ``discriminate``; anything else (``trainable_variables``, ...) is D's own."""
 
     def __init__(self, step):
         self._step = step
@@ -255,6 +275,21 @@ class _Discriminate:
 
     def __getattr__(self, name):
         return getattr(self._step.discriminator, name)
+
+
+def penalty_of(loss) -> list[Regularization]:
+    """The regularization a logits loss's ``penalty`` asks for (with a warning: it is
+    deprecated), or none."""
+    if loss_protocol(loss) != "logits" or getattr(loss, "penalty", None) is None:
+        return []
+    import warnings
+
+    warnings.warn(f"{type(loss).__name__}.penalty(discriminator, real, fake) is deprecated: "
+                  "write the penalty as a ganflow.Regularizer and register it "
+                  "(ganflow_register_regularizers), then pass --regularizer NAME; it runs as "
+                  "the regularizer 'penalty' (metric reg/penalty) meanwhile",
+                  GanflowDeprecationWarning, stacklevel=2)
+    return [Regularization("penalty", Penalty(loss))]
 
 
 def loss_protocol(obj) -> str | None:

@@ -98,18 +98,15 @@ class DataSource:
 
 
 class Loss:
-    """A GAN objective on the discriminator's logits s (D(x) = sigmoid(s)): the first loss
-    contract, still supported. ``ganflow.StepLoss`` sees the whole update instead.
+    """A GAN objective on the discriminator's logits s (D(x) = sigmoid(s)): the short way to
+    write a loss, which ganflow adapts to the step (``ganflow.StepLoss`` is the contract
+    underneath, and sees the whole update).
 
     Subclass it, or write any object with the same methods. Both losses are minimized and
-    return a scalar. ``penalty``, when not None, is called as
-    ``penalty(discriminator, real, fake)`` on each discriminator update and its scalar is added
-    to the discriminator loss (it may open its own GradientTape, e.g. for a gradient penalty;
-    ``real`` and ``fake`` hold --batch-size examples each; call the discriminator with
-    ``training=True``). The logged ``d_loss`` includes it.
+    return a scalar. A ``penalty(discriminator, real, fake)`` method still works but is
+    deprecated (a ``ganflow.GanflowDeprecationWarning`` says so): it runs as the
+    discriminator regularizer ``penalty``; write a ``ganflow.Regularizer`` instead.
     """
-
-    penalty: Callable[..., Any] | None = None
 
     def discriminator_loss(self, real_logits, fake_logits):
         raise NotImplementedError
@@ -120,7 +117,7 @@ class Loss:
 
 @dataclass
 class FittedDensity:
-    """What a maximum-likelihood architecture's ``fit(examples, seed)`` returns.
+    """What a maximum-likelihood architecture's ``fit(source, seed)`` returns.
 
     generator: a keras.Model from (batch, latent_dim) standard normal noise to examples,
         logged and registered like a GAN's generator.
@@ -172,10 +169,13 @@ class Architecture(Protocol):
 
     ``build_generator(spec, latent_dim)`` returns a keras.Model from (batch, latent_dim) to
     (batch, *spec.shape); ``build_discriminator(spec)`` one from (batch, *spec.shape) to
-    (batch, 1) logits. The engine checks both shapes before training.
+    (batch, 1) logits. The engine checks both shapes before training. An architecture that
+    can condition on the class label takes ``num_classes=`` in both (a conditional run passes
+    the data's number of classes): G then takes ``[z, labels]`` and D ``[x, labels]``, labels
+    int32 of shape (batch,).
     """
 
-    def build_generator(self, spec: DataSpec, latent_dim: int): ...
+    def build_generator(self, spec: DataSpec, latent_dim: int, num_classes: int | None = None):
+        ...
 
-    def build_discriminator(self, spec: DataSpec): ...
-
+    def build_discriminator(self, spec: DataSpec, num_classes: int | None = None): ...

@@ -200,11 +200,42 @@ def ganflow_register_losses(register):
 '''
 
 
-def test_a_logits_loss_penalty_sees_d_with_the_labels(cli, workdir):
-    # The penalty calls D on images alone; in a conditional run D also needs the labels (and
-    # in an augmented one its inputs go through the augmentations, as every input of D does).
-    path = str(workdir / "drift.py")
-    (workdir / "drift.py").write_text(DRIFT)
-    result = cli("run", "--plugin", "cdcgan", "--plugin-module", path, "--loss", "drift",
-                 "--regularizer", "none", "--eval-every", "0", "--no-register", *TINY)
-    assert result.exit_code == 0, result.output
+GAP = DRIFT + '''
+
+class Gap(Drift):
+    """A penalty that is 0 exactly when D sees real and fake inputs made equal."""
+
+    def penalty(self, discriminator, real, fake):
+        return ops.mean(ops.square(discriminator(real, training=True)
+                                   - discriminator(fake, training=True)))
+
+
+@ganflow.hookimpl
+def ganflow_register_losses(register):
+    register("drift", Drift(), "non-saturating with a drift penalty")
+    register("gap", Gap(), "non-saturating with a penalty on D's real-fake gap")
+
+
+@ganflow.hookimpl
+def ganflow_register_augmentations(register):
+    register("blank", lambda x, seed_generator: 0.0 * x, "every input of D made zeros")
+'''
+
+
+def test_a_logits_loss_penalty_sees_d_with_the_labels_and_the_augmentations(cli, workdir):
+    # The penalty calls D on images alone; in a conditional run D also needs the labels (the
+    # projection D cannot score an image without one), and in an augmented run its inputs go
+    # through the augmentations, as every input of D does: blanked, real and fake score alike.
+    path = str(workdir / "gap.py")
+    (workdir / "gap.py").write_text(GAP)  # its second ganflow_register_losses is the one
+    common = ["--plugin", "cdcgan", "--plugin-module", path, "--regularizer", "none",
+              "--eval-every", "0", "--no-register", *TINY]
+    for augment in (["--augment", "blank"], []):
+        with pytest.warns(ganflow.GanflowDeprecationWarning,
+                          match=r"^Gap.penalty\(discriminator, real, fake\) is deprecated"):
+            result = cli("run", *common, "--loss", "gap", *augment)
+        assert result.exit_code == 0, result.output
+    runs = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    by_augment = {run.data.params.get("augment", ""): run.data.metrics for run in runs}
+    assert by_augment["blank"]["reg/penalty"] == 0.0
+    assert by_augment[""]["reg/penalty"] > 1e-6

@@ -59,9 +59,10 @@ def linear_critic(w):
 
 
 def step_on(discriminator, real, fake, seed=0):
-    return ganflow.Step("discriminator", generator=None, discriminator=discriminator,
-                        real=tf.constant(real, tf.float32), fake=tf.constant(fake, tf.float32),
-                        seed_generator=keras.random.SeedGenerator(seed))
+    return ganflow.Step.forward("discriminator", generator=None, discriminator=discriminator,
+                                real=tf.constant(real, tf.float32),
+                                fake=tf.constant(fake, tf.float32),
+                                seed_generator=keras.random.SeedGenerator(seed))
 
 
 @pytest.mark.parametrize("scale, two_sided, one_sided", [

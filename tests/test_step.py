@@ -70,8 +70,9 @@ def test_r1_and_r2_values_on_a_linear_d():
     d = linear_discriminator()
     d.build((None, *SHAPE))
     w = d.get_weights()[0]
-    step = ganflow.Step("discriminator", generator=tiny_generator(), discriminator=d,
-                        real=tf.random.normal((6, *SHAPE)), z=tf.random.normal((6, LATENT)))
+    step = ganflow.Step.forward("discriminator", generator=tiny_generator(), discriminator=d,
+                                real=tf.random.normal((6, *SHAPE)),
+                                z=tf.random.normal((6, LATENT)))
     expected = 2.5 * np.sum(w**2)  # gamma / 2 ||w||^2 whatever the examples
     assert float(R1(5.0)(step)) == pytest.approx(expected, rel=1e-5)
     assert float(R2(5.0)(step)) == pytest.approx(expected, rel=1e-5)
@@ -170,17 +171,36 @@ def test_a_two_method_loss_trains_exactly_as_its_step_api_twin():
     assert set(histories[1]) == {"d_loss", "g_loss"}
 
 
-def test_a_legacy_penalty_is_part_of_d_loss():
+def test_a_legacy_penalty_still_adds_to_d_loss_as_a_regularizer_with_a_warning():
     class Penalized(LegacyNonSaturating):
         def penalty(self, discriminator, real, fake):
             return 0.0 * ops.mean(discriminator(real, training=True)) + 7.0
 
     plain = compile_gan(LegacyNonSaturating(), lr=0.0 + 1e-9)
-    penalized = compile_gan(Penalized(), lr=0.0 + 1e-9)
-    losses = [g.fit(training_pipeline(numbered_source(16), 4, seed=0), epochs=1,
-                    steps_per_epoch=1, verbose=0).history["d_loss"][-1]
-              for g in (plain, penalized)]
-    assert losses[1] - losses[0] == pytest.approx(7.0, rel=1e-5)
+    with pytest.warns(ganflow.GanflowDeprecationWarning,
+                      match=r"^Penalized.penalty\(discriminator, real, fake\) is deprecated: "
+                            r"write the penalty as a ganflow.Regularizer .* --regularizer NAME"):
+        penalized = compile_gan(Penalized(), lr=0.0 + 1e-9)
+    histories = [g.fit(training_pipeline(numbered_source(16), 4, seed=0), epochs=1,
+                       steps_per_epoch=1, verbose=0).history for g in (plain, penalized)]
+    assert histories[1]["d_loss"][-1] - histories[0]["d_loss"][-1] == pytest.approx(7.0, rel=1e-5)
+    assert histories[1]["reg/penalty"][-1] == pytest.approx(7.0, rel=1e-6)
+    assert "reg/penalty" not in histories[0]
+
+
+def test_a_step_is_immutable_and_made_once_per_update():
+    d = RecordingDiscriminator()
+    gan = compile_gan(NonSaturatingLoss(), discriminator=lambda: d, run_eagerly=True,
+                      regularizers=[ganflow.Regularization("r1", R1(1.0))])
+    d.seen.clear()  # the check before training
+    gan.fit(training_pipeline(numbered_source(8), 4, seed=0), epochs=1, steps_per_epoch=1,
+            verbose=0)
+    # D scores the real batch twice (the logits, R1's own pass for its gradient) and the
+    # fakes once in its update, and the fakes once in G's: the loss and R1 share the logits.
+    assert len(real_batches(d)) == 2 and len(d.seen) == 4
+    step = ganflow.Step.from_logits([[1.0]], [[0.0]])
+    with pytest.raises(AttributeError, match="a Step is immutable"):
+        step.z = None
 
 
 def test_losses_see_float32_logits_from_mixed_precision_networks():

@@ -24,7 +24,7 @@ setup(
         "numpy>=1.26,<3",
         "pyyaml>=6,<7",
     ],
-    # setuptools: a test builds the README's plugin package into a wheel, offline.
+    # setuptools: a test builds the plugin package of docs/plugins.md into a wheel, offline.
     extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "setuptools>=61"]},
     entry_points={"console_scripts": ["ganflow=ganflow.cli:main"]},
 )

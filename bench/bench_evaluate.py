@@ -41,11 +41,12 @@ def main():
 
     from ganflow import evaluation, metrics, models, noise
     from ganflow.plugins import load_plugins
-    from ganflow.runner import prepare, resolve_config
+    from ganflow.prepare import prepare
+    from ganflow.resolve import configure, resolve
 
     plugins = load_plugins()
-    config = resolve_config(plugins, "dcgan", None, {"eval_every": 0})
-    prepared = prepare(config, plugins)
+    config = configure(plugins, "dcgan", {"eval_every": 0})
+    prepared = prepare(resolve(config, plugins))
     if args.model_uri:
         sampler = models.load_sampler(args.model_uri)
         latent_dim = sampler.latent_dim

@@ -1,7 +1,7 @@
 """The mode-collapse benchmark: methods x toy datasets x seeds, scored as PacGAN (Lin et al.
 2018, Table 1) scores them, beside ganflow's own stricter mode count.
 
-    python bench/bench_modes.py --jobs 2      # the README's table, 10 seeds: 105 min on 2 cores
+    python bench/bench_modes.py --jobs 2      # docs/toy.md's table, 10 seeds: 105 min on 2 cores
     python bench/bench_modes.py --seeds 3 --methods gan pacgan4 --datasets grid25
     python bench/bench_modes.py --table-only  # the table of the runs already made
 
@@ -68,14 +68,15 @@ SECONDS = "bench/seconds"
 # RunConfig fields that say where a run is tracked and saved, not what it learns.
 BOOKKEEPING = {"seed", "recipe", "tracking_uri", "tracking_timeout", "experiment", "register",
                "registered_model", "output_dir", "plugin_modules", "checkpoint_every",
-               "keep_checkpoints", "checkpoint_to_mlflow", "log_every"}
+               "keep_checkpoints", "checkpoint_to_mlflow", "log_every", "disable_plugins"}
 
 
 def training_key(config) -> str:
     """A short hash of the settings of ``config`` (a resolved RunConfig) that can change what
     the run learns: two cells whose flags differ but resolve to the same training share it."""
-    learned = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-               if f.name not in BOOKKEEPING}
+    from ganflow.config import FIELDS
+
+    learned = {name: getattr(config, name) for name in FIELDS if name not in BOOKKEEPING}
     return hashlib.sha256(json.dumps(learned, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
 
     import mlflow
 
-    from ganflow.runner import resolve_config
+    from ganflow.resolve import configure
 
     plugins = loaded_plugins()
     mlflow.set_tracking_uri(args.tracking_uri)
@@ -177,7 +178,7 @@ def main(argv=None) -> int:
             settings = f"--plugin {recipe}" + (f" {settings}" if settings else "")
             common = {**flags, "register": False, "tracking_uri": args.tracking_uri,
                       "experiment": EXPERIMENT, "output_dir": args.output_dir}
-            key = training_key(resolve_config(plugins, recipe, None, common))
+            key = training_key(configure(plugins, recipe, common))
             cells.append((method, dataset, recipe, settings, key))
             done = seed_runs(client, experiment_id, key)
             for seed in range(args.seeds):
@@ -258,11 +259,12 @@ def train(job: Job) -> str:
     """Train one seed of a cell as ``ganflow run`` would, tag its run; its line for the log."""
     import mlflow
 
-    from ganflow.runner import resolve_config, run
+    from ganflow.resolve import configure
+    from ganflow.runner import run
 
     plugins = loaded_plugins()
-    config = resolve_config(plugins, job.recipe, None, {**job.flags, "seed": job.seed})
-    result = run(config, plugins, verbose=0, eval_optional=True)
+    config = configure(plugins, job.recipe, {**job.flags, "seed": job.seed})
+    result = run(config, plugins, verbose=0)
     if result.interrupted:  # its checkpoint is kept, its run is not finished: not counted
         raise KeyboardInterrupt(f"{job.method} {job.dataset} seed {job.seed} was interrupted")
     client = mlflow.MlflowClient(config.tracking_uri)

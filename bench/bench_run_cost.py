@@ -78,21 +78,24 @@ def main() -> None:
     from ganflow.data import training_pipeline
     from ganflow.devices import resolve_precision
     from ganflow.plugins import load_plugins
-    from ganflow.runner import prepare, resolve_config, run, steps_per_call
+    from ganflow.fitting import steps_per_call
+    from ganflow.prepare import prepare
+    from ganflow.resolve import configure, resolve
+    from ganflow.runner import run
 
     plugins = load_plugins()
     folder = tempfile.mkdtemp(prefix="ganflow-bench-run-")
 
     def config(**flags):
-        return resolve_config(plugins, args.recipe, None, {
+        return configure(plugins, args.recipe, {
             "epochs": args.epochs, "eval_every": 0, "register": False,
             "log_every": args.log_every, "precision": args.precision,
             "tracking_uri": f"sqlite:///{folder}/mlflow.db", "output_dir": f"{folder}/runs",
             **flags})
 
     def bare(per_call: int = 1) -> tuple[float, float]:
-        prepared = prepare(config(), plugins)
-        prepared.gan.steps_per_execution = per_call
+        prepared = prepare(resolve(config(), plugins))
+        prepared.gan.steps_per_call(per_call)
         clock = EpochClock()
         ticks = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: clock.mark())
         prepared.gan.fit(training_pipeline(prepared.source, prepared.per_step, 0),
@@ -118,7 +121,7 @@ def main() -> None:
 
     default = keras.callbacks.Callback.on_train_batch_end  # Keras skips callbacks that keep it
     variants = {"bare step": bare, "full run": full}
-    prepared = prepare(config(), plugins)
+    prepared = prepare(resolve(config(), plugins))
     per_call = steps_per_call(prepared.config, prepared.steps_per_epoch, 0)
     del prepared
     if per_call > 1:

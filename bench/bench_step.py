@@ -44,7 +44,8 @@ def main():
     from ganflow.data import training_pipeline
     from ganflow.devices import resolve_precision
     from ganflow.plugins import load_plugins
-    from ganflow.runner import prepare, resolve_config
+    from ganflow.prepare import prepare
+    from ganflow.resolve import configure, resolve
 
     plugins = load_plugins()
     flags = {"batch_size": args.batch_size, "d_steps": args.d_steps, "eval_every": 0}
@@ -52,9 +53,9 @@ def main():
     # Each policy once: `auto` is one of the others on any machine.
     for precision in dict.fromkeys(resolve_precision(p) for p in args.precision):
         for jit in args.jit:
-            config = resolve_config(plugins, args.plugin, None,
-                                    {**flags, "jit": jit, "precision": precision})
-            prepared = prepare(config, plugins)
+            config = configure(plugins, args.plugin,
+                               {**flags, "jit": jit, "precision": precision})
+            prepared = prepare(resolve(config, plugins))
             pipeline = training_pipeline(prepared.source, prepared.per_step, config.seed)
             prepared.gan.fit(pipeline, epochs=1, steps_per_epoch=args.warmup, verbose=0,
                              shuffle=False)

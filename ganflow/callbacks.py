@@ -62,7 +62,6 @@ class MlflowLogger(keras.callbacks.Callback):
         self.logged_until = logged_until
         self.resume_metrics = resume_metrics
         self.last_grid: Path | None = None
-        self.grids: list[Path] = []  # the pictures drawn in this process, in order
         self.last_view_metrics: dict[str, float] = {}
         self._epoch = 0
         self._mark = {}
@@ -128,7 +127,6 @@ class MlflowLogger(keras.callbacks.Callback):
     def _write_grid(self, epoch: int) -> None:
         path = self.samples_dir / f"epoch_{epoch:04d}.png"
         self.last_grid, metrics = self.view(self.model.sampling_generator, path, f"epoch {epoch}")
-        self.grids.append(self.last_grid)
         step = epoch * self.steps_per_epoch
         if step > self.logged_until:  # not again after a resume
             self.outbox.log_image(self.last_grid, key=SAMPLES, step=step)

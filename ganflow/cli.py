@@ -89,13 +89,21 @@ def config_options(command):
     return command
 
 
-plugin_module_option = click.option(
-    "--plugin-module",
-    "plugin_modules",
-    multiple=True,
-    metavar=FIELDS["plugin_modules"].metadata["metavar"],
-    help=FIELDS["plugin_modules"].metadata["help"],
-)
+def plugin_options(command):
+    """--plugin-module and --disable-plugin, both repeatable: which plugins load."""
+    for name, option in (("disable_plugins", "--disable-plugin"),
+                         ("plugin_modules", "--plugin-module")):
+        meta = FIELDS[name].metadata
+        command = click.option(option, name, multiple=True, metavar=meta["metavar"],
+                               help=meta["help"])(command)
+    return command
+
+
+def loaded(plugin_modules=(), disable_plugins=()):
+    """The plugins, loaded as the options say."""
+    from ganflow.plugins import load_plugins
+
+    return load_plugins(tuple(plugin_modules), tuple(disable_plugins))
 
 
 def progress_options(command):
@@ -127,26 +135,28 @@ def main(debug):
               help="recipe to run: its defaults for every setting below")
 @click.option("--config", "config_file", metavar="FILE",
               help="JSON or YAML file of settings; flags override it")
-@plugin_module_option
+@plugin_options
 @config_options
 @progress_options
 @reports_errors
-def run(recipe, config_file, plugin_modules, quiet, verbose, **flags):
+def run(recipe, config_file, quiet, verbose, **flags):
     """Train a GAN from a recipe and track it in MLflow.
 
     Each iteration makes --d-steps discriminator updates, each on --batch-size fresh real
     examples and fresh noise, then one generator update.
     """
-    from ganflow.plugins import load_plugins
-    from ganflow.runner import resolve_config, run as run_gan
+    from ganflow.config import resolve, user_layers
+    from ganflow.resolve import configure
+    from ganflow.runner import run as run_gan
+    from ganflow.summary import report_result
 
-    plugins = load_plugins(plugin_modules)
-    flags["plugin_modules"] = plugin_modules or None
     flags = {k: (v or None) if isinstance(v, tuple) else v for k, v in flags.items()}
-    config = resolve_config(plugins, recipe, config_file, flags)
+    given = user_layers(config_file, flags)
+    wanted = resolve(*given)  # checked now; and which plugins to load (a file may say)
+    plugins = loaded(wanted.plugin_modules, wanted.disable_plugins)
+    config = configure(plugins, recipe, given=given)
     result = run_gan(config, plugins, verbose=keras_verbosity(quiet, verbose),
-                     report=None if quiet else click.echo,
-                     eval_optional=not asked_for("eval_every", config_file, flags))
+                     report=None if quiet else click.echo)
     report_result(result, config)
 
 
@@ -166,99 +176,17 @@ def resume(run_id, epochs, lr_g, lr_d, tracking_uri, output_dir, quiet, verbose)
     """Continue RUN_ID from its newest checkpoint, in the same MLflow run, with the settings
     it was started with (the learning rates and the number of epochs may change)."""
     from ganflow import tracking
-    from ganflow.plugins import load_plugins
-    from ganflow.runner import resume_config, run as run_gan
+    from ganflow.resume import resume_config
+    from ganflow.runner import run as run_gan
+    from ganflow.summary import report_result
 
     tracking.use_tracking_uri(tracking_uri, must_exist=True)
-    config, evaluated = resume_config(run_id, {"epochs": epochs, "lr_g": lr_g, "lr_d": lr_d,
-                                               "tracking_uri": tracking_uri,
-                                               "output_dir": output_dir})
-    result = run_gan(config, load_plugins(config.plugin_modules),
+    config = resume_config(run_id, {"epochs": epochs, "lr_g": lr_g, "lr_d": lr_d,
+                                    "tracking_uri": tracking_uri, "output_dir": output_dir})
+    result = run_gan(config, loaded(config.plugin_modules, config.disable_plugins),
                      verbose=keras_verbosity(quiet, verbose),
-                     report=None if quiet else click.echo, eval_optional=not evaluated,
-                     resume_run_id=run_id)
+                     report=None if quiet else click.echo, resume_run_id=run_id)
     report_result(result, config)
-
-
-def report_result(result, config) -> None:
-    """What a run did, where everything is, and what to do next; exit 130 if stopped."""
-    if result.worker is not None:
-        role = result.worker
-        click.echo(f"\n{role.name.capitalize()} (of {role.count} workers): trained to step "
-                   f"{result.steps_done} in {result.seconds:.0f} s; the chief logged, "
-                   "checkpointed and registered the run")
-        return
-    state = "interrupted" if result.interrupted else "finished"
-    click.echo(f"\nRun {result.run_id} {state} in {result.seconds:.0f} s "
-               f"(experiment {result.experiment!r}, tracking {result.tracking_uri})")
-    training = {k: v for k, v in result.metrics.items() if not k.startswith("eval")}
-    quality = {k: v for k, v in result.metrics.items() if k.startswith("eval")}
-    if training:
-        click.echo("  final:   " + ", ".join(f"{k} {v:.4f}" for k, v in training.items()))
-    if quality:
-        click.echo("  quality: " + ", ".join(f"{k.removeprefix('eval/')} {v:.4g}"
-                                             for k, v in quality.items()))
-    click.echo(f"  samples: {shown(result.samples_path)}")
-    uri_flag = f" --tracking-uri {config.tracking_uri}" if config.tracking_uri else ""
-    if result.model_version:
-        click.echo(f"  model:   {result.model_uri} (registered; also "
-                   f"models:/{result.model_name}@latest)")
-        click.echo(f"  sample:  ganflow sample models:/{result.model_name}@latest"
-                   f"{uri_flag} -o samples.png")
-    else:
-        click.echo(f"  model:   {result.model_uri} (not registered)")
-    if result.champion is not None:
-        click.echo("  " + champion_line(result.model_name, result.model_version, result.champion))
-    if result.checkpoint is not None:
-        click.echo(f"  checkpoint: {shown(result.checkpoint)} (step {result.steps_done})")
-    if result.interrupted:
-        click.echo(f"  resume:  ganflow resume {result.run_id}{uri_flag}")
-    click.echo(f"  browse:  {ui_command(result.tracking_uri, result.experiment_id, result.run_id, uri_flag)}")
-    if result.interrupted:
-        sys.exit(130)
-
-
-def shown(path) -> str:
-    """A path as a user reads it best: relative to the current folder when inside it."""
-    if path is None:
-        return "none"
-    try:
-        return str(Path(path).relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def asked_for(key: str, config_file: str | None, flags: dict) -> bool:
-    """Whether the user set ``key`` (by flag or config file) rather than the recipe."""
-    from ganflow.config import load_config_file
-
-    return flags.get(key) is not None or bool(config_file and key in load_config_file(config_file))
-
-
-def champion_line(model_name: str, version: int, champion) -> str:
-    """Where models:/NAME@champion points now, and why."""
-    alias = f"models:/{model_name}@champion"
-    if champion.is_new:
-        return f"champion: {alias} is now version {version} (FID {champion.fid:.4g}, the best)"
-    if not champion.comparable:
-        return (f"champion: {alias} stays version {champion.version}: its FID was measured "
-                "with other features, data or sample count")
-    return f"champion: {alias} stays version {champion.version} (FID {champion.fid:.4g})"
-
-
-def ui_command(tracking_uri: str, experiment_id: str, run_id: str, uri_flag: str) -> str:
-    """What shows a run: its page on a server; for a store, `ganflow ui`, which starts the
-    MLflow UI on it and prints that page's address."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return run_url(tracking_uri, experiment_id, run_id)
-    return f"ganflow ui{uri_flag}  (starts the MLflow UI on this store, at this run)"
-
-
-def run_url(base: str, experiment_id: str, run_id: str) -> str:
-    """A run's page in the MLflow UI, in its model-training view (MLflow 3 opens in its GenAI
-    view, where the Model Registry is not in the sidebar)."""
-    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-            "?workflowType=machine_learning")
 
 
 @main.command()
@@ -268,12 +196,12 @@ def run_url(base: str, experiment_id: str, run_id: str) -> str:
 def ui(tracking_uri, port):
     """Start the MLflow UI on the store the runs went to, on 127.0.0.1, and print the address
     of the newest run (as `tensorboard --logdir` does). Ctrl-C stops it."""
-    import subprocess
-
     import mlflow
 
     from ganflow import tracking
     from ganflow.net import reachable
+    from ganflow.summary import run_url
+    from ganflow.ui import serve
 
     uri = tracking.use_tracking_uri(tracking_uri, must_exist=True)
     client = mlflow.MlflowClient()
@@ -292,55 +220,19 @@ def ui(tracking_uri, port):
     if newest:
         click.echo(f"newest run: {run_url(base, newest[0].info.experiment_id, newest[0].info.run_id)}")
     click.echo("Ctrl-C stops it.")
-    # Its own process group: `mlflow ui` serves from a child process of its own, and both
-    # must go when this command is stopped (Ctrl-C reaches the whole group from a terminal,
-    # but not when this process alone gets SIGINT).
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              start_new_session=True)
-    try:
-        sys.exit(server.wait())
-    except KeyboardInterrupt:
-        _stop_group(server, grace=10.0)
-
-
-def _stop_group(proc, grace: float) -> None:
-    """SIGTERM to ``proc``'s process group; SIGKILL to what is left of it after ``grace``
-    seconds (and 2 more for the stragglers once ``proc`` itself is gone)."""
-    import signal
-    import subprocess
-    import time
-
-    def signal_group(sig) -> bool:
-        try:
-            os.killpg(proc.pid, sig)
-            return True
-        except ProcessLookupError:  # nobody left in the group
-            return False
-
-    signal_group(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + 2.0
-    while signal_group(0) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    signal_group(signal.SIGKILL)
-    proc.wait()
+    sys.exit(serve(uri, port))
 
 
 @main.command()
-@plugin_module_option
+@plugin_options
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @reports_errors
-def plugins(plugin_modules, as_json):
+def plugins(plugin_modules, disable_plugins, as_json):
     """List every recipe, trainer, loss, regularizer, optimizer, schedule, dataset,
     architecture and feature extractor, with the plugin that provides it and its settings."""
-    from ganflow.plugins import load_plugins
     from ganflow.settings import TYPES
 
-    loaded = load_plugins(plugin_modules)
+    registries = loaded(plugin_modules, disable_plugins).registries
     rows = {
         title: [
             {
@@ -353,12 +245,12 @@ def plugins(plugin_modules, as_json):
             }
             for e in registry
         ]
-        for title, registry in loaded.registries.items()
+        for title, registry in registries.items()
     }
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    for title, registry in loaded.registries.items():
+    for title, registry in registries.items():
         click.echo(title)
         for e in registry:
             click.echo(f"  {e.usage:<24} {e.plugin:<26} {e.description}")
@@ -368,23 +260,21 @@ def plugins(plugin_modules, as_json):
 
 @main.command()
 @click.option("--plugin", "recipe", metavar="NAME", help="show this recipe's values")
-@plugin_module_option
+@plugin_options
 @reports_errors
-def settings(recipe, plugin_modules):
+def settings(recipe, plugin_modules, disable_plugins):
     """List every setting of `ganflow run` by its config-file name, with its flag and help
     (and a recipe's value with --plugin NAME)."""
     defaults = {}
     if recipe:
-        from ganflow.plugins import load_plugins
-
         from ganflow.config import recipe_layer
 
-        defaults = recipe_layer(recipe, load_plugins(plugin_modules).recipes.get(recipe).obj)[1]
+        recipes = loaded(plugin_modules, disable_plugins).recipes
+        defaults = recipe_layer(recipe, recipes.get(recipe).obj)[1]
     for name, field in FIELDS.items():
         value = defaults.get(name, field.default)
         shown = "unset" if value is None or value == () else json.dumps(value)
-        where = flag(name) if field.metadata["flag"] else "--plugin" if name == "recipe" \
-            else "--plugin-module"
+        where = "--plugin" if name == "recipe" else flag(name)
         click.echo(f"{name} = {shown}    ({where})")
         click.echo(f"    {field.metadata['help']}")
 
@@ -449,11 +339,11 @@ def sample(model_uri, count, seed, output, npz, label, tracking_uri):
 @click.option("--data-dir", metavar="DIR", help=FIELDS["data_dir"].metadata["help"])
 @click.option("--image-size", type=click.IntRange(min=4), metavar="N", help=FIELDS["image_size"].metadata["help"])
 @click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")
-@plugin_module_option
+@plugin_options
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @reports_errors
 def evaluate(model_uri, dataset, count, features, weights, seed, data_dir, image_size,
-             tracking_uri, plugin_modules, as_json):
+             tracking_uri, plugin_modules, disable_plugins, as_json):
     """Score a logged generator against a dataset: FID, KID, precision/recall, class coverage.
 
     MODEL_URI is any models:/ or runs:/ URI. FID and KID: lower is better; precision (share
@@ -461,11 +351,11 @@ def evaluate(model_uri, dataset, count, features, weights, seed, data_dir, image
     coverage: higher is better.
     """
     from ganflow import evaluation, tracking
-    from ganflow.plugins import load_plugins
 
     tracking.use_tracking_uri(tracking_uri, must_exist=True)
-    report = evaluation.evaluate_model(load_plugins(plugin_modules), model_uri, dataset, count,
-                                       features, weights, seed, data_dir, image_size)
+    report = evaluation.evaluate_model(loaded(plugin_modules, disable_plugins), model_uri,
+                                       dataset, count, features, weights, seed, data_dir,
+                                       image_size)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -493,8 +383,10 @@ def evaluate(model_uri, dataset, count, features, weights, seed, data_dir, image
 @click.option("--experiment", default="ganflow-theory", show_default=True,
               help="MLflow experiment name")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+@plugin_options
 @reports_errors
-def theory(pairs, steps, curve_steps, seed, output_dir, tracking_uri, experiment, as_json):
+def theory(pairs, steps, curve_steps, seed, output_dir, tracking_uri, experiment, as_json,
+           plugin_modules, disable_plugins):
     """Check the lecture's claims on 1-D mixtures with the real training code.
 
     a. D trained against a fixed P_G matches D* = P_data / (P_data + P_G); b. its V equals
@@ -504,7 +396,6 @@ def theory(pairs, steps, curve_steps, seed, output_dir, tracking_uri, experiment
     from ganflow import theory as checks
     from ganflow import tracking
     from ganflow.mixture import Mixture
-    from ganflow.plugins import load_plugins
 
     parsed = None
     if pairs:
@@ -515,7 +406,7 @@ def theory(pairs, steps, curve_steps, seed, output_dir, tracking_uri, experiment
             if p_data.dim != 1 or p_g.dim != 1:
                 raise UsageError(f"--pair {i}: the theory checks take 1-D mixtures (numbers as means)")
             parsed.append((f"pair {i}", p_data, p_g))
-    plugins = load_plugins()
+    plugins = loaded(plugin_modules, disable_plugins)
     tracking.use_tracking_uri(tracking_uri)
     results, report, run_id = checks.run(plugins, parsed, steps=steps, curve_steps=curve_steps,
                                          seed=seed, output_dir=output_dir, experiment=experiment)

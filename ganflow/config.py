@@ -1,7 +1,9 @@
 """One RunConfig per ``ganflow run``: recipe defaults < config file < CLI flags, validated once.
 
 Each setting's help lives beside it (``setting(default, help)``): ``ganflow run --help``,
-``ganflow settings`` and the recipe checks all read it from here.
+``ganflow settings`` and the recipe checks all read it from here. A resolved config knows
+which layer set each setting (``RunConfig.set_by``), so nothing downstream reads a file
+again to find out.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import difflib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from ganflow.errors import UsageError
 
@@ -130,6 +133,24 @@ class RunConfig:
     plugin_modules: tuple[str, ...] = setting((), "also load plugins from this .py file or "
                                               "module (repeatable)", "PATH_OR_MODULE",
                                               flag=False)
+    disable_plugins: tuple[str, ...] = setting(
+        (), "do not load this plugin: a provider as `ganflow plugins` shows it, a built-in "
+        "module (ganflow_plugins.losses) or an installed package's entry point (repeatable; "
+        f"{'GANFLOW_DISABLE_PLUGIN_AUTOLOAD'}=1 skips every installed package's)", "NAME",
+        flag=False)
+    # Which layer set each setting ("recipe dcgan", "--config FILE", "flags", ...); a setting
+    # absent here has its default. Not a setting itself: not a param, not in to_json.
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False,
+                                       metadata={"setting": False})
+
+    def set_by(self, key: str) -> str | None:
+        """The layer that set ``key`` (``recipe dcgan``, ``--config FILE``, ``flags``), or
+        None when it has its default."""
+        return self.origins.get(key)
+
+    def from_recipe(self, key: str) -> bool:
+        """Whether ``key`` has the recipe's value (not a config file's or a flag's)."""
+        return (self.set_by(key) or "").startswith(RECIPE)
 
     @property
     def jit_compile(self) -> bool | str:
@@ -143,22 +164,23 @@ class RunConfig:
 
     def to_json(self) -> str:
         """Every setting, as JSON: what ``ganflow resume`` rebuilds the run from."""
-        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
+        return json.dumps({name: getattr(self, name) for name in FIELDS})
 
     def params(self) -> dict[str, str]:
         """Every setting that is set, as an MLflow param (lists joined with ';'); an unset one
         (None, an empty list) is absent rather than an empty string."""
         out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
+        for name in FIELDS:
+            value = getattr(self, name)
             if isinstance(value, tuple):
                 value = ";".join(value)
             if value is not None and value != "":
-                out[f.name] = str(value)
+                out[name] = str(value)
         return out
 
 
-FIELDS = {f.name: f for f in fields(RunConfig)}
+# Every setting, by name (``origins`` is not one).
+FIELDS = {f.name: f for f in fields(RunConfig) if f.metadata.get("setting", True)}
 FIELD_TYPES = {name: f.type for name, f in FIELDS.items()}
 
 # Settings that became something else: a config file or recipe that still uses them is told
@@ -216,11 +238,22 @@ def kind_of(name: str) -> str:
     return "tuple" if kind.startswith("tuple") else kind
 
 
+RECIPE = "recipe "  # how a recipe's layer is named: "recipe dcgan"
+FLAGS = "flags"
+
+
 def recipe_layer(name: str, defaults: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """A recipe's defaults as a ``resolve`` layer: keys with dashes or underscores, and the
     recipe's own name."""
-    return f"recipe {name}", {**{str(k).replace("-", "_"): v for k, v in defaults.items()},
-                              "recipe": name}
+    return RECIPE + name, {**{str(k).replace("-", "_"): v for k, v in defaults.items()},
+                           "recipe": name}
+
+
+def user_layers(config_file: str | None, flags: dict[str, Any]) -> list[tuple[str, dict]]:
+    """What the user gave, as ``resolve`` layers: the config file's settings (if any), then
+    the flags (None: not given)."""
+    layers = [(f"--config {config_file}", load_config_file(config_file))] if config_file else []
+    return [*layers, (FLAGS, flags)]
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -248,8 +281,10 @@ def load_config_file(path: str) -> dict[str, Any]:
 
 
 def resolve(*layers: tuple[str, dict[str, Any]]) -> RunConfig:
-    """Merge (source, values) layers, later winning; check names, types and ranges."""
+    """Merge (source, values) layers, later winning; check names, types and ranges. The
+    config remembers which layer set each setting (``RunConfig.set_by``)."""
     merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for source, values in layers:
         for key, value in values.items():
             if key in RENAMED:
@@ -260,7 +295,8 @@ def resolve(*layers: tuple[str, dict[str, Any]]) -> RunConfig:
                 raise UsageError(f"{source}: unknown setting {key!r}{hint}")
             if value is not None:
                 merged[key] = _coerce(key, value, source)
-    config = RunConfig(**merged)
+                origins[key] = source
+    config = RunConfig(**merged, origins=MappingProxyType(origins))
     _check(config)
     return config
 

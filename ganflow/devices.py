@@ -46,7 +46,7 @@ def worker(strategy: str) -> Worker | None:
     if not text:
         raise UsageError("--strategy multiworker needs TF_CONFIG, the cluster's addresses and "
                          f"this worker's place in it, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}' "
-                         "(README, 'Several machines'); on one machine use --strategy mirrored")
+                         "(docs/running.md, 'Several machines'); on one machine use --strategy mirrored")
     try:
         spec = json.loads(text)
         cluster, task = spec["cluster"], spec["task"]

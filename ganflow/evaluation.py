@@ -60,6 +60,7 @@ class Evaluator:
     data_histogram: np.ndarray | None  # the data's class shares, when it has labels
     seed: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    provider: str = ""  # the plugin that registered the feature extractor
 
     def __post_init__(self):
         self.real_stats = metrics.statistics(self.real_features)
@@ -118,7 +119,8 @@ def build(plugins, source, dataset: str, features: str | None = None,
     if labels is not None and source.spec.num_classes:
         histogram = metrics.class_histogram(labels, source.spec.num_classes)
     return Evaluator(name, extractor, tuple(source.spec.shape), real_features, histogram,
-                     seed=seed, info=dict(getattr(extractor, "info", {}) or {}))
+                     seed=seed, info=dict(getattr(extractor, "info", {}) or {}),
+                     provider=entry.plugin)
 
 
 # Real examples are drawn from at most this many times as many examples as are needed.

@@ -1,9 +1,12 @@
-"""Every random draw ganflow makes outside a dataset comes from here, by seed and stream name.
+"""The random streams of a run: every noise vector, label and held-out draw ganflow makes,
+by seed and stream name.
 
 A stream is an independent sequence derived from the run's ``--seed``: the same seed and
 stream always give the same numbers, and two streams never share any. Fixed noise batches
 (sample grids, evaluations) are NumPy draws; noise inside the training step comes from Keras
-``SeedGenerator``s (``seed_generator``), which TensorFlow can trace.
+``SeedGenerator``s (``seed_generator``), which TensorFlow can trace. Not from here: a
+dataset's own shuffling (``ganflow.data``, seeded by ``--seed``) and the metrics' subsets
+(``ganflow.metrics.kid`` takes the seed it is given), which are functions of their seed.
 """
 
 from __future__ import annotations

@@ -9,23 +9,23 @@ from dataclasses import dataclass
 import mlflow
 
 
-def version_tags(metrics: dict[str, float], evaluator_params: dict | None,
-                 made_by: dict[str, str]) -> dict[str, str]:
+def version_tags(metrics: dict[str, float], made_by: dict[str, str],
+                 measured_with: dict[str, str] | None = None) -> dict[str, str]:
     """A model version's tags: what compares versions, in two groups that sort together.
 
     ``eval.NAME``: the sample-quality metrics of its weights (with an EMA copy, G's own
     as ``eval.NAME_no_ema``; a toy run's mode metrics as ``toy.NAME``) and what they were
-    measured with (``eval.features``, ``eval.dataset``, ``eval.samples``); ``train.NAME``:
-    what made it (``made_by``: recipe, loss, dataset, ...). Training losses are not tags (they
-    do not compare versions; the run has them), nor is the run id (the version has it)."""
+    measured with (``measured_with``: ``eval.features``, ``eval.dataset``, ``eval.samples``);
+    ``train.NAME``: what made it (``made_by``: recipe, loss, dataset, ...). Training losses
+    are not tags (they do not compare versions; the run has them), nor is the run id (the
+    version has it)."""
     tags = {f"train.{k}": str(v) for k, v in made_by.items() if v is not None}
     for key, value in metrics.items():
         if key.startswith("eval/"):
             tags[f"eval.{key[len('eval/'):]}"] = f"{value:.6g}"
         elif key.startswith("toy/"):
             tags[f"toy.{key[len('toy/'):]}"] = f"{value:.6g}"
-    if evaluator_params:
-        tags["eval.features"] = str(evaluator_params["eval_features"])
+    tags.update(measured_with or {})
     return tags
 
 
@@ -85,8 +85,6 @@ def promote_champion(model_name: str, version: int, attempts: int = 20) -> Champ
         f"the {CHAMPION} alias of {model_name} kept changing under {attempts} attempts")
 
 
-
-
 def describe_version(run_id: str, made_by: dict, trained: str, tags: dict) -> str:
     """A version's description: the run that made it, how (``trained``: e.g. "100 epochs,
     5600 training steps"), and its headline metrics."""
@@ -118,3 +116,39 @@ def register(model_uri: str, model_name: str, tags: dict, description: str = "",
     if model_description:
         client.update_registered_model(model_name, description=model_description)
     return int(version)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """Where a run's generator went: its model URI (``models:/NAME/VERSION`` once
+    registered), and the registered name, version and champion (None when not registered,
+    or not evaluated)."""
+
+    model_uri: str
+    name: str | None = None
+    version: int | None = None
+    champion: Champion | None = None
+
+
+def register_generator(generator, latent_dim: int, shape, *, run_id: str, name: str | None,
+                       recipe: str, made_by: dict, trained: str, metrics: dict,
+                       num_classes: int | None = None, step: int = 0,
+                       measured_with: dict | None = None) -> Registered:
+    """Log ``generator`` (latent vectors of ``latent_dim`` to examples of ``shape``) to the
+    active run (``ganflow.models.log_generator``, its weights from training step ``step``) and, unless ``name`` is None, register it as a new version of
+    ``name``: tagged with what compares versions (``version_tags``), described (which run,
+    ``made_by``, ``trained``: how long; the registered model: what it generates and how to
+    sample it). A version whose sample quality was measured (``measured_with``) may become
+    the ``champion``."""
+    from ganflow import models
+
+    model_uri = models.log_generator(generator, latent_dim, num_classes, step=step)
+    if name is None:
+        return Registered(model_uri)
+    tags = version_tags(metrics, made_by, measured_with)
+    version = register(model_uri, name, tags,
+                       description=describe_version(run_id, made_by, trained, tags),
+                       model_description=models.describe_model(name, recipe, shape,
+                                                               latent_dim, num_classes))
+    champion = promote_champion(name, version) if measured_with else None
+    return Registered(f"models:/{name}/{version}", name, version, champion)

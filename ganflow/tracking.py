@@ -103,8 +103,9 @@ def ensure_store(uri: str) -> None:
 def start_run(config: RunConfig, extra_params: dict, tags: dict, resume_run_id: str | None = None,
               exclude=()):
     """One MLflow run, holding every resolved setting (but ``exclude``) as a param, the
-    resolved settings as JSON (tag ``ganflow.config``, what ``ganflow resume`` reads) and the
-    process that runs it (``ganflow.host``, ``ganflow.pid``).
+    resolved settings as JSON (tag ``ganflow.config``, what ``ganflow resume`` reads, and
+    ``ganflow.origins``, which layer set each) and the process that runs it (``ganflow.host``,
+    ``ganflow.pid``).
 
     Under ``mlflow run`` (MLFLOW_RUN_ID set) the project's run is continued instead. With
     ``resume_run_id`` that run is continued: its params stay as they were. Runs of this host
@@ -120,16 +121,26 @@ def start_run(config: RunConfig, extra_params: dict, tags: dict, resume_run_id: 
         for key, value in process_tags().items():
             mlflow.MlflowClient().set_tag(resume_run_id, key, value)
         with mlflow.start_run(run_id=resume_run_id) as run:
-            mlflow.set_tags({**process_tags(), "ganflow.config": config.to_json(), **tags})
+            mlflow.set_tags({**process_tags(), **config_tags(config), **tags})
             yield run
         return
     run_name = f"{config.recipe}-{config.dataset.replace(':', '-').replace('/', '-')}"
     with mlflow.start_run(run_name=run_name) as run:
         params = {k: v for k, v in config.params().items() if k not in exclude}
         mlflow.log_params({**params, **extra_params})
-        mlflow.set_tags({"ganflow.version": __version__, "ganflow.config": config.to_json(),
+        mlflow.set_tags({"ganflow.version": __version__, **config_tags(config),
                          **process_tags(), **tags})
         yield run
+
+
+ORIGINS_TAG = "ganflow.origins"  # which layer set each setting (RunConfig.origins), as JSON
+
+
+def config_tags(config: RunConfig) -> dict[str, str]:
+    """The settings as ``ganflow resume`` rebuilds them: their values, and their layers."""
+    import json
+
+    return {"ganflow.config": config.to_json(), ORIGINS_TAG: json.dumps(dict(config.origins))}
 
 
 def process_tags() -> dict[str, str]:

@@ -10,7 +10,7 @@ from ganflow.errors import UsageError
 from ganflow.step import DISCRIMINATOR, GENERATOR
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingSetup:
     """Everything a trainer needs, resolved and checked.
 

@@ -128,7 +128,7 @@ DCGAN_RECIPE = {
     "lr_g": 2e-4,
     "lr_d": 2e-4,
     "optimizer": "adam:beta1=0.5",
-    # Measured (README, the loss table; 3 seeds, 100 epochs): R1 on D's real-data gradient
+    # Measured (docs/losses.md, the loss table; 3 seeds, 100 epochs): R1 on D's real-data gradient
     # halves the FID of the non-saturating loss (13.0 against 26.9), the best of the table.
     "regularizers": ["r1:gamma=1"],
     "eval_every": 25,

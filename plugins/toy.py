@@ -237,7 +237,7 @@ def ganflow_register_architectures(register):
              argument="SIZES", argument_optional=True)
 
 
-# Measured on ring8 (README, "GAN theory, measured"): without packing, runs drop 2 of the 8
+# Measured on ring8 (docs/toy.md, the toy recipe): without packing, runs drop 2 of the 8
 # modes; without the EMA, the share of high-quality samples swings between 0.3 and 0.9.
 TOY_DEFAULTS = {
     "arch": "mlp:256,256,256/pack=2",
@@ -253,7 +253,7 @@ TOY_DEFAULTS = {
 }
 
 
-# Measured on grid25 (README, "Toy data, mode metrics and the maximum-likelihood baseline"):
+# Measured on grid25 (docs/toy.md, grid25 and the toy-grid recipe):
 # with the toy recipe's settings, D stays at chance and G spreads over the whole square
 # (high quality 0.02); D seeing the data scaled to +-1 (scale=4), a 5x higher learning rate
 # decayed linearly to 0, and 10,000 updates make it capture every mode. Tuned further (issue

@@ -279,6 +279,8 @@ def test_ctrl_c_keeps_the_work_and_marks_the_run_killed(cli, workdir, tmp_path):
     assert "interrupted" in result.stdout
 
 
+# The pickled model this test logs has no input example, which MLflow asks for.
+@pytest.mark.filterwarnings("ignore:.*An input example was not provided:UserWarning")
 def test_sample_refuses_models_whose_loading_runs_unchecked_code(cli, workdir):
     import keras
     import numpy as np
@@ -290,7 +292,7 @@ def test_sample_refuses_models_whose_loading_runs_unchecked_code(cli, workdir):
         def load_context(self, context):
             marker.write_text("code ran")
 
-        def predict(self, context, model_input):
+        def predict(self, context, model_input: list[list[float]]):  # MLflow asks for hints
             return model_input
 
     z = np.zeros((2, 4), np.float32)

@@ -1,14 +1,15 @@
 import pytest
 
-from ganflow.config import RunConfig, load_config_file, resolve
+from ganflow.config import FIELDS, RunConfig, load_config_file, resolve
+from ganflow.config import user_layers
 from ganflow.errors import UsageError
-from ganflow.runner import resolve_config
+from ganflow.resolve import configure
 
 
 def test_layers_recipe_then_file_then_flags(plugins, tmp_path):
     path = tmp_path / "c.json"
     path.write_text('{"epochs": 3, "batch-size": 8, "seed": 5}')
-    config = resolve_config(plugins, "dcgan", str(path), {"seed": 11, "loss": None})
+    config = configure(plugins, "dcgan", given=user_layers(str(path), {"seed": 11, "loss": None}))
     assert (config.epochs, config.batch_size, config.seed) == (3, 8, 11)
     assert config.loss == "non-saturating" and config.dataset == "digits"  # the recipe's
     assert config.model_name == "dcgan-generator"
@@ -18,7 +19,7 @@ def test_params_hold_every_set_field_as_text_and_no_unset_one():
     params = RunConfig(plugin_modules=("a.py", "b"), image_size=None, augment=()).params()
     unset = {"image_size", "augment"} | {name for name, value in vars(RunConfig()).items()
                                          if value is None or value == ()} - {"plugin_modules"}
-    assert set(params) == set(RunConfig.__dataclass_fields__) - unset
+    assert set(params) == set(FIELDS) - unset
     assert params["plugin_modules"] == "a.py;b" and "" not in params.values()
     assert params["register"] == "True" and params["lr_g"] == "0.0002"
 
@@ -62,5 +63,5 @@ def test_config_file_errors(tmp_path):
 
 
 def test_none_clears_a_recipes_list(plugins):
-    assert resolve_config(plugins, "dcgan", None, {}).regularizers == ("r1:gamma=1",)
-    assert resolve_config(plugins, "dcgan", None, {"regularizers": ("none",)}).regularizers == ()
+    assert configure(plugins, "dcgan", {}).regularizers == ("r1:gamma=1",)
+    assert configure(plugins, "dcgan", {"regularizers": ("none",)}).regularizers == ()

@@ -37,15 +37,16 @@ SAME_AS_ONE_DEVICE = textwrap.dedent("""
         devices.split_cpu(2)
     import tensorflow as tf
     from ganflow.plugins import load_plugins
-    from ganflow.runner import prepare, resolve_config
+    from ganflow.prepare import prepare
+    from ganflow.resolve import configure, resolve
 
     plugins = load_plugins()
 
     def train(strategy):
-        config = resolve_config(plugins, "dcgan", None, {
+        config = configure(plugins, "dcgan", {
             "precision": "float32", **flags, "batch_size": 16, "eval_every": 0, "ema": 0.9,
             "strategy": strategy})
-        prepared = prepare(config, plugins)
+        prepared = prepare(resolve(config, plugins))
         gan = prepared.gan
         start = [v.numpy() for v in gan.generator.weights]
         # The same global batches in the same order for both: the first examples, unshuffled.

@@ -104,11 +104,11 @@ def load_bench():
 
 def test_bench_modes_keys_runs_by_what_they_train(plugins):
     bench = load_bench()
-    from ganflow.runner import resolve_config
+    from ganflow.resolve import configure
 
     def key(method, budget=None, **extra):
         recipe, flags = bench.cell_flags(method, "grid25", budget, plugins)
-        return bench.training_key(resolve_config(plugins, recipe, None, {**flags, **extra}))
+        return bench.training_key(configure(plugins, recipe, {**flags, **extra}))
 
     # PacGAN2 at the recipe's length is the toy-grid recipe (pack 2): one set of runs.
     assert key("pacgan2") == key("toy-grid")

@@ -1,5 +1,6 @@
-"""The README's plugin examples as a real package outside the repository: built into a wheel by
-setuptools, found through its ``ganflow`` entry points, and used without touching ganflow."""
+"""The plugin tutorial's examples (docs/plugins.md) as a real package outside the repository:
+built into a wheel by setuptools, found through its ``ganflow`` entry points, and used without
+touching ganflow."""
 
 import json
 import re
@@ -11,20 +12,22 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 
 import ganflow
 from ganflow.data import training_pipeline
 from ganflow.plugins import load_plugins
-from ganflow.runner import prepare, resolve_config
+from ganflow.prepare import prepare
+from ganflow.resolve import configure, resolve
 
 from conftest import TINY
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+TUTORIAL = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
 
 
-def readme_block(language, heading):
-    """The first ```language block in the README section that starts with ``heading``."""
-    section = README[README.index(heading):]
+def tutorial_block(language, heading):
+    """The first ```language block in the tutorial's section that starts with ``heading``."""
+    section = TUTORIAL[TUTORIAL.index(heading):]
     return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)
 
 
@@ -41,8 +44,8 @@ def test_the_readme_packaging_example_ships_only_its_module(tmp_path):
     project = tmp_path / "ganflow-pearson"
     (project / "notes").mkdir(parents=True)
     (project / "notes" / "__init__.py").write_text("")  # a folder that must not be shipped
-    (project / "pyproject.toml").write_text(readme_block("toml", "### A loss on logits"))
-    (project / "ganflow_pearson.py").write_text(readme_block("python", "### A loss on logits"))
+    (project / "pyproject.toml").write_text(tutorial_block("toml", "## A loss on logits"))
+    (project / "ganflow_pearson.py").write_text(tutorial_block("python", "## A loss on logits"))
     wheel = build_wheel(project, tmp_path / "dist")
     files = zipfile.ZipFile(wheel).namelist()
     assert [f for f in files if ".dist-info/" not in f] == ["ganflow_pearson.py"]
@@ -52,21 +55,21 @@ def test_the_readme_packaging_example_ships_only_its_module(tmp_path):
 
 
 EXAMPLES = {
-    "smooth": ("ganflow_smooth", "### A loss that sees the whole update"),
-    "ragan": ("ganflow_ragan", "### A loss whose generator update reads real data"),
-    "drift": ("ganflow_drift", "### A lazy regularizer"),
-    "gsteps": ("ganflow_gsteps", "### A trainer"),
+    "smooth": ("ganflow_smooth", "## A loss that sees the whole update"),
+    "ragan": ("ganflow_ragan", "## A loss whose generator update reads real data"),
+    "drift": ("ganflow_drift", "## A lazy regularizer"),
+    "gsteps": ("ganflow_gsteps", "## A trainer"),
 }
 
 
 @pytest.fixture(scope="module")
 def extras(tmp_path_factory):
-    """The README's step-API examples as one installed distribution, ``ganflow-extras``."""
+    """The tutorial's step-API examples as one installed distribution, ``ganflow-extras``."""
     root = tmp_path_factory.mktemp("extras")
     project = root / "ganflow-extras"
     project.mkdir()
     for module, heading in EXAMPLES.values():
-        (project / f"{module}.py").write_text(readme_block("python", heading))
+        (project / f"{module}.py").write_text(tutorial_block("python", heading))
     modules = ", ".join(f'"{module}"' for module, _ in EXAMPLES.values())
     entry_points = "\n".join(f'{name} = "{module}"' for name, (module, _) in EXAMPLES.items())
     (project / "pyproject.toml").write_text(
@@ -105,9 +108,9 @@ def test_the_smoothed_loss_matches_its_closed_form(extras):
 
 def test_a_relativistic_loss_gets_real_data_in_the_generator_update(extras):
     plugins = load_plugins()
-    config = resolve_config(plugins, "dcgan", None, {
+    config = configure(plugins, "dcgan", {
         "loss": "ragan", "d_steps": 2, "batch_size": 16, "eval_every": 0})
-    prepared = prepare(config, plugins)
+    prepared = prepare(resolve(config, plugins))
     assert prepared.per_step == 16 * 3 and prepared.gan.generator_uses_real
     assert prepared.steps_per_epoch == 1797 // 48
     history = prepared.gan.fit(training_pipeline(prepared.source, prepared.per_step, 0),
@@ -118,11 +121,11 @@ def test_a_relativistic_loss_gets_real_data_in_the_generator_update(extras):
 
 def test_a_trainer_with_n_generator_updates(extras):
     plugins = load_plugins()
-    config = resolve_config(plugins, "dcgan", None, {
+    config = configure(plugins, "dcgan", {
         "trainer": "gsteps:n=3", "d_steps": 2, "batch_size": 8, "eval_every": 0,
         "epochs": 1, "steps_per_epoch": 4, "lr_schedule": "linear"})
-    gan = prepare(config, plugins).gan
-    gan.fit(training_pipeline(prepare(config, plugins).source, 16, 0), epochs=1,
+    gan = prepare(resolve(config, plugins)).gan
+    gan.fit(training_pipeline(prepare(resolve(config, plugins)).source, 16, 0), epochs=1,
             steps_per_epoch=4, verbose=0)
     assert (int(gan.d_optimizer.iterations), int(gan.g_optimizer.iterations)) == (8, 12)
     # The generator's schedule spans its 12 updates: the rate has reached 0.
@@ -139,5 +142,8 @@ def test_all_of_them_in_one_run(extras, cli, workdir):
     assert (params["regularizer.drift.epsilon"], params["regularizer.drift.every"]) == ("0.01", "2")
     assert (tags["ganflow.plugin.loss"], tags["ganflow.plugin.trainer"],
             tags["ganflow.plugin.regularizer.drift"]) == ("smooth", "gsteps", "drift")
-    assert run.data.metrics["reg/drift"] >= 0 and "value" not in run.data.metrics
+    # The drift penalty, epsilon E[D(x)^2], ran and was logged in every window.
+    windows = MlflowClient().get_metric_history(run.info.run_id, "reg/drift")
+    assert [m.step for m in windows] == [3, 6] and all(m.value > 0 for m in windows)
+    assert "value" not in run.data.metrics
     assert "models:/dcgan-generator/1" in result.stdout

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ganflow.errors import UsageError
-from ganflow.runner import prepare, resolve_config
+from ganflow.prepare import prepare
+from ganflow.resolve import configure, resolve as resolve_run
 from ganflow.settings import Setting, resolve, split_spec
 
 from conftest import TINY
@@ -87,10 +88,10 @@ def test_bad_settings_are_one_line_exit_2_before_anything_starts(cli, workdir, a
 
 
 def test_optimizers_by_name_separately_for_g_and_d(plugins):
-    config = resolve_config(plugins, "dcgan", None, {
+    config = configure(plugins, "dcgan", {
         "optimizer": "sgd:momentum=0.9,nesterov=true", "d_optimizer": "rmsprop:rho=0.8",
         "lr_g": 0.01, "lr_d": 0.002, "eval_every": 0})
-    gan = prepare(config, plugins).gan
+    gan = prepare(resolve_run(config, plugins)).gan
     assert isinstance(gan.g_optimizer, keras.optimizers.SGD)
     assert gan.g_optimizer.momentum == 0.9 and gan.g_optimizer.nesterov
     assert float(gan.g_optimizer.learning_rate) == pytest.approx(0.01)
@@ -99,7 +100,7 @@ def test_optimizers_by_name_separately_for_g_and_d(plugins):
 
 
 def test_recipe_optimizer_settings_reach_keras(plugins):
-    gan = prepare(resolve_config(plugins, "toy", None, {}), plugins).gan
+    gan = prepare(resolve_run(configure(plugins, "toy", {}), plugins)).gan
     for optimizer in (gan.g_optimizer, gan.d_optimizer):
         assert isinstance(optimizer, keras.optimizers.Adam)
         assert (optimizer.beta_1, optimizer.beta_2) == (0.5, 0.9)
@@ -126,10 +127,10 @@ def test_schedules(plugins):
 
 
 def test_the_schedule_spans_each_optimizers_own_updates(plugins):
-    config = resolve_config(plugins, "dcgan", None, {
+    config = configure(plugins, "dcgan", {
         "lr_schedule": "linear", "d_steps": 2, "epochs": 3, "steps_per_epoch": 10,
         "eval_every": 0})
-    gan = prepare(config, plugins).gan
+    gan = prepare(resolve_run(config, plugins)).gan
     # 30 generator updates and 60 discriminator updates in the run: both decay to 0 at the end.
     for optimizer, total in ((gan.g_optimizer, 30), (gan.d_optimizer, 60)):
         for done, rate in ((0, 2e-4), (total // 2, 1e-4), (total, 0.0)):
@@ -205,10 +206,10 @@ def test_third_party_optimizer_and_schedule(tmp_path):
     path = tmp_path / "lion.py"
     path.write_text(THIRD_PARTY)
     plugins = load_plugins((str(path),))
-    config = resolve_config(plugins, "dcgan", None, {
+    config = configure(plugins, "dcgan", {
         "optimizer": "lion:beta1=0.95", "lr_schedule": "halved:at=0.25", "epochs": 2,
         "steps_per_epoch": 10, "eval_every": 0, "plugin_modules": (str(path),)})
-    gan = prepare(config, plugins).gan
+    gan = prepare(resolve_run(config, plugins)).gan
     assert isinstance(gan.g_optimizer, keras.optimizers.Lion) and gan.g_optimizer.beta_1 == 0.95
     gan.g_optimizer.iterations.assign(6)  # the run has 20 generator updates: halved after 5
     assert float(gan.g_optimizer.learning_rate) == pytest.approx(1e-4)

@@ -15,7 +15,7 @@ from keras.src.backend.tensorflow import random as tf_random
 
 from ganflow.data import training_pipeline
 from ganflow.gan import GAN
-from ganflow.runner import resolve_config, resolve_plugins
+from ganflow.resolve import configure, resolve
 
 from test_gan import LATENT
 
@@ -68,12 +68,12 @@ def same_random_numbers(monkeypatch):
 
 
 def train(plugins, flags, jit):
-    config = resolve_config(plugins, "dcgan", None, {**flags, "d_steps": 2})
-    resolved = resolve_plugins(config, plugins)
+    config = configure(plugins, "dcgan", {**flags, "d_steps": 2})
+    resolved = resolve(config, plugins)
     keras.utils.set_random_seed(0)
     gan = GAN(image_generator(), small_discriminator(), LATENT, config.d_steps, seed=0,
               ema=0.9, augment=resolved.augment)
-    gan.compile(keras.optimizers.SGD(0.05), keras.optimizers.SGD(0.05), resolved.loss_object,
+    gan.compile(keras.optimizers.SGD(0.05), keras.optimizers.SGD(0.05), resolved.loss,
                 regularizers=resolved.regularizations, jit_compile=jit)
     start = gan.generator.get_weights() + gan.discriminator.get_weights()
     per_step = gan.real_per_step(8)

@@ -8,7 +8,9 @@ from mlflow import MlflowClient
 
 from ganflow import callbacks
 from ganflow.errors import UsageError
-from ganflow.runner import resolve_config, run, steps_per_call
+from ganflow.fitting import steps_per_call
+from ganflow.resolve import configure
+from ganflow.runner import run
 
 # 2 epochs of 12 steps, a window every 6 and a checkpoint every 4: calls of 2 steps.
 FLAGS = {"epochs": 2, "steps_per_epoch": 12, "log_every": 6, "checkpoint_every": 4,
@@ -23,7 +25,7 @@ def train(plugins, workdir, name, monkeypatch, **flags):
     monkeypatch.setattr(callbacks.DivergenceGuard, "on_train_batch_end",
                         lambda self, batch, logs=None: (calls.append(batch),
                                                         GUARD_STEP(self, batch, logs))[1])
-    config = resolve_config(plugins, "toy", None, {
+    config = configure(plugins, "toy", {
         **FLAGS, **flags, "tracking_uri": f"sqlite:///{workdir}/mlflow.db",
         "output_dir": str(workdir / name)})
     result = run(config, plugins, verbose=0)
@@ -63,7 +65,7 @@ def test_several_steps_per_call_train_and_log_as_one_step_per_call(plugins, work
 
 def test_steps_per_call_fit_between_windows_checkpoints_and_epoch_ends(plugins):
     def per_call(done=0, **flags):
-        config = resolve_config(plugins, "toy", None, {**FLAGS, **flags})
+        config = configure(plugins, "toy", {**FLAGS, **flags})
         return steps_per_call(config, config.steps_per_epoch, done)
 
     assert per_call() == 2
@@ -81,3 +83,41 @@ def test_steps_per_call_fit_between_windows_checkpoints_and_epoch_ends(plugins):
         per_call(steps_per_execution=4)
     with pytest.raises(UsageError, match="--steps-per-execution must be at least 1, got 0"):
         per_call(steps_per_execution=0)
+
+
+def test_a_worker_s_callbacks_keep_in_step_and_log_nowhere(plugins, workdir):
+    from ganflow import checkpoints
+    from ganflow.fitting import Nowhere, callbacks_for
+    from ganflow.prepare import prepare
+    from ganflow.resolve import resolve
+
+    prepared = prepare(resolve(configure(plugins, "toy", {**FLAGS, "eval_every": 1}), plugins))
+    store = checkpoints.Checkpoints(prepared.gan, workdir / "scratch", 1)
+    worker = callbacks_for(prepared, store, workdir / "scratch")
+    assert worker.watch is None and worker.evaluations is None
+    assert isinstance(worker.logger.outbox, Nowhere)
+    assert [type(c).__name__ for c in worker] == ["DivergenceGuard", "MlflowLogger",
+                                                  "CheckpointCallback"]
+    assert worker.saver.every == 4  # --checkpoint-every, as the chief's
+
+
+def test_a_fit_from_inside_an_epoch_finishes_it_then_trains_whole_epochs(plugins, workdir):
+    import keras
+
+    from ganflow.data import training_pipeline
+    from ganflow.fitting import fit_from
+    from ganflow.prepare import prepare
+    from ganflow.resolve import resolve
+
+    prepared = prepare(resolve(configure(plugins, "toy", FLAGS), plugins))
+    epochs = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: epochs.append([epoch, 0]),
+        on_train_batch_end=lambda batch, logs: epochs[-1].__setitem__(1, epochs[-1][1] + 1))
+    history = fit_from(prepared.gan, lambda skip: training_pipeline(
+        prepared.source, prepared.per_step, 0).skip(skip), 15, 12, 3, [record], 0,
+        lambda done: 3 if done % 12 else 6)
+    # 9 steps left of epoch 1 (3 calls of 3), then epoch 2 whole (2 calls of 6).
+    assert epochs == [[1, 3], [2, 2]]
+    assert prepared.gan.steps_done.numpy() == 9 + 12 and prepared.gan.steps_per_execution == 6
+    assert len(history.history["d_loss"]) == 1  # the last call's

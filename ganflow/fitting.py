@@ -1,0 +1,155 @@
+"""The third step of a run: ``gan.fit`` with the run's callbacks, from wherever it stands.
+
+One builder (``callbacks_for``) and one fit (``fit``) serve the chief and the other workers of
+``--strategy multiworker`` alike: a worker's callbacks log nowhere and draw nothing, but run
+every collective operation the chief's run (each metric window's read, each checkpoint's
+save), at the same steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ganflow import callbacks, checkpoints, noise
+from ganflow.errors import UsageError
+
+# The most training steps one call into TensorFlow makes by default: a signal, a lost tracking
+# store or a diverged loss is acted on when the call returns, at most this many steps late.
+MOST_STEPS_PER_CALL = 32
+
+
+def steps_per_call(config, steps_per_epoch: int, done: int) -> int:
+    """Training steps per call into TensorFlow (Keras's ``steps_per_execution``) for a
+    ``gan.fit`` that starts after ``done`` steps and ends at an epoch's end: the callbacks see
+    every call's last step only, so a call must end wherever one of them acts (a metric
+    window, a step checkpoint, an epoch's end). By default the most steps, up to
+    ``MOST_STEPS_PER_CALL``, that fit between those; a given ``--steps-per-execution`` must
+    fit there too."""
+    ends = [config.log_every, steps_per_epoch, done % steps_per_epoch]
+    if config.checkpoint_every:
+        ends.append(config.checkpoint_every)
+    most = math.gcd(*ends)
+    wanted = config.steps_per_execution
+    if wanted is None:
+        return max(n for n in range(1, min(most, MOST_STEPS_PER_CALL) + 1) if most % n == 0)
+    if most % wanted:
+        fits = [n for n in range(1, most + 1) if most % n == 0]
+        raise UsageError(
+            f"--steps-per-execution {wanted} does not divide the {most} steps between the "
+            f"run's metric windows (--log-every {config.log_every}), checkpoints and epoch ends "
+            f"({steps_per_epoch} steps): pass one of {', '.join(map(str, fits[-6:]))}")
+    return wanted
+
+
+class Nowhere:
+    """Where a worker that is not the chief logs: nowhere."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _no_view(generator, path, title):
+    return path, {}
+
+
+@dataclass
+class Callbacks:
+    """A run's callbacks, in the order Keras calls them: the guard first (a diverged step is
+    not logged), the tracking watch after the logger (the step it stops at is logged), the
+    checkpoints last (an epoch is logged and evaluated before it is saved)."""
+
+    guard: callbacks.DivergenceGuard
+    logger: callbacks.MlflowLogger
+    saver: checkpoints.CheckpointCallback
+    watch: callbacks.TrackingWatch | None = None
+    evaluations: callbacks.EvaluationLogger | None = None
+
+    def __iter__(self):
+        return iter(c for c in (self.guard, self.logger, self.watch, self.evaluations,
+                                self.saver) if c is not None)
+
+    @property
+    def diverged(self) -> tuple[str, int] | None:
+        """(what, step) when a loss or the weights stopped being finite."""
+        return self.guard.diverged or self.saver.diverged
+
+    @property
+    def span(self) -> int:
+        """How many steps, ending at ``diverged``'s, the divergence may have happened in."""
+        return self.guard.span if self.guard.diverged else 1
+
+
+def callbacks_for(prepared, store: checkpoints.Checkpoints, samples_dir: Path, *,
+                  outbox=None, restored_metrics: dict | None = None, logged_until: int = -1,
+                  report=None) -> Callbacks:
+    """The callbacks of ``prepared``'s run, checkpointing into ``store``. With ``outbox`` (the
+    chief's ``ganflow.outbox.Outbox``) they log, draw samples, watch the tracking store and
+    evaluate; without, they only keep in step. ``restored_metrics``: a checkpoint's running
+    metrics, when it was taken mid-epoch; nothing at or before ``logged_until`` is logged
+    again (a resumed run)."""
+    from ganflow import views
+
+    config, gan, per_epoch = prepared.config, prepared.gan, prepared.steps_per_epoch
+    view = _no_view if outbox is None else views.SampleView(
+        prepared.source, config.latent_dim, config.samples, config.seed,
+        gan.num_classes if gan.conditional else None)
+    made = Callbacks(
+        guard=callbacks.DivergenceGuard(),
+        logger=callbacks.MlflowLogger(outbox or Nowhere(), config.log_every, per_epoch,
+                                      samples_dir, view, logged_until=logged_until,
+                                      resume_metrics=restored_metrics),
+        saver=checkpoints.CheckpointCallback(
+            store, per_epoch if config.checkpoint_every is None else config.checkpoint_every,
+            per_epoch))
+    if outbox is not None:
+        made.watch = callbacks.TrackingWatch(outbox, config.tracking_timeout)
+    if outbox is not None and prepared.evaluator is not None:
+        evaluator = prepared.evaluator
+        made.evaluations = callbacks.EvaluationLogger(
+            outbox, evaluator, config.eval_every, per_epoch,
+            noise.latent(config.eval_samples, config.latent_dim, config.seed, "eval"), report,
+            evaluator.labels(config.eval_samples, config.seed) if gan.conditional else None,
+            logged_until=logged_until, epochs=config.epochs)
+    return made
+
+
+def fit(prepared, run_callbacks: Callbacks, done: int, verbose) -> Any:
+    """Train ``prepared.gan`` from ``done`` training steps to the run's last, SIGTERM
+    stopping it as Ctrl-C does (a ``KeyboardInterrupt`` between two calls into TensorFlow).
+    Returns the last ``fit`` call's history (None when there was nothing left to train)."""
+    from ganflow import signals
+    from ganflow.data import training_pipeline
+
+    config = prepared.config
+    with signals.terminate_as_interrupt():
+        return fit_from(
+            prepared.gan,
+            lambda skip: training_pipeline(prepared.source, prepared.per_step,
+                                           config.seed).skip(skip),
+            done, prepared.steps_per_epoch, config.epochs, list(run_callbacks), verbose,
+            lambda at: steps_per_call(config, prepared.steps_per_epoch, at))
+
+
+def fit_from(gan, pipeline_from, done: int, steps_per_epoch: int, epochs: int, callbacks,
+             verbose, per_call=lambda done: 1):
+    """``gan.fit`` from ``done`` training steps on: a partial epoch first when ``done`` falls
+    inside one (Keras starts epochs only at their beginning), then the remaining epochs. Each
+    call gets the data stream from where it stands (``pipeline_from(steps to skip)``), and
+    makes ``per_call(done)`` steps per call into TensorFlow (see ``steps_per_call``).
+    Returns the last call's history (None when there was nothing left to train)."""
+    history = None
+    epoch, within = divmod(done, steps_per_epoch)
+    common = {"callbacks": callbacks, "verbose": verbose}
+    if within and epoch < epochs:
+        gan.steps_per_call(per_call(done))
+        history = gan.fit(pipeline_from(done), epochs=epoch + 1, initial_epoch=epoch,
+                          steps_per_epoch=steps_per_epoch - within, **common)
+        epoch, done = epoch + 1, (epoch + 1) * steps_per_epoch
+    if epoch < epochs and not gan.stop_training:
+        gan.steps_per_call(per_call(done))
+        history = gan.fit(pipeline_from(done), epochs=epochs, initial_epoch=epoch,
+                          steps_per_epoch=steps_per_epoch, **common)
+    return history

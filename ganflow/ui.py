@@ -1,0 +1,49 @@
+"""``ganflow ui``: the MLflow UI on a store, as a child process that goes when it is stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def serve(uri: str, port: int) -> int:
+    """Run ``mlflow ui`` on ``uri`` at 127.0.0.1:``port`` until it ends (its exit code) or
+    this process is interrupted (0, the server and its children stopped).
+
+    The server gets its own process group: `mlflow ui` serves from a child process of its
+    own, and both must go when this command is stopped (Ctrl-C reaches the whole group from
+    a terminal, but not when this process alone gets SIGINT)."""
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              start_new_session=True)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        stop_group(server, grace=10.0)
+        return 0
+
+
+def stop_group(proc, grace: float) -> None:
+    """SIGTERM to ``proc``'s process group; SIGKILL to what is left of it after ``grace``
+    seconds (and 2 more for the stragglers once ``proc`` itself is gone)."""
+
+    def signal_group(sig) -> bool:
+        try:
+            os.killpg(proc.pid, sig)
+            return True
+        except ProcessLookupError:  # nobody left in the group
+            return False
+
+    signal_group(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 2.0
+    while signal_group(0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    signal_group(signal.SIGKILL)
+    proc.wait()

@@ -1,0 +1,68 @@
+"""`ganflow ui`, and where the command line points a user to see a run."""
+
+import time
+
+import mlflow
+import pytest
+
+from ganflow.summary import ui_command
+
+
+@pytest.mark.parametrize("uri, flag, expected", [
+    ("http://127.0.0.1:5000", "", "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+                                  "?workflowType=machine_learning"),
+    ("sqlite:////a/mlflow.db", " --tracking-uri sqlite:////a/mlflow.db",
+     "ganflow ui --tracking-uri sqlite:////a/mlflow.db  (starts the MLflow UI on this store, "
+     "at this run)"),
+])
+def test_ui_command(uri, flag, expected):
+    assert ui_command(uri, "3", "abc", flag) == expected
+
+
+@pytest.mark.slow
+def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment("ganflow")
+        with mlflow.start_run():
+            pass
+        with mlflow.start_run() as newest:
+            mlflow.log_metric("d_loss", 0.5, step=1)
+    finally:
+        mlflow.set_tracking_uri(None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Ctrl-C as a terminal gives it: a suite started in the background (`pytest &`, nohup)
+    # ignores SIGINT, and a child that inherits that would ignore the test's SIGINT.
+    proc = subprocess.Popen([sys.executable, "-m", "ganflow", "ui", "--tracking-uri", uri,
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=workdir,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        base = f"http://127.0.0.1:{port}"
+        assert lines[1].strip() == (
+            f"newest run: {base}/#/experiments/{newest.info.experiment_id}/runs/"
+            f"{newest.info.run_id}?workflowType=machine_learning")
+        api = f"{base}/api/2.0/mlflow/runs/get?run_id={newest.info.run_id}"
+        for _ in range(120):  # until the server answers
+            try:
+                with urllib.request.urlopen(api, timeout=2) as answer:
+                    body = answer.read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert '"d_loss"' in body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    with socket.socket() as s:  # the server went with it
+        assert s.connect_ex(("127.0.0.1", port)) != 0

@@ -78,8 +78,7 @@ def main() -> None:
     from ganflow.data import training_pipeline
     from ganflow.devices import resolve_precision
     from ganflow.plugins import load_plugins
-    from ganflow.fitting import steps_per_call
-    from ganflow.prepare import prepare
+    from ganflow.prepare import prepare, steps_per_call
     from ganflow.resolve import configure, resolve
     from ganflow.runner import run
 
@@ -95,7 +94,7 @@ def main() -> None:
 
     def bare(per_call: int = 1) -> tuple[float, float]:
         prepared = prepare(resolve(config(), plugins))
-        prepared.gan.steps_per_call(per_call)
+        prepared.gan.set_steps_per_execution(per_call)
         clock = EpochClock()
         ticks = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: clock.mark())
         prepared.gan.fit(training_pipeline(prepared.source, prepared.per_step, 0),

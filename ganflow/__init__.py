@@ -19,12 +19,11 @@ The public API, for users and plugin authors:
 import pluggy
 
 from ganflow.devices import replicas
-from ganflow.errors import GanflowError, PluginError, UsageError
+from ganflow.errors import GanflowDeprecationWarning, GanflowError, PluginError, UsageError
 from ganflow.mixture import Mixture
 from ganflow.net import reachable
 from ganflow.settings import Setting
-from ganflow.step import (LOG_4, GanflowDeprecationWarning, Regularization, Regularizer, Step,
-                          StepLoss, value_function)
+from ganflow.step import LOG_4, Regularization, Regularizer, Step, StepLoss, value_function
 from ganflow.training import TrainingSetup
 from ganflow.types import (
     Architecture,

@@ -66,8 +66,8 @@ def reports_errors(command=None, *, tensorflow: bool = True):
 
 
 def config_options(command):
-    """One option per RunConfig field that has a flag (recipe and plugin_modules have their
-    own); a list field's option is singular and repeatable."""
+    """One option per RunConfig field that has a flag (recipe, plugin_modules and
+    disable_plugins have their own); a list field's option is singular and repeatable."""
     for name, field in reversed(FIELDS.items()):
         meta = field.metadata
         if not meta["flag"]:
@@ -170,9 +170,11 @@ def run(recipe, config_file, quiet, verbose, **flags):
 @click.option("--output-dir", metavar="DIR",
               help="the folder the run's checkpoints are in (default: the one it was started "
               "with)")
+@plugin_options
 @progress_options
 @reports_errors
-def resume(run_id, epochs, lr_g, lr_d, tracking_uri, output_dir, quiet, verbose):
+def resume(run_id, epochs, lr_g, lr_d, tracking_uri, output_dir, plugin_modules,
+           disable_plugins, quiet, verbose):
     """Continue RUN_ID from its newest checkpoint, in the same MLflow run, with the settings
     it was started with (the learning rates and the number of epochs may change)."""
     from ganflow import tracking
@@ -182,7 +184,9 @@ def resume(run_id, epochs, lr_g, lr_d, tracking_uri, output_dir, quiet, verbose)
 
     tracking.use_tracking_uri(tracking_uri, must_exist=True)
     config = resume_config(run_id, {"epochs": epochs, "lr_g": lr_g, "lr_d": lr_d,
-                                    "tracking_uri": tracking_uri, "output_dir": output_dir})
+                                    "tracking_uri": tracking_uri, "output_dir": output_dir,
+                                    "plugin_modules": plugin_modules or None,
+                                    "disable_plugins": disable_plugins or None})
     result = run_gan(config, loaded(config.plugin_modules, config.disable_plugins),
                      verbose=keras_verbosity(quiet, verbose),
                      report=None if quiet else click.echo, resume_run_id=run_id)
@@ -228,8 +232,8 @@ def ui(tracking_uri, port):
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @reports_errors
 def plugins(plugin_modules, disable_plugins, as_json):
-    """List every recipe, trainer, loss, regularizer, optimizer, schedule, dataset,
-    architecture and feature extractor, with the plugin that provides it and its settings."""
+    """List everything the plugins registered, kind by kind (recipes, losses, datasets, ...),
+    with the plugin that provides it and its settings."""
     from ganflow.settings import TYPES
 
     registries = loaded(plugin_modules, disable_plugins).registries

@@ -26,6 +26,11 @@ class TrainingDiverged(GanflowError):
     exit_code = 1
 
 
+class GanflowDeprecationWarning(FutureWarning):
+    """Something ganflow still accepts but will not always: shown by default (unlike a
+    DeprecationWarning), as it is meant for plugin authors running the command line."""
+
+
 def last_line(exc: BaseException) -> str:
     """An exception's last line of text: what went wrong, without the story before it."""
     lines = str(exc).strip().splitlines()

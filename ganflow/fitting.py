@@ -8,41 +8,12 @@ save), at the same steps.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ganflow import callbacks, checkpoints, noise
-from ganflow.errors import UsageError
-
-# The most training steps one call into TensorFlow makes by default: a signal, a lost tracking
-# store or a diverged loss is acted on when the call returns, at most this many steps late.
-MOST_STEPS_PER_CALL = 32
-
-
-def steps_per_call(config, steps_per_epoch: int, done: int) -> int:
-    """Training steps per call into TensorFlow (Keras's ``steps_per_execution``) for a
-    ``gan.fit`` that starts after ``done`` steps and ends at an epoch's end: the callbacks see
-    every call's last step only, so a call must end wherever one of them acts (a metric
-    window, a step checkpoint, an epoch's end). By default the most steps, up to
-    ``MOST_STEPS_PER_CALL``, that fit between those; a given ``--steps-per-execution`` must
-    fit there too."""
-    ends = [config.log_every, steps_per_epoch, done % steps_per_epoch]
-    if config.checkpoint_every:
-        ends.append(config.checkpoint_every)
-    most = math.gcd(*ends)
-    wanted = config.steps_per_execution
-    if wanted is None:
-        return max(n for n in range(1, min(most, MOST_STEPS_PER_CALL) + 1) if most % n == 0)
-    if most % wanted:
-        fits = [n for n in range(1, most + 1) if most % n == 0]
-        raise UsageError(
-            f"--steps-per-execution {wanted} does not divide the {most} steps between the "
-            f"run's metric windows (--log-every {config.log_every}), checkpoints and epoch ends "
-            f"({steps_per_epoch} steps): pass one of {', '.join(map(str, fits[-6:]))}")
-    return wanted
-
+from ganflow.prepare import steps_per_call
 
 class Nowhere:
     """Where a worker that is not the chief logs: nowhere."""
@@ -55,7 +26,7 @@ def _no_view(generator, path, title):
     return path, {}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Callbacks:
     """A run's callbacks, in the order Keras calls them: the guard first (a diverged step is
     not logged), the tracking watch after the logger (the step it stops at is logged), the
@@ -93,27 +64,24 @@ def callbacks_for(prepared, store: checkpoints.Checkpoints, samples_dir: Path, *
     from ganflow import views
 
     config, gan, per_epoch = prepared.config, prepared.gan, prepared.steps_per_epoch
-    view = _no_view if outbox is None else views.SampleView(
-        prepared.source, config.latent_dim, config.samples, config.seed,
-        gan.num_classes if gan.conditional else None)
-    made = Callbacks(
+    tracked = outbox is not None
+    view = views.SampleView(prepared.source, config.latent_dim, config.samples, config.seed,
+                            gan.num_classes if gan.conditional else None) if tracked else _no_view
+    evaluator = prepared.evaluator if tracked else None
+    return Callbacks(
         guard=callbacks.DivergenceGuard(),
         logger=callbacks.MlflowLogger(outbox or Nowhere(), config.log_every, per_epoch,
                                       samples_dir, view, logged_until=logged_until,
                                       resume_metrics=restored_metrics),
         saver=checkpoints.CheckpointCallback(
             store, per_epoch if config.checkpoint_every is None else config.checkpoint_every,
-            per_epoch))
-    if outbox is not None:
-        made.watch = callbacks.TrackingWatch(outbox, config.tracking_timeout)
-    if outbox is not None and prepared.evaluator is not None:
-        evaluator = prepared.evaluator
-        made.evaluations = callbacks.EvaluationLogger(
+            per_epoch),
+        watch=callbacks.TrackingWatch(outbox, config.tracking_timeout) if tracked else None,
+        evaluations=None if evaluator is None else callbacks.EvaluationLogger(
             outbox, evaluator, config.eval_every, per_epoch,
             noise.latent(config.eval_samples, config.latent_dim, config.seed, "eval"), report,
             evaluator.labels(config.eval_samples, config.seed) if gan.conditional else None,
-            logged_until=logged_until, epochs=config.epochs)
-    return made
+            logged_until=logged_until, epochs=config.epochs))
 
 
 def fit(prepared, run_callbacks: Callbacks, done: int, verbose) -> Any:
@@ -144,12 +112,12 @@ def fit_from(gan, pipeline_from, done: int, steps_per_epoch: int, epochs: int, c
     epoch, within = divmod(done, steps_per_epoch)
     common = {"callbacks": callbacks, "verbose": verbose}
     if within and epoch < epochs:
-        gan.steps_per_call(per_call(done))
+        gan.set_steps_per_execution(per_call(done))
         history = gan.fit(pipeline_from(done), epochs=epoch + 1, initial_epoch=epoch,
                           steps_per_epoch=steps_per_epoch - within, **common)
         epoch, done = epoch + 1, (epoch + 1) * steps_per_epoch
     if epoch < epochs and not gan.stop_training:
-        gan.steps_per_call(per_call(done))
+        gan.set_steps_per_execution(per_call(done))
         history = gan.fit(pipeline_from(done), epochs=epochs, initial_epoch=epoch,
                           steps_per_epoch=steps_per_epoch, **common)
     return history

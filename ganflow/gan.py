@@ -164,7 +164,7 @@ class GAN(keras.Model):
         ``shuffle`` is off by default (Keras ignores it for a dataset, and warns)."""
         return super().fit(x, *args, shuffle=shuffle, **kwargs)
 
-    def steps_per_call(self, steps: int) -> None:
+    def set_steps_per_execution(self, steps: int) -> None:
         """Make ``steps`` training steps per call into TensorFlow from the next ``fit`` on:
         what ``compile(steps_per_execution=...)`` sets; the count is part of the traced loop,
         so the train function is made again."""
@@ -377,7 +377,7 @@ def _loss_scaled(optimizer, network):
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return optimizer
     if any(getattr(layer, "compute_dtype", None) == "float16"
-           for layer in network._flatten_layers()):
+           for layer in (network, *network.layers)):
         return keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 

@@ -18,7 +18,7 @@ becomes an MLflow param (``loss.gp``).
 
 Each hook registers one kind of plugin; ``ganflow.kinds.KINDS`` is the table of kinds (which
 hook, which registry, how a run's settings name one), so a new kind is a hook here and one
-entry there. A user switches a plugin off with ``--disable-plugin NAME`` (``ganflow.plugins``).
+entry there.
 
 Errors: raise ``ganflow.UsageError`` for a user's mistake (a one-line message, exit code 2).
 Any other exception from a plugin's code becomes a one-line error naming the plugin and what

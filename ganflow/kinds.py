@@ -22,10 +22,12 @@ from ganflow.settings import Setting
 class Use:
     """One place a run uses a kind: ``slot`` names it in params and provider tags
     (``{name}`` stands for the registered name, for a list of them), ``keys`` the settings
-    that name it, the first one set winning (``g_optimizer``, else ``optimizer``)."""
+    that name it, the first one set winning (``g_optimizer``, else ``optimizer``);
+    ``repeatable``: a list may name one twice (an augmentation applied twice)."""
 
     slot: str
     keys: tuple[str, ...]
+    repeatable: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ KINDS = (
          settings=True, uses=(Use("trainer", ("trainer",)),)),
     Kind("augmentation", "ganflow_register_augmentations", "augmentations",
          _factory_or(_callable("callable as augmentation(x, seed_generator)")), settings=True,
-         uses=(Use("augment.{name}", ("augment",)),)),
+         uses=(Use("augment.{name}", ("augment",), repeatable=True),)),
     Kind("loss", "ganflow_register_losses", "losses", _factory_or(_loss), settings=True,
          uses=(Use("loss", ("loss",)),)),
     Kind("regularizer", "ganflow_register_regularizers", "regularizers",

@@ -6,10 +6,9 @@ everything a plugin's code does later goes through ``call``, which turns its fai
 one line naming the plugin. Which kinds there are, and how a run names each, is
 ``ganflow.kinds.KINDS``.
 
-Plugins are switched off as pytest switches them off (``-p no:NAME``): ``--disable-plugin
-NAME`` (a provider as ``ganflow plugins`` shows it) is never registered, and an entry point
-never imported; ``GANFLOW_DISABLE_PLUGIN_AUTOLOAD=1`` skips every installed package's entry
-points, while the built-ins and ``--plugin-module`` stay.
+``load_plugins`` leaves out what ``--disable-plugin`` names and, with
+``GANFLOW_DISABLE_PLUGIN_AUTOLOAD=1``, every installed package's entry points (docs/running.md,
+"What ganflow loads", says what a user sees).
 """
 
 from __future__ import annotations
@@ -22,18 +21,23 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pluggy
 
 from ganflow import hookspecs
-from ganflow.errors import GanflowError, PluginError, UsageError, last_line
+from ganflow.entries import Component, Entry, Registry, UnknownName, build_architecture
+from ganflow.errors import PluginError, UsageError, last_line
 from ganflow.kinds import BY_NAME, KINDS, Kind
-from ganflow.settings import Setting, check_declarations, convert, resolve, split_spec
+from ganflow.settings import check_declarations, convert, resolve, split_spec
+
+__all__ = ["Component", "Entry", "Plugins", "Registry", "UnknownName", "build_architecture",
+           "load_plugins"]
 
 ENTRY_POINT_GROUP = "ganflow"
 HOOK_PREFIX = "ganflow_"
 NO_AUTOLOAD = "GANFLOW_DISABLE_PLUGIN_AUTOLOAD"
+REPEATED = "#"  # marks the slot of a plugin named again (``--augment translation`` twice)
 
 # The built-in plugins, loaded by name exactly as a third-party module would be.
 DEFAULT_PLUGINS = (
@@ -51,143 +55,33 @@ DEFAULT_PLUGINS = (
 
 
 @dataclass(frozen=True)
-class Entry:
-    """One registered thing: its kind and name, the object, the plugin that registered it."""
+class SwitchedOff:
+    """What was not loaded: the built-in modules switched off and what they register (kind,
+    name), and whether a third-party plugin was (never imported: what it registers is not
+    known)."""
 
-    kind: str
-    name: str
-    obj: Any
-    plugin: str
-    description: str = ""
-    argument: str | None = None  # datasets, architectures: the placeholder after "name:"
-    argument_optional: bool = False
-    settings: dict[str, Setting] = field(default_factory=dict)
+    builtins: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> module
+    third_party: bool = False
 
-    @property
-    def usage(self) -> str:
-        """How the name is written: ``folder:PATH``, ``mlp[:SIZES]``, ``wgan[:SETTINGS]``."""
-        if self.settings:
-            return f"{self.name}[:SETTINGS]"
-        if not self.argument:
-            return self.name
-        return f"{self.name}[:{self.argument}]" if self.argument_optional else f"{self.name}:{self.argument}"
-
-    def call(self, doing: str, function: Callable, *args, **kwargs):
-        """``function(*args, **kwargs)``: a failure in the plugin's code becomes a PluginError
-        that names the plugin, this entry and what it was doing, with the error's last line.
-        A ``GanflowError`` the plugin raised on purpose passes as it is."""
-        try:
-            return function(*args, **kwargs)
-        except GanflowError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {self.plugin}: {self.kind} {self.name!r} failed {doing}: "
-                f"{type(exc).__name__}: {last_line(exc)}".rstrip(": ")
-                + " (ganflow --debug shows the traceback)") from exc
-
-    def problem(self, exc: Exception) -> PluginError:
-        """``exc`` (about this entry's object) as an error naming the plugin and the entry."""
-        return PluginError(f"plugin {self.plugin}: {self.kind} {self.name!r}: {exc}")
-
-
-@dataclass(frozen=True)
-class Component:
-    """A registered thing as a run names it: ``--loss wgan:gp=5`` (its settings), ``--dataset
-    folder:PATH`` (its argument), ``--regularizer r1:every=16`` (``engine``: the settings the
-    engine gives every one of its kind)."""
-
-    entry: Entry
-    values: dict[str, Any] = field(default_factory=dict)
-    argument: str | None = None
-    engine: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.entry.name
-
-    @property
-    def plugin(self) -> str:
-        return self.entry.plugin
-
-    def build(self, *args):
-        """The object a run uses: the registered factory called with ``args`` and the
-        settings, or the registered object itself when it takes neither."""
-        if not args and not self.entry.settings:
-            return self.entry.obj
-        return self.entry.call("to build", self.entry.obj, *args, **self.values)
-
-    def params(self, prefix: str) -> dict[str, Any]:
-        """Each setting that has a value as an MLflow param: ``{prefix}.{key}``."""
-        return {f"{prefix}.{key}": value for key, value in {**self.values, **self.engine}.items()
-                if value is not None}
-
-
-class Registry:
-    """Named things of one kind; refuses duplicates and answers unknown names helpfully."""
-
-    def __init__(self, kind: Kind):
-        self.kind = kind.name
-        self.spec = kind
-        self._entries: dict[str, Entry] = {}
-
-    def add(self, entry: Entry) -> None:
-        if not isinstance(entry.name, str) or not entry.name or ":" in entry.name:
-            raise PluginError(
-                f"plugin {entry.plugin} registered a {self.kind} named {entry.name!r}: "
-                "a name must be a non-empty string without ':'"
-            )
-        if entry.name in self._entries:
-            first = self._entries[entry.name].plugin
-            raise PluginError(
-                f"{self.kind} {entry.name!r} is registered by two plugins, {first} and "
-                f"{entry.plugin}: uninstall one of them or rename its {self.kind}"
-            )
-        self.spec.check(entry)
-        self._entries[entry.name] = entry
-
-    def remove(self, name: str) -> None:
-        self._entries.pop(name, None)
-
-    def get(self, name: str) -> Entry:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise UsageError(self._unknown(name)) from None
-
-    def _unknown(self, name: str) -> str:
-        known = sorted(self._entries)
-        message = f"unknown {self.kind} {name!r}; known: {', '.join(known) or '(none)'}"
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-        if close:
-            message += f" (did you mean {close[0]!r}?)"
-        return message
-
-    def __iter__(self) -> Iterator[Entry]:
-        return iter(sorted(self._entries.values(), key=lambda e: e.name))
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries
+    def why(self, kind: str, name: str) -> str | None:
+        """Why a recipe naming ``kind`` ``name``, which nothing loaded registers, goes: None
+        when nothing switched off could have provided it (the recipe's own mistake)."""
+        if (kind, name) in self.builtins:
+            return (f"it uses {kind} {name!r}, from {self.builtins[kind, name]}, which is "
+                    "switched off (--disable-plugin)")
+        if self.third_party:
+            return (f"it uses {kind} {name!r}, which no plugin loaded now provides (one "
+                    "switched off by --disable-plugin or GANFLOW_DISABLE_PLUGIN_AUTOLOAD may)")
+        return None
 
 
 class Plugins:
-    """Everything the loaded plugins registered: one ``Registry`` per kind, as attributes
-    (``plugins.losses``), built from ``ganflow.kinds.KINDS``."""
+    """Everything the loaded plugins registered: one ``Registry`` per kind of
+    ``ganflow.kinds.KINDS``, as the attribute the table names (``plugins.losses``)."""
 
-    losses: Registry
-    regularizers: Registry
-    augmentations: Registry
-    trainers: Registry
-    optimizers: Registry
-    schedules: Registry
-    datasets: Registry
-    architectures: Registry
-    recipes: Registry
-    features: Registry
-
-    def __init__(self, pm: pluggy.PluginManager, disabled: tuple[str, ...] = ()):
+    def __init__(self, pm: pluggy.PluginManager, switched_off: SwitchedOff | None = None):
         self.pm = pm
-        self.disabled = disabled
+        self.switched_off = switched_off or SwitchedOff()
         for kind in KINDS:
             registry = Registry(kind)
             setattr(self, kind.attribute, registry)
@@ -198,8 +92,8 @@ class Plugins:
         """Every name and plugin setting a recipe gives exists and is valid (nothing is built
         or loaded): a recipe's typo shows in ``ganflow plugins``, not only when it runs.
 
-        With plugins switched off, a recipe naming what is not registered goes with them (it
-        may name what they provide): listed nowhere, an unknown recipe if asked for."""
+        With plugins switched off, a recipe naming what no loaded plugin provides goes with
+        them: listed nowhere, and refused, saying why, if asked for."""
         from ganflow.config import recipe_layer
         from ganflow.config import resolve as resolve_config
 
@@ -207,10 +101,13 @@ class Plugins:
             config = resolve_config(recipe_layer(entry.name, entry.obj))
             try:
                 self.choose_all(config)
+            except UnknownName as exc:
+                why = self.switched_off.why(exc.kind, exc.name)
+                if why is None:
+                    raise PluginError(f"plugin {entry.plugin}: recipe {entry.name}: {exc}") \
+                        from None
+                self.recipes.remove(entry.name, why)
             except UsageError as exc:
-                if self.disabled:
-                    self.recipes.remove(entry.name)
-                    continue
                 raise PluginError(f"plugin {entry.plugin}: recipe {entry.name}: {exc}") from None
 
     def choose_all(self, config) -> dict[str, Component]:
@@ -229,10 +126,12 @@ class Plugins:
                 for spec in (specs if isinstance(specs, tuple) else (specs,)):
                     component = self.choose(kind.name, spec, flag(key))
                     slot = use.slot.format(name=component.name)
-                    if slot in chosen:
+                    if slot in chosen and not use.repeatable:
                         names = ", ".join(split_spec(spec)[0] for spec in specs)
                         raise UsageError(f"{flag(key)}: each {kind.name} may be given once, "
                                          f"got {names}")
+                    while slot in chosen:  # a repeated one: its params are the last's
+                        slot += REPEATED
                     chosen[slot] = component
         return chosen
 
@@ -316,15 +215,6 @@ class Plugins:
         return entry, (argument if sep and argument else None)
 
 
-def build_architecture(chosen: Component):
-    """The architecture an ``--arch`` names: the registered object, or, when registered with
-    an argument, the factory called with it (None when an optional one is left out)."""
-    if not chosen.entry.argument:
-        return chosen.entry.obj
-    return chosen.entry.call(f"to build from {chosen.entry.name}:{chosen.argument or ''}",
-                             chosen.entry.obj, chosen.argument)
-
-
 def load_plugins(plugin_modules: tuple[str, ...] = (), disable: tuple[str, ...] = ()) -> Plugins:
     """Load built-ins, then the ``ganflow`` entry points, then each ``--plugin-module``, but
     none that ``disable`` names (see the module docstring).
@@ -335,16 +225,14 @@ def load_plugins(plugin_modules: tuple[str, ...] = (), disable: tuple[str, ...] 
     pm = pluggy.PluginManager("ganflow")
     pm.add_hookspecs(hookspecs)
     autoload = os.environ.get(NO_AUTOLOAD, "").strip() in ("", "0")
-    entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)) if autoload \
-        else []
-    _check_disabled(disable, [*DEFAULT_PLUGINS, *(ep.name for ep in entry_points),
-                              *plugin_modules])
+    installed = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    _check_disabled(disable, [*DEFAULT_PLUGINS, *(ep.name for ep in installed), *plugin_modules])
     for name in disable:
         pm.set_blocked(name)
     for name in DEFAULT_PLUGINS:
         if not pm.is_blocked(name):
             _register(pm, importlib.import_module(name), name)
-    for ep in entry_points:
+    for ep in installed if autoload else ():
         if pm.is_blocked(ep.name):
             continue  # not even imported: a broken plugin switched off stays out of the way
         try:
@@ -375,7 +263,25 @@ def load_plugins(plugin_modules: tuple[str, ...] = (), disable: tuple[str, ...] 
             f"ganflow hook{_did_you_mean(unknown[0])}; the hooks are: "
             f"{', '.join(hook_names())}"
         ) from exc
-    return Plugins(pm, tuple(disable))
+    third_party = any(pm.is_blocked(ep.name) for ep in installed) or (
+        not autoload and bool(installed)) or any(pm.is_blocked(m) for m in plugin_modules)
+    off = SwitchedOff(_registered_by([name for name in DEFAULT_PLUGINS if pm.is_blocked(name)]),
+                      third_party)
+    return Plugins(pm, off)
+
+
+def _registered_by(modules: list[str]) -> dict[tuple[str, str], str]:
+    """(kind, name) -> module, for what the built-in ``modules`` register: what a recipe that
+    names them loses when they are switched off."""
+    registered: dict[tuple[str, str], str] = {}
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        for kind in KINDS:
+            hook = getattr(module, kind.hook, None)
+            if hook is not None:
+                hook(register=lambda name, *args, _kind=kind.name, **kwargs:
+                     registered.setdefault((_kind, name), module_name))
+    return registered
 
 
 def _check_disabled(disable: tuple[str, ...], known: list[str]) -> None:

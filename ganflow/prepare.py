@@ -1,20 +1,32 @@
 """The second step of a run: everything it needs, built and checked, nothing yet started.
 
 ``prepare`` takes a ``Resolved`` and makes the strategy (first: ``--cpu-devices`` splits the
-CPU only before TensorFlow runs anything), loads the data, builds the trainer's model under
-the strategy and dtype policy, sizes the epochs, and builds the evaluator; the result is one
-immutable ``Prepared``. Still no MLflow run exists: a mistake here leaves nothing half made.
+CPU only before TensorFlow runs anything), builds the loss, the regularizers and the
+augmentations from their plugins, loads the data, builds the trainer's model under the
+strategy and dtype policy, sizes the epochs and the calls into TensorFlow, and builds the
+evaluator; the result is one immutable ``Prepared``. Still no MLflow run exists: a mistake
+here leaves nothing half made.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ganflow.errors import PluginError, UsageError
 from ganflow.resolve import Resolved
-from ganflow.step import GENERATOR
+from ganflow.step import GENERATOR, Regularization, as_step_loss, check_regularizer
 from ganflow.types import DatasetOptions
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a GAN run's updates minimize, built from the resolved plugins."""
+
+    loss: Any  # the loss object as registered (a ganflow.StepLoss or a ganflow.Loss), checked
+    regularizations: tuple[Regularization, ...]
+    augment: Callable | None  # the --augment chain as one function (x, seed_generator) -> x
 
 
 @dataclass(frozen=True)
@@ -25,13 +37,17 @@ class Prepared:
     source: Any  # the dataset plugin's DataSource
     gan: Any  # the compiled ganflow.GAN
     steps_per_epoch: int
-    per_step: int  # real examples a training step takes
     worker: Any = None  # the devices.Worker this process is under --strategy multiworker
     evaluator: Any = None  # an evaluation.Evaluator, with --eval-every (the chief's)
 
     @property
     def config(self):
         return self.resolved.config
+
+    @property
+    def per_step(self) -> int:
+        """Real examples a training step takes."""
+        return self.gan.real_per_step(self.config.batch_size)
 
     @property
     def chief(self) -> bool:
@@ -71,8 +87,9 @@ def data_params(source) -> dict[str, Any]:
     }
 
 
-def prepare(resolved: Resolved) -> Prepared:
-    """Build and check everything a run needs (see the module docstring).
+def prepare(resolved: Resolved, worker=None) -> Prepared:
+    """Build and check everything a run needs (see the module docstring); ``worker``: this
+    process's ``devices.Worker`` under ``--strategy multiworker``.
 
     When the recipe, not the user, asked for ``--eval-every`` (``RunConfig.from_recipe``),
     images without labels are not evaluated, with a line on stderr that says so: their
@@ -83,44 +100,43 @@ def prepare(resolved: Resolved) -> Prepared:
 
     from ganflow import devices, evaluation
     from ganflow.data import batches_per_pass
-    from ganflow.fitting import steps_per_call
     from ganflow.gan import GAN
 
     config = resolved.config
-    worker = devices.worker(config.strategy)  # TF_CONFIG checked before anything starts
-    strategy = devices.make_strategy(config.strategy, config.cpu_devices)
-    _check_distribution(config, strategy.num_replicas_in_sync)
     if config.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+    strategy = devices.make_strategy(config.strategy, config.cpu_devices)
+    _check_distribution(config, strategy.num_replicas_in_sync)
     if not callable(getattr(resolved.trainer, "build", None)):
         raise UsageError(f"trainer {config.trainer} fits a density at once: a maximum-"
                          "likelihood run has no model to prepare")
+    objective = build_objective(resolved)
     source = load_source(resolved)
     if config.conditional and not (source.labelled and source.spec.num_classes):
         raise UsageError(f"--conditional needs labelled data, and {config.dataset} has no "
                          "labels: drop --conditional, or use a labelled dataset")
     # Steps per pass as the default step consumes data: the schedules' lengths depend on it.
     per_step = config.batch_size * (
-        config.d_steps + int(GAN.reads_real(resolved.loss, resolved.regularizations)))
+        config.d_steps + int(GAN.reads_real(objective.loss, objective.regularizations)))
     per_pass = batches_per_pass(source.spec.size, config.batch_size, per_step)  # fits at all?
     keras.utils.set_random_seed(config.seed)
     # Networks, EMA copy and optimizers are made in the strategy's scope (mirrored on every
     # replica) and with the run's dtype policy.
     with strategy.scope(), devices.dtype_policy(devices.resolve_precision(config.precision)):
-        gan = _build_model(resolved, setup_for(resolved, source,
-                                               config.steps_per_epoch or per_pass))
+        gan = _build_model(resolved, objective, setup_for(
+            resolved, objective, source, config.steps_per_epoch or per_pass))
     if gan.real_per_step(config.batch_size) != per_step:  # a trainer's own step
-        per_step = gan.real_per_step(config.batch_size)
-        per_pass = batches_per_pass(source.spec.size, config.batch_size, per_step)
+        per_pass = batches_per_pass(source.spec.size, config.batch_size,
+                                    gan.real_per_step(config.batch_size))
         if not config.steps_per_epoch and resolved.components["lr_schedule"].name != "constant":
             trainer = resolved.components["trainer"]
             raise PluginError(
-                f"plugin {trainer.plugin}: trainer {trainer.name!r} takes {per_step} real "
-                f"examples per step where its loss and k ask for "
-                f"{config.batch_size * (config.d_steps + int(gan.generator_uses_real))}: "
-                "the learning-rate schedule would not span the run; pass --steps-per-epoch")
+                f"plugin {trainer.plugin}: trainer {trainer.name!r} takes "
+                f"{gan.real_per_step(config.batch_size)} real examples per step where its loss "
+                f"and k ask for {per_step}: the learning-rate schedule would not span the "
+                "run; pass --steps-per-epoch")
     steps_per_epoch = config.steps_per_epoch or per_pass
     steps_per_call(config, steps_per_epoch, 0)  # a --steps-per-execution that cannot fit: now
 
@@ -136,10 +152,40 @@ def prepare(resolved: Resolved) -> Prepared:
         # Before the run starts: missing weights or unlabelled data must cost seconds.
         evaluator = evaluation.build(resolved.plugins, source, config.dataset, config.features,
                                      config.feature_weights, config.eval_samples, config.seed)
-    return Prepared(resolved, source, gan, steps_per_epoch, per_step, worker, evaluator)
+    return Prepared(resolved, source, gan, steps_per_epoch, worker, evaluator)
 
 
-def setup_for(resolved: Resolved, source, steps_per_epoch: int):
+def build_objective(resolved: Resolved) -> Objective:
+    """The loss, the regularizers and the augmentation chain, each built from its plugin
+    (with its settings) and checked for its contract: a factory's product is only known
+    once built."""
+    steps = [component.build() for _, component in resolved.named("augment")]
+
+    def augment(x, seed_generator):
+        for step in steps:
+            x = step(x, seed_generator)
+        return x
+
+    return Objective(
+        loss=_checked(resolved.components["loss"]),
+        regularizations=tuple(Regularization(name, _checked(component), component.engine["every"])
+                              for name, component in resolved.named("regularizer")),
+        augment=augment if steps else None)
+
+
+def _checked(component):
+    obj = component.build()
+    try:
+        if component.entry.kind == "loss":
+            as_step_loss(obj)
+        else:
+            check_regularizer(obj)
+    except PluginError as exc:
+        raise component.entry.problem(exc) from None
+    return obj
+
+
+def setup_for(resolved: Resolved, objective: Objective, source, steps_per_epoch: int):
     """The ``ganflow.TrainingSetup`` a trainer receives."""
     from ganflow.training import TrainingSetup
 
@@ -152,13 +198,41 @@ def setup_for(resolved: Resolved, source, steps_per_epoch: int):
 
     return TrainingSetup(
         spec=source.spec, source=source, architecture=resolved.architecture,
-        loss=resolved.loss, regularizers=list(resolved.regularizations),
+        loss=objective.loss, regularizers=list(objective.regularizations),
         latent_dim=config.latent_dim, d_steps=config.d_steps, seed=config.seed, ema=config.ema,
         jit_compile=config.jit_compile, steps_per_epoch=steps_per_epoch, epochs=config.epochs,
         make_optimizer=make_optimizer, names={"arch": config.arch, "dataset": config.dataset},
         conditional=config.conditional, architecture_entry=resolved.components["arch"].entry,
-        augment=resolved.augment,
+        augment=objective.augment,
     )
+
+
+# The most training steps one call into TensorFlow makes by default: a signal, a lost tracking
+# store or a diverged loss is acted on when the call returns, at most this many steps late.
+MOST_STEPS_PER_CALL = 32
+
+
+def steps_per_call(config, steps_per_epoch: int, done: int) -> int:
+    """Training steps per call into TensorFlow (Keras's ``steps_per_execution``) for a
+    ``gan.fit`` that starts after ``done`` steps and ends at an epoch's end: the callbacks see
+    every call's last step only, so a call must end wherever one of them acts (a metric
+    window, a step checkpoint, an epoch's end). By default the most steps, up to
+    ``MOST_STEPS_PER_CALL``, that fit between those; a given ``--steps-per-execution`` must
+    fit there too."""
+    ends = [config.log_every, steps_per_epoch, done % steps_per_epoch]
+    if config.checkpoint_every:
+        ends.append(config.checkpoint_every)
+    most = math.gcd(*ends)
+    wanted = config.steps_per_execution
+    if wanted is None:
+        return max(n for n in range(1, min(most, MOST_STEPS_PER_CALL) + 1) if most % n == 0)
+    if most % wanted:
+        fits = [n for n in range(1, most + 1) if most % n == 0]
+        raise UsageError(
+            f"--steps-per-execution {wanted} does not divide the {most} steps between the "
+            f"run's metric windows (--log-every {config.log_every}), checkpoints and epoch ends "
+            f"({steps_per_epoch} steps): pass one of {', '.join(map(str, fits[-6:]))}")
+    return wanted
 
 
 def _check_distribution(config, replicas: int) -> None:
@@ -180,7 +254,7 @@ def _check_distribution(config, replicas: int) -> None:
                              "CPU devices: use --jit off (or auto)")
 
 
-def _build_model(resolved: Resolved, setup):
+def _build_model(resolved: Resolved, objective: Objective, setup):
     """``trainer.build(setup)``, checked to be a compiled ``ganflow.GAN``; a loss or
     regularizer that fails its check before training is named with its plugin."""
     from ganflow.gan import GAN, StepCheckError
@@ -189,10 +263,9 @@ def _build_model(resolved: Resolved, setup):
     try:
         gan = trainer.entry.call("to build the model", resolved.trainer.build, setup)
     except StepCheckError as exc:
-        owners = {id(resolved.loss): resolved.components["loss"]}
-        owners[id(getattr(resolved.loss, "loss", resolved.loss))] = resolved.components["loss"]
-        for use in resolved.regularizations:
-            owners[id(use.regularizer)] = resolved.components[f"regularizer.{use.name}"]
+        owners = {id(objective.loss): resolved.components["loss"]}
+        for (_, component), use in zip(resolved.named("regularizer"), objective.regularizations):
+            owners[id(use.regularizer)] = component
         owner = owners.get(id(exc.component))
         if owner is None:
             raise
@@ -202,4 +275,3 @@ def _build_model(resolved: Resolved, setup):
                           f"{type(gan).__name__}; build(setup) must return a compiled "
                           "ganflow.GAN (or subclass)")
     return gan
-

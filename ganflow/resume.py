@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ganflow.config import CHOICES, RunConfig, resolve
+from ganflow.config import CHOICES, RECIPE, RunConfig, resolve
 from ganflow.errors import UsageError
 
 
@@ -48,6 +48,9 @@ def resume_config(run_id: str, changes: dict[str, Any]) -> RunConfig:
         raise UsageError(f"run {run_id} finished its {before} epochs: to train it longer, pass "
                          f"--epochs N with N > {before}")
     origins = json.loads(run.data.tags.get(tracking.ORIGINS_TAG, "{}"))
+    if tracking.ORIGINS_TAG not in run.data.tags and "eval_features" not in run.data.params:
+        # A run from before origins were kept: it evaluated only if the user asked.
+        origins["eval_every"] = RECIPE + values.get("recipe", "")
     layers: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
         layers.setdefault(origins.get(key, f"run {run_id}"), {})[key] = value
@@ -81,11 +84,6 @@ class Restored:
 
     store: Any  # the run's checkpoints.Checkpoints
     done: int  # training steps done
-
-    @property
-    def metrics(self) -> dict | None:
-        """The epoch's running metrics, when the checkpoint was taken mid-epoch."""
-        return self.store.restored_metrics
 
 
 def restore(prepared, run_id: str) -> Restored:

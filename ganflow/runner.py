@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ganflow import devices, fitting, likelihood, resume, tracking
 from ganflow.config import RunConfig
+from ganflow.errors import UsageError
 from ganflow.outbox import Outbox, TrackingUnavailable, retry
 from ganflow.plugins import Plugins
 from ganflow.prepare import Prepared, prepare
@@ -41,13 +42,17 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     role = devices.worker(config.strategy)  # TF_CONFIG checked before anything starts
     resolved = resolve(config, plugins)
     if role is not None and not role.chief:
-        return _train_as_worker(prepare(resolved), verbose, resume_run_id)
-    # The store before the data: a mistake there must not cost a dataset load.
+        return _train_as_worker(resolved, role, verbose, resume_run_id)
+    # The folder and the store before the data: a mistake there must not cost a dataset load.
+    tracking.check_writable(Path(config.output_dir), "--output-dir")
     tracking_uri = tracking.use_tracking_uri(config.tracking_uri)
     if resolved.fits_density:
+        if resume_run_id:
+            raise UsageError(f"run {resume_run_id} fitted a density at once (trainer "
+                             f"{config.trainer}): there is nothing to resume; run it again")
         return likelihood.run(resolved, tracking_uri)
     with resume.hold(resolved.config.output_dir, resume_run_id):
-        prepared = prepare(resolved)
+        prepared = prepare(resolved, role)
         started = time.perf_counter()
         # Before the run reopens: a checkpoint that cannot be read changes nothing.
         restored = resume.restore(prepared, resume_run_id) if resume_run_id else None
@@ -125,6 +130,7 @@ class TrackedRun:
                 callbacks.logger.catch_up()  # a step may be done whose callbacks were cut short
         except devices.lost_peer_errors() as exc:
             if single_process:
+                self.outbox.close()
                 raise
             raise self._failed(devices.WorkerLost.during(exc, self.store, self.run_id),
                                end=True) from None
@@ -148,9 +154,9 @@ class TrackedRun:
                        interrupted, diverged, callbacks.span)
 
     def finish(self, trained: Trained):
-        """Deliver what was logged, then register the generator (a finished run's), or end
-        the run KILLED (a stopped one's) or FAILED (a diverged one's); returns the
-        ``registry.Registered``."""
+        """Deliver what was logged; then end the run: a finished one's generator logged and
+        registered, a stopped one's logged only (the run KILLED), a diverged one's not at all
+        (FAILED). Returns the ``registry.Registered``."""
         import mlflow
 
         config, outbox = self.prepared.config, self.outbox
@@ -198,8 +204,7 @@ class TrackedRun:
         import mlflow
 
         self.outbox.close()
-        mlflow.set_tags({"ganflow.failure": str(error),
-                         "ganflow.failed_at_step": str(self.store.steps_done)})
+        _tag_failure(str(error), self.store.steps_done)
         if end:
             mlflow.end_run(status="FAILED")
         return error
@@ -208,8 +213,6 @@ class TrackedRun:
         """The error of a run whose losses or weights stopped being finite: it says what and
         where (in one of the ``span`` steps up to the step), and how to go on; the run is
         tagged (MLflow ends it FAILED as the error leaves it), nothing is registered."""
-        import mlflow
-
         from ganflow.errors import TrainingDiverged
 
         what, step = trained.diverged
@@ -217,8 +220,7 @@ class TrackedRun:
         span = trained.span
         at = f"step {step}" if span == 1 else f"one of steps {step - span + 1}-{step}"
         kept = self.store.manager.latest_checkpoint
-        mlflow.set_tags({"ganflow.failure": f"{what} not finite at {at}",
-                         "ganflow.failed_at_step": str(step)})
+        _tag_failure(f"{what} not finite at {at}", step)
         where = (f"the last good checkpoint is {Path(kept).name}: resume from it with lower "
                  f"learning rates: ganflow resume {self.run_id} --lr-g LR --lr-d LR") if kept \
             else "there is no checkpoint yet: start again with lower --lr-g and --lr-d"
@@ -245,6 +247,12 @@ class TrackedRun:
             f"--tracking-uri {self.tracking_uri}")
 
 
+def _tag_failure(what: str, step: int) -> None:
+    import mlflow
+
+    mlflow.set_tags({"ganflow.failure": what, "ganflow.failed_at_step": str(step)})
+
+
 def _mid_epoch(restored: resume.Restored | None, steps_per_epoch: int) -> dict | None:
     """A restored checkpoint's running metrics when it was taken mid-epoch: the epoch's means
     go on from them."""
@@ -253,7 +261,7 @@ def _mid_epoch(restored: resume.Restored | None, steps_per_epoch: int) -> dict |
     return restored.store.restored_metrics
 
 
-def _train_as_worker(prepared: Prepared, verbose, resume_run_id: str | None) -> RunResult:
+def _train_as_worker(resolved, role, verbose, resume_run_id: str | None) -> RunResult:
     """A worker of ``--strategy multiworker`` that is not the chief: it trains in step with
     the chief (``ganflow.fitting``) and keeps nothing.
 
@@ -266,8 +274,8 @@ def _train_as_worker(prepared: Prepared, verbose, resume_run_id: str | None) -> 
     from ganflow import checkpoints
 
     started = time.perf_counter()
+    prepared = prepare(resolved, role)
     restored = resume.restore(prepared, resume_run_id) if resume_run_id else None
-    role = prepared.worker
     with tempfile.TemporaryDirectory(prefix=f"ganflow-worker-{role.index}-") as scratch:
         store = checkpoints.Checkpoints(prepared.gan, Path(scratch) / "checkpoints", 1)
         callbacks = fitting.callbacks_for(prepared, store, Path(scratch),

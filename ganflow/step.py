@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ganflow.errors import PluginError
+from ganflow.errors import GanflowDeprecationWarning, PluginError
 
 DISCRIMINATOR = "discriminator"
 GENERATOR = "generator"
@@ -246,11 +246,6 @@ class LogitLoss(StepLoss):
         return self.loss.generator_loss(step.fake_logits)
 
 
-class GanflowDeprecationWarning(FutureWarning):
-    """Something ganflow still accepts but will not always: shown by default (unlike a
-    DeprecationWarning), as it is meant for plugin authors running the command line."""
-
-
 class Penalty(Regularizer):
     """A logits loss's ``penalty(discriminator, real, fake)`` (deprecated) as the
     discriminator regularizer it is: ``discriminator`` is D as the step calls it (the labels
@@ -280,6 +275,7 @@ class _Discriminate:
 def penalty_of(loss) -> list[Regularization]:
     """The regularization a logits loss's ``penalty`` asks for (with a warning: it is
     deprecated), or none."""
+    loss = loss.loss if isinstance(loss, LogitLoss) else loss
     if loss_protocol(loss) != "logits" or getattr(loss, "penalty", None) is None:
         return []
     import warnings

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 from ganflow import callbacks
 from ganflow.errors import UsageError
-from ganflow.fitting import steps_per_call
+from ganflow.prepare import steps_per_call
 from ganflow.resolve import configure
 from ganflow.runner import run
 

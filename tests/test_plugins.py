@@ -135,6 +135,8 @@ def test_a_broken_plugin_switched_off_lets_work_go_on(broken_installed, cli, wor
     path = write_plugin(tmp_path / "mine.py", DUPLICATE.replace('"minimax"', '"mine"'))
     listed = cli("plugins", "--plugin-module", path, "--json")
     assert listed.exit_code == 0
+    # An entry point may still be named, though not loaded.
+    assert cli("plugins", "--disable-plugin", broken_installed).exit_code == 0
     losses = {row["name"]: row["plugin"] for row in json.loads(listed.stdout)["losses"]}
     assert losses["mine"] == path and losses["minimax"] == "ganflow_plugins.losses"
     result = cli("run", "--plugin", "toy", "--epochs", "1", "--steps-per-epoch", "2",
@@ -151,7 +153,22 @@ def test_a_built_in_recipe_whose_parts_are_switched_off_goes_with_them(cli, work
     assert [row["name"] for row in rows["recipes"]] == ["gmm-mle", "toy", "toy1d"]
     result = cli("run", "--disable-plugin", "ganflow_plugins.regularizers", "-q")
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("Error: unknown recipe 'dcgan'; known: gmm-mle, toy, toy1d")
+    assert result.stderr.strip() == (
+        "Error: recipe 'dcgan' is switched off: it uses regularizer 'r1', from "
+        "ganflow_plugins.regularizers, which is switched off (--disable-plugin)")
+
+
+def test_a_recipe_s_own_mistake_is_still_one_when_plugins_are_switched_off(tmp_path):
+    path = write_plugin(tmp_path / "typo.py", textwrap.dedent("""
+        import ganflow
+
+        @ganflow.hookimpl
+        def ganflow_register_recipes(register):
+            register("typo", {"loss": "non-saturatin"})
+    """))
+    with pytest.raises(PluginError, match=rf"^plugin {path}: recipe typo: unknown loss "
+                                          r"'non-saturatin'"):
+        load_plugins((path,), disable=("ganflow_plugins.gmm",))
 
 
 def test_plugins_switched_off_in_a_config_file_and_mistakes_about_them(cli, workdir):

@@ -2,7 +2,6 @@
 immutable record; nothing loaded."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
@@ -22,11 +21,22 @@ def test_a_run_resolves_every_plugin_it_names_in_the_table_s_order(plugins, work
     # G's optimizer is its own; D's falls back to --optimizer, the recipe's Adam.
     assert (resolved.optimizer("generator").name, resolved.optimizer("discriminator").name) == \
         ("sgd", "adam")
-    (r1,) = resolved.regularizations
-    assert (r1.name, r1.every, r1.regularizer.gamma) == ("r1", 4, 2.0)
-    assert resolved.augment is not None and resolved.architecture.width == 32
+    ((name, r1),) = resolved.named("regularizer")
+    assert (name, r1.engine["every"], r1.values["gamma"]) == ("r1", 4, 2.0)
+    assert [name for name, _ in resolved.named("augment")] == ["color", "translation"]
+    assert resolved.architecture.width == 32 and not resolved.fits_density
     assert resolved.config.output_dir == str(workdir / "ganflow-runs")  # absolute
-    assert not resolved.fits_density
+
+
+def test_an_augmentation_may_come_twice_and_a_regularizer_once(plugins, workdir):
+    twice = resolve(configure(plugins, "toy", {"augment": ("translation:ratio=0.1",
+                                                           "translation:ratio=0.2")}), plugins)
+    assert [(name, c.values["ratio"]) for name, c in twice.named("augment")] == [
+        ("translation", 0.1), ("translation", 0.2)]
+    assert twice.params()["augment.translation.ratio"] == 0.2  # a param holds the last
+    with pytest.raises(UsageError, match=r"^--regularizer: each regularizer may be given once, "
+                                         r"got r1, r1$"):
+        resolve(configure(plugins, "toy", {"regularizers": ("r1", "r1:gamma=2")}), plugins)
 
 
 def test_params_and_providers_come_from_the_resolved_components(plugins, workdir):
@@ -62,16 +72,8 @@ def test_a_maximum_likelihood_run_names_only_what_it_uses(plugins, workdir):
 def test_the_result_is_immutable(plugins, workdir):
     resolved = resolve(configure(plugins, "toy", {}), plugins)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        resolved.loss = None
+        resolved.trainer = None
     with pytest.raises(dataclasses.FrozenInstanceError):
         resolved.config.epochs = 3
     with pytest.raises(TypeError):
         resolved.components["loss"] = None
-
-
-def test_an_unwritable_output_folder_is_refused_before_anything_loads(plugins, workdir):
-    (workdir / "taken").write_text("")
-    with pytest.raises(UsageError, match=r"^--output-dir taken/runs: taken is a file, not a "
-                                         r"folder$"):
-        resolve(configure(plugins, "toy", {"output_dir": str(Path("taken") / "runs")}),
-                plugins)

@@ -32,3 +32,19 @@ def test_a_run_goes_from_its_settings_to_a_registered_generator(plugins, workdir
     assert tags["ganflow.plugin.features"] == "ganflow_plugins.features"
     assert json.loads(tags["ganflow.origins"])["arch"] == "recipe toy"
     assert (logged.info.status, result.experiment) == ("FINISHED", "ganflow")
+
+
+def test_an_unwritable_output_folder_or_store_stops_the_run_before_the_data_loads(
+        plugins, workdir, monkeypatch):
+    import pytest
+
+    from ganflow import prepare as preparing
+    from ganflow.errors import UsageError
+
+    monkeypatch.setattr(preparing, "load_source", lambda resolved: pytest.fail("loaded"))
+    (workdir / "taken").write_text("")
+    with pytest.raises(UsageError, match=r"^--output-dir taken/runs: taken is a file, not a "
+                                         r"folder$"):
+        run(configure(plugins, "toy", {"output_dir": "taken/runs"}), plugins, verbose=0)
+    with pytest.raises(UsageError, match=r"^tracking URI ftp://x: MLflow cannot store runs"):
+        run(configure(plugins, "toy", {"tracking_uri": "ftp://x"}), plugins, verbose=0)

@@ -15,6 +15,7 @@ from keras.src.backend.tensorflow import random as tf_random
 
 from ganflow.data import training_pipeline
 from ganflow.gan import GAN
+from ganflow.prepare import build_objective
 from ganflow.resolve import configure, resolve
 
 from test_gan import LATENT
@@ -69,12 +70,12 @@ def same_random_numbers(monkeypatch):
 
 def train(plugins, flags, jit):
     config = configure(plugins, "dcgan", {**flags, "d_steps": 2})
-    resolved = resolve(config, plugins)
+    objective = build_objective(resolve(config, plugins))
     keras.utils.set_random_seed(0)
     gan = GAN(image_generator(), small_discriminator(), LATENT, config.d_steps, seed=0,
-              ema=0.9, augment=resolved.augment)
-    gan.compile(keras.optimizers.SGD(0.05), keras.optimizers.SGD(0.05), resolved.loss,
-                regularizers=resolved.regularizations, jit_compile=jit)
+              ema=0.9, augment=objective.augment)
+    gan.compile(keras.optimizers.SGD(0.05), keras.optimizers.SGD(0.05), objective.loss,
+                regularizers=objective.regularizations, jit_compile=jit)
     start = gan.generator.get_weights() + gan.discriminator.get_weights()
     per_step = gan.real_per_step(8)
     logs = gan.fit(training_pipeline(source(), per_step, seed=0), epochs=1, steps_per_epoch=3,

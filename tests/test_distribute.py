@@ -244,11 +244,13 @@ def test_two_worker_processes_stay_in_step_and_train_as_one_device(tmp_path):
 def test_a_lost_worker_stops_the_cluster_and_every_worker_resumes_from_the_chief(workdir):
     scratch = workdir / "tmp"
     scratch.mkdir()
+    # The recipe's own settings (metric windows of 8 steps) with epochs of 16: two windows an
+    # epoch, as users run it (one step per call into TensorFlow across workers).
     chief, other = start_workers(
-        ["-m", "ganflow", "run", "--epochs", "60", "--steps-per-epoch", "3", "--batch-size",
-         "16", "--eval-every", "0", "-q", "--strategy", "multiworker"], workdir, scratch)
+        ["-m", "ganflow", "run", "--epochs", "60", "--steps-per-epoch", "16", "--eval-every",
+         "0", "-q", "--strategy", "multiworker"], workdir, scratch)
     deadline = time.monotonic() + 240
-    while not list(workdir.glob("ganflow-runs/*/checkpoints/ckpt-6.index")):
+    while not list(workdir.glob("ganflow-runs/*/checkpoints/ckpt-16.index")):
         assert chief.poll() is None and other.poll() is None, finish([chief, other])
         assert time.monotonic() < deadline
         time.sleep(0.2)
@@ -275,15 +277,15 @@ def test_a_lost_worker_stops_the_cluster_and_every_worker_resumes_from_the_chief
                                    workdir, scratch))
     for returncode, out, err in results:
         assert returncode == 0, err[-3000:]
-    assert "Worker 1 (of 2 workers): trained to step 12" in results[1][1]
+    assert "Worker 1 (of 2 workers): trained to step 64" in results[1][1]
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert run.data.params["replicas"] == "2"
     # Only the chief logged: each epoch's mean once, each step window once.
     steps = [m.step for m in client.get_metric_history(run_id, "epoch/mean_d_loss")]
-    assert steps == [3, 6, 9, 12]
+    assert steps == [16, 32, 48, 64]
     windows = [m.step for m in client.get_metric_history(run_id, "d_loss")]
-    assert windows == sorted(set(windows)) and windows[-1] == 12
+    assert windows == list(range(8, 65, 8))
     (version,) = client.search_model_versions("name = 'dcgan-generator'")
     assert version.run_id == run_id
     assert set(scratch.glob("ganflow-worker-*")) == killed  # worker 1 cleaned up its scratch

@@ -4,6 +4,7 @@ and XLA setting.
     python bench/bench_step.py                      # the dcgan recipe on digits
     python bench/bench_step.py --batch-size 64 --d-steps 2 --repeats 7
     python bench/bench_step.py --precision float32 mixed_bfloat16 --jit off
+    python bench/bench_step.py --precision auto --jit off --augment none ada diffaugment
 
 Each variant is built from the same resolved settings (the real plugins, pipeline and
 GAN.train_step), warmed up (tracing and XLA compilation excluded), then timed over --repeats
@@ -22,6 +23,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# --augment NAME -> the run's augment setting.
+AUGMENTS = {"none": None, "ada": ("ada",), "ada-p1": ("ada:p=1.0",),
+            "diffaugment": ("color", "translation", "cutout")}
+
 
 def main():
     from ganflow.config import CHOICES
@@ -37,6 +42,8 @@ def main():
                         choices=CHOICES["precision"],
                         help="dtype policies to time (auto: what it picks here)")
     parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
+    parser.add_argument("--augment", nargs="+", default=["none"], choices=list(AUGMENTS),
+                        help="augmentations of D's inputs to time (none: the recipe's)")
     args = parser.parse_args()
 
     import keras
@@ -53,21 +60,22 @@ def main():
     # Each policy once: `auto` is one of the others on any machine.
     for precision in dict.fromkeys(resolve_precision(p) for p in args.precision):
         for jit in args.jit:
-            config = configure(plugins, args.plugin,
-                               {**flags, "jit": jit, "precision": precision})
-            prepared = prepare(resolve(config, plugins))
-            pipeline = training_pipeline(prepared.source, prepared.per_step, config.seed)
-            prepared.gan.fit(pipeline, epochs=1, steps_per_epoch=args.warmup, verbose=0,
-                             shuffle=False)
-            name = f"{precision}, jit {jit}"
-            variants[name] = (prepared.gan, pipeline, prepared)
+            for augment in args.augment:
+                config = configure(plugins, args.plugin,
+                                   {**flags, "jit": jit, "precision": precision,
+                                    "augment": AUGMENTS[augment]})
+                prepared = prepare(resolve(config, plugins))
+                pipeline = training_pipeline(prepared.source, prepared.per_step, config.seed)
+                prepared.gan.fit(pipeline, epochs=1, steps_per_epoch=args.warmup, verbose=0)
+                name = f"{precision}, jit {jit}" + (f", {augment}" if augment != "none" else "")
+                variants[name] = (prepared.gan, pipeline, prepared)
 
     times = {name: [] for name in variants}
     cpu = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, (gan, pipeline, _) in variants.items():
             started, started_cpu = time.perf_counter(), time.process_time()
-            gan.fit(pipeline, epochs=1, steps_per_epoch=args.steps, verbose=0, shuffle=False)
+            gan.fit(pipeline, epochs=1, steps_per_epoch=args.steps, verbose=0)
             times[name].append((time.perf_counter() - started) / args.steps * 1000)
             cpu[name].append((time.process_time() - started_cpu) / args.steps * 1000)
 

@@ -10,7 +10,8 @@ The public API, for users and plugin authors:
 - ``DataSpec``, ``DataSource``, ``DatasetOptions``, ``Architecture``, ``FittedDensity``,
   ``FeatureOptions``, ``FeatureExtractor``: what the other plugins receive and return.
 - ``reachable(host, port)``: whether the network answers, so a download fails fast offline.
-- ``replicas()``: how many replicas the networks being built will have (``--strategy``).
+- ``replicas()``: how many replicas the networks being built will have (``--strategy``);
+  ``replica_sum(x)``: a statistic summed over a step's replicas (for plugin state).
 - ``Mixture``: a Gaussian mixture with a known density (toy data, fixed P_G's, exact JSD).
 - ``GanflowError``, ``UsageError``, ``PluginError``: errors a user can act on;
   ``GanflowDeprecationWarning``: what still works but will not always.
@@ -18,7 +19,7 @@ The public API, for users and plugin authors:
 
 import pluggy
 
-from ganflow.devices import replicas
+from ganflow.devices import replica_sum, replicas
 from ganflow.errors import GanflowDeprecationWarning, GanflowError, PluginError, UsageError
 from ganflow.mixture import Mixture
 from ganflow.net import reachable
@@ -64,6 +65,7 @@ __all__ = [
     "UsageError",
     "hookimpl",
     "reachable",
+    "replica_sum",
     "replicas",
     "value_function",
 ]

@@ -2,7 +2,8 @@
 
 A checkpoint holds both networks (BatchNorm statistics included), the EMA copy, both
 optimizers' state (moments, iteration counts, learning rates), the noise generators' states
-(G's noise, the plugins' randomness) and the count of training steps done. The data's position
+(G's noise, the plugins' randomness), the plugins' own state (``GAN.plugin_state``: ADA's p)
+and the count of training steps done. The data's position
 needs no saving: the pipeline is a fixed, seeded stream, and a resumed run skips the batches
 already used. With ``tf.train.CheckpointManager`` the last ``keep`` are kept; TensorFlow
 writes each one under a temporary name and renames it when complete, so a kill while writing
@@ -71,6 +72,8 @@ class Checkpoints:
         }
         if gan.ema_generator is not None:
             items["ema_generator"] = gan.ema_generator
+        if gan.plugin_state:  # what plugins keep across steps (ADA's p)
+            items["plugin_state"] = gan.plugin_state
         self.checkpoint = tf.train.Checkpoint(**items)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.directory),
                                                   max_to_keep=keep)

@@ -60,6 +60,10 @@ class RunConfig:
     data_dir: str | None = setting(None, "where tfds data is prepared (tfds's own default if "
                                    "unset)", "DIR")
     image_size: int | None = setting(None, "resize images to N x N pixels", "N")
+    data_fraction: float | None = setting(None, "train on this share of the dataset: a fixed "
+                                          "subset of round(F x size) examples, the same in "
+                                          "every run (evaluations still compare with the whole "
+                                          "dataset)", "F")
     epochs: int = setting(1, "passes over the data")
     batch_size: int = setting(64, "m: examples per discriminator update and noise samples per "
                               "update")
@@ -347,6 +351,9 @@ def _check(config: RunConfig) -> None:
         raise UsageError("--jit on and --deterministic do not go together: Keras compiles "
                          "without XLA under op determinism (not every XLA op is "
                          "deterministic); drop one of them")
+    if config.data_fraction is not None and not 0 < config.data_fraction <= 1:
+        raise UsageError(f"--data-fraction must be in (0, 1], e.g. 0.1, got "
+                         f"{config.data_fraction}")
     if config.ema is not None and not 0 < config.ema < 1:
         raise UsageError(f"--ema must be in (0, 1), e.g. 0.999, got {config.ema}")
     if not config.experiment.strip():

@@ -186,6 +186,18 @@ def replica():
     return context.replica_id_in_sync_group, count
 
 
+def replica_sum(x):
+    """``x`` summed over the replicas of the training step under way (itself with one
+    replica, or outside a step): a statistic each replica then holds alike, so that plugin
+    state updated from it stays the same on every replica."""
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return x
+    return context.all_reduce("SUM", x)
+
+
 def resolve_precision(precision: str) -> str:
     """``--precision`` as a Keras dtype policy name: ``auto`` is mixed_bfloat16 where the
     hardware computes in bfloat16 (a GPU of compute capability 8 or more, or a CPU with

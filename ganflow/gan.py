@@ -20,7 +20,7 @@ from keras import ops
 from ganflow import devices, noise
 from ganflow.errors import PluginError, UsageError, last_line
 from ganflow.step import (DISCRIMINATOR, GENERATOR, LOG_4, LogitLoss, Penalty, Regularization,
-                          Step, as_step_loss, penalty_of, value_function)
+                          Step, as_step_loss, penalty_of, plugin_objects, value_function)
 
 __all__ = ["GAN", "LOG_4", "value_function"]
 
@@ -112,6 +112,14 @@ class GAN(keras.Model):
         self.regularizations = [r if isinstance(r, Regularization)
                                 else Regularization(type(r).__name__.lower(), r)
                                 for r in regularizers] + penalty_of(loss)
+        # The plugin objects, which may keep state across steps (ganflow.hookspecs, "State"):
+        # those that follow D after each of its updates, and those that log metrics of their
+        # own (the loss's come through gan_loss).
+        self.plugin_objects = plugin_objects(loss, self.regularizations, self.augment)
+        self._observers = [obj for obj in self.plugin_objects
+                           if callable(getattr(obj, "observe", None))]
+        self._reporters = [obj for obj in self.plugin_objects[1:]
+                           if callable(getattr(obj, "metrics", None))]
         # Building the optimizers here, against their own variables, is what tf.distribute and
         # XLA need: no variable may be created inside the compiled step. One forward pass first
         # builds networks that create their weights lazily (subclassed models).
@@ -130,6 +138,13 @@ class GAN(keras.Model):
     @property
     def metrics(self):
         return list(self.trackers.values())
+
+    @property
+    def plugin_state(self) -> dict:
+        """Every plugin object's state variables, by a stable name (its place among the
+        run's plugin objects, then its own name): what checkpoints save and restore."""
+        return {f"{i}_{name}": variable for i, obj in enumerate(self.plugin_objects)
+                for name, variable in (getattr(obj, "state", None) or {}).items()}
 
     @property
     def generator_uses_real(self) -> bool:
@@ -235,8 +250,9 @@ class GAN(keras.Model):
         self.steps_done.assign_add(1)
         self.trackers["d_loss"].update_state(d_loss)
         self.trackers["g_loss"].update_state(g_loss)
-        for name, value in self.gan_loss.metrics(step).items():
-            self.trackers[name].update_state(value)
+        for source in (self.gan_loss, *self._reporters):
+            for name, value in source.metrics(step).items():
+                self.trackers[name].update_state(value)
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
         if self._across_workers:
             # Keras 3.15's fit reduces each replica's logs along axis 0 across workers, which
@@ -253,6 +269,8 @@ class GAN(keras.Model):
             scaled = self.d_optimizer.scale_loss(loss * self._replica_scale())
         variables = self.discriminator.trainable_variables
         self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        for obj in self._observers:  # plugin state that follows D (ADA's p)
+            obj.observe(step)
         return loss, step
 
     def generator_update(self, m, real=None, labels=None):
@@ -345,6 +363,14 @@ class GAN(keras.Model):
                                      f"{tuple(real.shape)} into {tuple(augmented.shape)}",
                                      self.augment)
         names = ["d_loss", "g_loss", *metrics]
+        for obj in self._reporters:
+            more = _attempt(obj, "metrics", lambda: obj.metrics(step))
+            if not isinstance(more, dict):
+                raise StepCheckError(f"{type(obj).__name__}.metrics(step) must return a dict "
+                                     f"of names to scalars, got {type(more).__name__}", obj)
+            for name, value in more.items():
+                _scalar(value, obj, f"metric {name!r}")
+            names += list(more)
         for use in self.regularizations:
             s = step if use.network == DISCRIMINATOR else g_step
             # A deprecated logits-loss penalty is the loss's to answer for.

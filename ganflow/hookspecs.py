@@ -20,6 +20,17 @@ Each hook registers one kind of plugin; ``ganflow.kinds.KINDS`` is the table of 
 hook, which registry, how a run's settings name one), so a new kind is a hook here and one
 entry there.
 
+State: a loss, regularizer or augmentation object may keep state across training steps (ADA's
+augmentation probability, a LeCam regularizer's moving averages). It creates its
+``keras.Variable``s when it is built (the engine builds plugin objects in the tf.distribute
+strategy's scope, so they exist on every replica) and lists them as ``state``, a dict of names
+to variables: the engine checkpoints them and restores them with the run. It may also have
+``observe(step)``, called inside the traced training step after every discriminator update
+with that update's ``ganflow.Step``, to update them; every replica calls it, so sum a
+statistic over the global batch with ``ganflow.replica_sum`` and give each variable
+``aggregation="only_first_replica"``: every replica then computes the same value and keeps
+it. ``metrics(step)``, a dict of scalars, logs it like a loss's metrics (``ada/p``).
+
 Errors: raise ``ganflow.UsageError`` for a user's mistake (a one-line message, exit code 2).
 Any other exception from a plugin's code becomes a one-line error naming the plugin and what
 it was doing (exit code 1; ``ganflow --debug`` shows the traceback).
@@ -79,7 +90,8 @@ def ganflow_register_augmentations(register):
     random per example (``keras.random.*(..., seed=seed_generator)``) and differentiable in
     ``x``. The run's ``--augment`` chain is applied, in the order given, to every input of D
     while training: real and fake examples, in both updates, and inside regularizers that
-    call ``step.discriminate``. Selected with ``--augment NAME[:SETTINGS]``, repeatable.
+    call ``step.discriminate``. An augmentation may keep state (``ada``'s p; see "State"
+    above). Selected with ``--augment NAME[:SETTINGS]``, repeatable.
     """
 
 

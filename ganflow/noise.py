@@ -28,6 +28,7 @@ STREAMS = {
     "plugins": 7,  # randomness of losses and regularizers (Step.seed_generator)
     "labels": 8,  # the labels a conditional generator is asked for in an evaluation
     "example": 9,  # the input example logged with a generator
+    "subset": 10,  # which examples --data-fraction keeps (under seed 0: the same in every run)
 }
 
 

@@ -44,6 +44,7 @@ DEFAULT_PLUGINS = (
     "ganflow_plugins.losses",
     "ganflow_plugins.regularizers",
     "ganflow_plugins.augment",
+    "ganflow_plugins.ada",
     "ganflow_plugins.optimizers",
     "ganflow_plugins.trainers",
     "ganflow_plugins.datasets",

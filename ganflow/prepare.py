@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 from ganflow.errors import PluginError, UsageError
 from ganflow.resolve import Resolved
-from ganflow.step import GENERATOR, Regularization, as_step_loss, check_regularizer
+from ganflow.step import (GENERATOR, Augmentations, Regularization, as_step_loss,
+                          check_regularizer)
 from ganflow.types import DatasetOptions
 
 
@@ -34,7 +35,7 @@ class Prepared:
     """A run's data, model and evaluator, ready to train."""
 
     resolved: Resolved
-    source: Any  # the dataset plugin's DataSource
+    source: Any  # what it trains on: the dataset plugin's DataSource (--data-fraction: a share)
     gan: Any  # the compiled ganflow.GAN
     steps_per_epoch: int
     worker: Any = None  # the devices.Worker this process is under --strategy multiworker
@@ -112,8 +113,12 @@ def prepare(resolved: Resolved, worker=None) -> Prepared:
     if not callable(getattr(resolved.trainer, "build", None)):
         raise UsageError(f"trainer {config.trainer} fits a density at once: a maximum-"
                          "likelihood run has no model to prepare")
-    objective = build_objective(resolved)
-    source = load_source(resolved)
+    # In the strategy's scope: a plugin's state (its keras.Variables) is made on every replica.
+    with strategy.scope():
+        objective = build_objective(resolved)
+    full = load_source(resolved)
+    # Training may see a share of the data; evaluations always compare with all of it.
+    source = full.subset(config.data_fraction) if config.data_fraction else full
     if config.conditional and not (source.labelled and source.spec.num_classes):
         raise UsageError(f"--conditional needs labelled data, and {config.dataset} has no "
                          "labels: drop --conditional, or use a labelled dataset")
@@ -143,14 +148,14 @@ def prepare(resolved: Resolved, worker=None) -> Prepared:
     evaluator = None
     chief = worker is None or worker.chief
     inception_by_default = not config.features and \
-        evaluation.default_features(source) == "inception"
+        evaluation.default_features(full) == "inception"
     if chief and config.eval_every and config.from_recipe("eval_every") and inception_by_default:
         evaluation.log_to_stderr(
             f"Not evaluating: {config.dataset} has no labels for the domain classifier; pass "
             "--eval-every N --features inception to evaluate with InceptionV3")
     elif chief and config.eval_every:
         # Before the run starts: missing weights or unlabelled data must cost seconds.
-        evaluator = evaluation.build(resolved.plugins, source, config.dataset, config.features,
+        evaluator = evaluation.build(resolved.plugins, full, config.dataset, config.features,
                                      config.feature_weights, config.eval_samples, config.seed)
     return Prepared(resolved, source, gan, steps_per_epoch, worker, evaluator)
 
@@ -160,17 +165,11 @@ def build_objective(resolved: Resolved) -> Objective:
     (with its settings) and checked for its contract: a factory's product is only known
     once built."""
     steps = [component.build() for _, component in resolved.named("augment")]
-
-    def augment(x, seed_generator):
-        for step in steps:
-            x = step(x, seed_generator)
-        return x
-
     return Objective(
         loss=_checked(resolved.components["loss"]),
         regularizations=tuple(Regularization(name, _checked(component), component.engine["every"])
                               for name, component in resolved.named("regularizer")),
-        augment=augment if steps else None)
+        augment=Augmentations(steps) if steps else None)
 
 
 def _checked(component):

@@ -231,6 +231,30 @@ class Regularization:
         return getattr(self.regularizer, "network", DISCRIMINATOR)
 
 
+class Augmentations:
+    """The ``--augment`` chain as one function ``(x, seed_generator) -> x``: each
+    augmentation in the order given."""
+
+    def __init__(self, steps):
+        self.steps = tuple(steps)
+
+    def __call__(self, x, seed_generator):
+        for step in self.steps:
+            x = step(x, seed_generator)
+        return x
+
+
+def plugin_objects(loss, regularizations, augment) -> list:
+    """The plugin objects a training step uses, in a fixed order (the loss as registered, the
+    regularizers, the augmentations): where the engine looks for plugin state (``state``,
+    ``observe``, ``metrics``; ``ganflow.hookspecs`` says what they are)."""
+    objects = [loss.loss if isinstance(loss, LogitLoss) else loss]
+    objects += [use.regularizer for use in regularizations
+                if not isinstance(use.regularizer, Penalty)]
+    objects += list(getattr(augment, "steps", [augment] if augment is not None else []))
+    return objects
+
+
 class LogitLoss(StepLoss):
     """A loss on logits (``ganflow.Loss``: ``discriminator_loss(real_logits, fake_logits)``,
     ``generator_loss(fake_logits)``) on the step: the short way to write a loss, adapted as

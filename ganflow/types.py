@@ -91,6 +91,32 @@ class DataSource:
         """A fresh ``tf.data.Dataset``: examples, or (example, label) pairs when labelled."""
         return self._make_dataset()
 
+    def subset(self, fraction: float) -> DataSource:
+        """A fixed share of the examples: round(``fraction`` x size) of them, drawn once
+        (the same in every run, whatever its ``--seed``), in the source's order."""
+        import numpy as np
+        import tensorflow as tf
+
+        from ganflow import noise
+        from ganflow.errors import UsageError
+
+        count = round(fraction * self.spec.size)
+        if count < 1:
+            raise UsageError(f"--data-fraction {fraction} of {self.spec.size} examples keeps "
+                             "none: give a larger fraction")
+        keep = np.zeros(self.spec.size, bool)
+        keep[noise.rng(0, "subset").choice(self.spec.size, count, replace=False)] = True
+        kept = tf.constant(keep)
+
+        def make():
+            return self.dataset().enumerate().filter(lambda i, _: kept[i]).map(
+                lambda _, example: example)
+
+        spec = DataSpec(self.spec.shape, count, self.spec.num_classes)
+        return DataSource(spec, make, labelled=self.labelled,
+                          info={**self.info, "fraction": fraction, "full_size": self.spec.size},
+                          density=self.density)
+
     def examples(self):
         """The examples alone, without labels: what a GAN trains on."""
         ds = self.dataset()

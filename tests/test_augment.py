@@ -101,7 +101,7 @@ def test_augment_through_the_cli(cli, workdir):
             run.data.params["augment.cutout.ratio"]) == ("0.25", "0.5")
     bad = cli("run", "--augment", "colour", *TINY)
     assert bad.exit_code == 2
-    assert "unknown augmentation 'colour'; known: color, cutout, translation" in bad.stderr
+    assert "unknown augmentation 'colour'; known: ada, color, cutout, translation" in bad.stderr
 
 
 FLIP = '''

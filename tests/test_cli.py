@@ -196,6 +196,13 @@ def bad(cli, *args):
     (["--output-dir", "README"], "--output-dir README: README is a file, not a folder"),
     (["--config", "binary.yaml"], "--config binary.yaml: cannot read it as text "
                                   "(UnicodeDecodeError): give a JSON or YAML file"),
+    (["--data-fraction", "1.5"], "--data-fraction must be in (0, 1], e.g. 0.1, got 1.5"),
+    (["--data-fraction", "0.0001"], "--data-fraction 0.0001 of 1797 examples keeps none: give a "
+                                    "larger fraction"),
+    (["--augment", "ada:pipe=spin"], "--augment ada: pipe 'spin': no operation spin; the pipes "
+                                     "are blit, geom, color, bg, bgc, the operations xflip, "
+                                     "rotate90, xint, scale, rotate, aniso, xfrac, brightness, "
+                                     "contrast, lumaflip, hue, saturation"),
 ])
 def test_bad_input_is_one_line_exit_2_and_starts_nothing(cli, workdir, args, message):
     (workdir / "README").write_text("a file where a folder should be\n")

@@ -122,3 +122,32 @@ def test_reachable_tells_an_open_port_from_a_closed_one():
         port = server.getsockname()[1]
         assert ganflow.reachable("127.0.0.1", port, timeout=2)
     assert not ganflow.reachable("127.0.0.1", port, timeout=2)  # closed now
+
+
+def test_a_data_fraction_is_a_fixed_subset_and_evaluations_keep_the_whole_dataset(plugins,
+                                                                                   workdir):
+    from ganflow.prepare import prepare
+    from ganflow.resolve import configure, resolve
+
+    def prepared(seed, fraction=0.1):
+        return prepare(resolve(configure(plugins, "dcgan", {
+            "data_fraction": fraction, "seed": seed, "eval_samples": 100,
+            "precision": "float32"}), plugins))
+
+    first, other = prepared(0), prepared(5)
+    assert first.source.spec.size == round(0.1 * 1797) == 180
+    assert first.steps_per_epoch == 180 // 32  # an epoch is a pass over the share
+
+    def examples(p):
+        return np.stack([x for x, _ in p.source.dataset().as_numpy_iterator()])
+
+    chosen = examples(first)
+    assert chosen.shape == (180, 32, 32, 1)
+    np.testing.assert_array_equal(chosen, examples(other))  # the same share whatever the seed
+    assert len({x.tobytes() for x in chosen}) == 180  # no example twice
+    # Evaluations compare with the whole dataset, not the share.
+    assert first.evaluator.params["eval_real_examples"] == 100
+    assert first.params()["data_size"] == 180 and first.params()["data_full_size"] == 1797
+    full = prepare(resolve(configure(plugins, "dcgan", {"eval_samples": 100,
+                                                        "precision": "float32"}), plugins))
+    np.testing.assert_array_equal(first.evaluator.real_features, full.evaluator.real_features)

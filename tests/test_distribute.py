@@ -55,7 +55,7 @@ SAME_AS_ONE_DEVICE = textwrap.dedent("""
         logs = gan.fit(batches, epochs=1, steps_per_epoch=4, verbose=0).history
         weights = [v.numpy() for v in (gan.generator.weights + gan.discriminator.weights
                    + gan.ema_generator.weights + gan.d_optimizer.variables
-                   + gan.g_optimizer.variables)]
+                   + gan.g_optimizer.variables + list(gan.plugin_state.values()))]
         moved = max(float(np.max(np.abs(a - b))) for a, b in zip(start, weights))
         return gan, weights, {k: float(np.squeeze(v[-1])) for k, v in logs.items()}, moved
 
@@ -87,7 +87,10 @@ def run_script(script, *args, timeout=300):
 @pytest.mark.parametrize("flags", [
     {},  # the recipe: non-saturating loss with R1, a gradient penalty (double backprop)
     {"loss": "wgan:gp=0", "regularizers": ["r2:gamma=1,every=2"]},  # lazy, on fakes
-], ids=["non-saturating+r1", "wgan+lazy-r2"])
+    # ADA's state follows the global batch: an identity pipeline (no shift at all) whose p and
+    # r_t, adjusted after every update, must be those of one device.
+    {"augment": ["ada:pipe=xint,xint_max=0.0,interval=1,target=0.0,kimg=0.05"]},
+], ids=["non-saturating+r1", "wgan+lazy-r2", "ada-state"])
 def test_two_replicas_train_as_one_device_on_the_same_global_batch(flags):
     result = run_script(SAME_AS_ONE_DEVICE, json.dumps(flags), "mirrored")
     assert_same_as_one_device(result)

@@ -176,7 +176,7 @@ def test_plugins_switched_off_in_a_config_file_and_mistakes_about_them(cli, work
     result = cli("run", "--plugin", "toy", "--config", "settings.yaml", "--augment", "color",
                  "-q")
     assert result.exit_code == 2
-    assert result.stderr.strip() == "Error: unknown augmentation 'color'; known: (none)"
+    assert result.stderr.strip() == "Error: unknown augmentation 'color'; known: ada"
     result = cli("plugins", "--disable-plugin", "ganflow_plugins.lossess")
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: --disable-plugin ganflow_plugins.lossess: no plugin "

@@ -8,7 +8,6 @@ import mlflow
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras import ops
 from mlflow import MlflowClient
 
 import ganflow

@@ -20,6 +20,7 @@ from ganflow.config import CHOICES, FIELDS, flag, kind_of  # noqa: E402
 from ganflow.errors import GanflowError, UsageError  # noqa: E402
 
 GRID_LIMIT = 10_000  # samples in one picture
+PICTURES = (".png", ".jpg", ".jpeg", ".webp")  # what Pillow and matplotlib both write
 CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
 
 
@@ -307,6 +308,9 @@ def sample(model_uri, count, seed, output, npz, label, tracking_uri):
     from ganflow.images import save_grid
 
     output = Path(output or ("samples.npz" if npz else "samples.png"))
+    if not npz and output.suffix.lower() not in PICTURES:
+        raise UsageError(f"-o {output}: a picture is written as {', '.join(PICTURES)}; raw "
+                         "arrays with --npz")
     if not npz and count > GRID_LIMIT:
         raise UsageError(f"-n {count:,}: a picture shows at most {GRID_LIMIT:,} samples; "
                          "write more with --npz")

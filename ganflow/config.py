@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -125,7 +126,9 @@ class RunConfig:
     samples: int = setting(64, "images in each epoch's sample grid")
     output_dir: str = setting("ganflow-runs", "where sample grids are written locally", "DIR")
     tracking_uri: str | None = setting(None, "MLflow tracking URI (else MLFLOW_TRACKING_URI, "
-                                       "else sqlite:///mlflow.db)", "URI")
+                                       "else sqlite:///mlflow.db); a user:password@ in it goes "
+                                       "to MLFLOW_TRACKING_USERNAME/PASSWORD, never to the run",
+                                       "URI")
     tracking_timeout: float = setting(600.0, "how long the tracking server may stay "
                                       "unreachable (training goes on meanwhile) before the "
                                       "run stops with a checkpoint, to resume later",
@@ -205,6 +208,7 @@ _MAXIMUMS = {
     "batch_size": 1_000_000,
     "d_steps": 1000,
     "cpu_devices": 64,
+    "seed": 2**32 - 1,  # what NumPy and TensorFlow take as a seed
 }
 
 # (field, lowest allowed value) for numbers that must be positive or non-negative.
@@ -300,6 +304,10 @@ def resolve(*layers: tuple[str, dict[str, Any]]) -> RunConfig:
             if value is not None:
                 merged[key] = _coerce(key, value, source)
                 origins[key] = source
+    if merged.get("tracking_uri"):
+        from ganflow.net import credentials_to_environment
+
+        merged["tracking_uri"] = credentials_to_environment(merged["tracking_uri"])
     config = RunConfig(**merged, origins=MappingProxyType(origins))
     _check(config)
     return config
@@ -335,6 +343,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 
 
 def _check(config: RunConfig) -> None:
+    for key in FIELDS:
+        value = getattr(config, key)
+        if kind_of(key) == "float" and value is not None and not math.isfinite(value):
+            raise UsageError(f"{flag(key)} must be a finite number, got {value}")
     for key, lowest in _MINIMUMS.items():
         value = getattr(config, key)
         if value is not None and value < lowest:

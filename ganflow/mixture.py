@@ -21,6 +21,10 @@ from ganflow.errors import UsageError
 SHORT_FORM = "means=-2,2/stds=0.5,0.5/weights=0.5,0.5"
 
 
+MEAN_BOUND = 1e4
+STD_BOUNDS = (1e-3, 1e4)
+
+
 class Mixture:
     """sum_k weights[k] * N(means[k], stds[k]^2 I).
 
@@ -45,6 +49,14 @@ class Mixture:
             raise UsageError(f"a mixture of {k} components needs {k} weights, got {weights.tolist()}")
         if not (np.all(stds > 0) and np.all(np.isfinite(stds))):
             raise UsageError(f"mixture stds must be positive, got {stds.tolist()}")
+        # Beyond these, densities and their integrals leave float64 (a std of 1e-30 about a
+        # mean of 1e30): far beyond any toy data or theory check.
+        if np.abs(means).max() > MEAN_BOUND:
+            raise UsageError(f"mixture means must lie within +-{MEAN_BOUND:g}, got "
+                             f"{np.abs(means).max():g}")
+        if stds.min() < STD_BOUNDS[0] or stds.max() > STD_BOUNDS[1]:
+            raise UsageError(f"mixture stds must lie between {STD_BOUNDS[0]:g} and "
+                             f"{STD_BOUNDS[1]:g}, got {stds.tolist()}")
         if not (np.all(weights > 0) and np.all(np.isfinite(weights))):
             raise UsageError(f"mixture weights must be positive, got {weights.tolist()}")
         self.means = means

@@ -166,10 +166,9 @@ class Plugins:
                 impl.function(register=register)
             except PluginError:
                 raise
-            except Exception as exc:
-                raise PluginError(
-                    f"plugin {plugin} failed in {kind.hook}: {type(exc).__name__}: "
-                    f"{last_line(exc)}") from exc
+            except (Exception, SystemExit) as exc:
+                raise PluginError(f"plugin {plugin} failed in {kind.hook}: {_failure(exc)}") \
+                    from exc
 
     def choose(self, kind: str, spec: str, option: str) -> Component:
         """``spec`` as a run names one of ``kind``: ``NAME``, ``NAME:key=value,...`` (its
@@ -238,12 +237,10 @@ def load_plugins(plugin_modules: tuple[str, ...] = (), disable: tuple[str, ...] 
             continue  # not even imported: a broken plugin switched off stays out of the way
         try:
             module = ep.load()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise PluginError(
                 f"plugin {ep.name!r} (entry point {ep.value}) failed to import: "
-                f"{type(exc).__name__}: {last_line(exc)}; switch it off with "
-                f"--disable-plugin {ep.name}"
-            ) from exc
+                f"{_failure(exc)}; switch it off with --disable-plugin {ep.name}") from exc
         known = pm.get_plugin(ep.name)
         if known is not None and known is not module:
             raise PluginError(f"two plugins are named {ep.name!r}: {ep.value} and "
@@ -366,7 +363,11 @@ def _import_plugin_module(spec: str):
         return importlib.import_module(spec)
     except UsageError:
         raise
-    except Exception as exc:
-        raise PluginError(
-            f"plugin module {spec!r} failed to import: {type(exc).__name__}: {last_line(exc)}"
-        ) from exc
+    except (Exception, SystemExit) as exc:  # a module that calls sys.exit() as it loads
+        raise PluginError(f"plugin module {spec!r} failed to import: {_failure(exc)}") from exc
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) while it was imported"
+    return f"{type(exc).__name__}: {last_line(exc)}"

@@ -23,7 +23,8 @@ class Setting:
     """One setting of a plugin: its default, what it does, and what values it takes.
 
     ``type`` is inferred from the default (bool, int, float or str) unless given (needed when
-    the default is None). ``choices`` restricts the values; ``minimum`` bounds numbers below.
+    the default is None). ``choices`` restricts the values; ``minimum`` bounds numbers below,
+    ``maximum`` above (``below=True``: the maximum itself excluded, as Adam's betas < 1).
     """
 
     default: Any
@@ -31,6 +32,8 @@ class Setting:
     type: type | None = None
     choices: tuple | None = None
     minimum: float | None = None
+    maximum: float | None = None
+    below: bool = False
 
     @property
     def kind(self) -> type:
@@ -45,6 +48,8 @@ class Setting:
         kind = TYPES[self.kind]
         if self.choices:
             kind = "|".join(map(str, self.choices))
+        elif self.minimum is not None and self.maximum is not None:
+            kind = f"{kind} in [{self.minimum:g}, {self.maximum:g}{')' if self.below else ']'}"
         elif self.minimum is not None:
             kind = f"{kind} >= {self.minimum:g}"
         text = f"{kind}, default {self.default}"
@@ -115,6 +120,10 @@ def convert(setting: Setting, value: Any, what: str) -> Any:
                          f"got {value!r}")
     if setting.minimum is not None and value < setting.minimum:
         raise UsageError(f"{what} must be at least {setting.minimum:g}, got {value!r}")
+    if setting.maximum is not None and (value >= setting.maximum if setting.below
+                                        else value > setting.maximum):
+        bound = "below" if setting.below else "at most"
+        raise UsageError(f"{what} must be {bound} {setting.maximum:g}, got {value!r}")
     return value
 
 

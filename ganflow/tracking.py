@@ -26,9 +26,12 @@ def use_tracking_uri(uri: str | None, must_exist: bool = False) -> str:
     With ``must_exist``, a SQLite store that is not there is an error (reading from it would
     only create an empty one).
     """
-    if uri:
+    from ganflow.net import credentials_to_environment
+
+    explicit = uri
+    uri = credentials_to_environment(uri or mlflow.get_tracking_uri())  # never printed or logged
+    if explicit or uri != mlflow.get_tracking_uri():
         mlflow.set_tracking_uri(uri)
-    uri = mlflow.get_tracking_uri()
     if must_exist and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise UsageError(
             f"no MLflow store at {uri}: run this where you trained, or pass --tracking-uri"

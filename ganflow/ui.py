@@ -11,16 +11,20 @@ import time
 
 def serve(uri: str, port: int) -> int:
     """Run ``mlflow ui`` on ``uri`` at 127.0.0.1:``port`` until it ends (its exit code) or
-    this process is interrupted (0, the server and its children stopped).
+    this process is stopped by SIGINT, SIGTERM or SIGHUP (0, the server and its children
+    stopped).
 
     The server gets its own process group: `mlflow ui` serves from a child process of its
     own, and both must go when this command is stopped (Ctrl-C reaches the whole group from
     a terminal, but not when this process alone gets SIGINT)."""
+    from ganflow.signals import terminate_as_interrupt
+
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", "127.0.0.1", "--port", str(port)],
                               start_new_session=True)
     try:
-        return server.wait()
+        with terminate_as_interrupt():  # SIGTERM (kill, a supervisor), SIGHUP as Ctrl-C
+            return server.wait()
     except KeyboardInterrupt:
         stop_group(server, grace=10.0)
         return 0

@@ -49,7 +49,7 @@ SETTINGS = {
     "p": ganflow.Setting(None, "a fixed augmentation probability, without adaptation (default: "
                          "adapt p towards target)", type=float, minimum=0.0),
     "target": ganflow.Setting(0.6, "the overfitting signal r_t = E[sign(D(x))] to hold",
-                              minimum=0.0),
+                              minimum=0.0, maximum=1.0),
     "kimg": ganflow.Setting(500.0, "thousands of real images for p to go from 0 to 1",
                             minimum=0.001),
     "interval": ganflow.Setting(4, "discriminator updates between adjustments of p", minimum=1),
@@ -57,7 +57,7 @@ SETTINGS = {
                             "joined by + (xflip+rotate90)"),
     "cutout": ganflow.Setting(0.0, "probability multiplier of cutout (0: off)", minimum=0.0),
     "xint_max": ganflow.Setting(0.125, "largest integer translation, as a share of the side",
-                                minimum=0.0),
+                                minimum=0.0, maximum=1.0),
     "scale_std": ganflow.Setting(0.2, "log2 standard deviation of isotropic scaling",
                                  minimum=0.0),
     "rotate_max": ganflow.Setting(1.0, "range of arbitrary rotation (1: the full circle)",
@@ -72,7 +72,7 @@ SETTINGS = {
     "saturation_std": ganflow.Setting(1.0, "log2 standard deviation of saturation",
                                       minimum=0.0),
     "cutout_size": ganflow.Setting(0.5, "the cutout square's side, as a share of the image's",
-                                   minimum=0.0),
+                                   minimum=0.0, maximum=1.0),
 }
 
 

@@ -82,7 +82,8 @@ class Cutout:
         return x * ops.cast(ops.logical_not(cut), x.dtype)[..., None]
 
 
-RATIO = ganflow.Setting(0.125, "largest shift, as a share of the side", minimum=0.0)
+RATIO = ganflow.Setting(0.125, "largest shift, as a share of the side", minimum=0.0,
+                        maximum=1.0)
 
 
 @ganflow.hookimpl
@@ -92,4 +93,4 @@ def ganflow_register_augmentations(register):
              settings={"ratio": RATIO})
     register("cutout", Cutout, "a zeroed square at a random place per example",
              settings={"ratio": ganflow.Setting(0.5, "the square's side, as a share of the "
-                                                "image's", minimum=0.0)})
+                                                "image's", minimum=0.0, maximum=1.0)})

@@ -36,8 +36,10 @@ def sgd(learning_rate, momentum, nesterov):
 
 
 BETAS = {
-    "beta1": Setting(0.5, "decay of the first-moment average", minimum=0.0),
-    "beta2": Setting(0.999, "decay of the second-moment average", minimum=0.0),
+    "beta1": Setting(0.5, "decay of the first-moment average", minimum=0.0, maximum=1.0,
+                     below=True),
+    "beta2": Setting(0.999, "decay of the second-moment average", minimum=0.0, maximum=1.0,
+                     below=True),
     "epsilon": Setting(1e-7, "added to the denominator", minimum=0.0),
 }
 
@@ -50,7 +52,8 @@ def ganflow_register_optimizers(register):
              settings={**BETAS, "weight_decay": Setting(0.004, "decoupled weight decay",
                                                         minimum=0.0)})
     register("rmsprop", rmsprop, "RMSprop (the WGAN paper's optimizer)",
-             settings={"rho": Setting(0.9, "decay of the squared-gradient average", minimum=0.0),
+             settings={"rho": Setting(0.9, "decay of the squared-gradient average", minimum=0.0,
+                                      maximum=1.0, below=True),
                        "momentum": Setting(0.0, "momentum", minimum=0.0),
                        "epsilon": Setting(1e-7, "added to the denominator", minimum=0.0)})
     register("sgd", sgd, "stochastic gradient descent, the lecture's gradient steps",

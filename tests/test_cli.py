@@ -196,6 +196,12 @@ def bad(cli, *args):
     (["--output-dir", "README"], "--output-dir README: README is a file, not a folder"),
     (["--config", "binary.yaml"], "--config binary.yaml: cannot read it as text "
                                   "(UnicodeDecodeError): give a JSON or YAML file"),
+    (["--seed", "4294967296"], "--seed must be at most 4,294,967,295, got 4,294,967,296"),
+    (["--tracking-timeout", "nan"], "--tracking-timeout must be a finite number, got nan"),
+    (["--optimizer", "adam:beta1=2"], "--optimizer adam: optimizer 'adam' setting beta1 must be "
+                                      "below 1, got 2.0"),
+    (["--augment", "translation:ratio=2"], "--augment translation: augmentation 'translation' "
+                                           "setting ratio must be at most 1, got 2.0"),
     (["--data-fraction", "1.5"], "--data-fraction must be in (0, 1], e.g. 0.1, got 1.5"),
     (["--data-fraction", "0.0001"], "--data-fraction 0.0001 of 1797 examples keeps none: give a "
                                     "larger fraction"),
@@ -231,6 +237,10 @@ def test_sampling_without_a_store_or_model_is_one_line(cli, workdir):
     assert line == (f"Error: no MLflow store at sqlite:///{workdir}/mlflow.db: run this where you trained, "
                     "or pass --tracking-uri")
     assert not (workdir / "mlflow.db").exists()
+
+    code, line = bad(cli, "sample", "models:/dcgan-generator@latest", "-o", "out.txt")
+    assert (code, line) == (2, "Error: -o out.txt: a picture is written as .png, .jpg, .jpeg, "
+                               ".webp; raw arrays with --npz")
 
     MlflowClient().search_experiments()  # creates the store
     code, line = bad(cli, "sample", "models:/nothing-here@latest")

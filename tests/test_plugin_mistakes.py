@@ -329,3 +329,14 @@ def test_a_regularizer_of_no_network_is_refused_when_it_registers(tmp_path):
         load_plugins((path,))
     assert str(err.value) == (f"plugin {path}: regularizer 'sideways' Sideways.network must be "
                               "'discriminator' or 'generator', got 'critic'")
+
+
+def test_a_plugin_module_that_exits_as_it_loads_is_named(cli, tmp_path):
+    path = plugin(tmp_path, """
+        import sys
+
+        sys.exit(3)
+    """)
+    code, line = one_line(cli("plugins", "--plugin-module", path))
+    assert (code, line) == (1, f"plugin module {path!r} failed to import: it called "
+                               "sys.exit(3) while it was imported")

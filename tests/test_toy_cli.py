@@ -73,6 +73,10 @@ def test_bad_toy_input_is_one_line_and_exit_2(workdir, cli, args, message):
      "--pair 1 P_G: a mixture of 2 components needs 2 weights, got [1.0]"),
     (("means=nan/stds=1", "means=0/stds=1"),
      "--pair 1 P_DATA: mixture means must be finite numbers, got [nan]"),
+    (("means=1e30/stds=1e-30", "means=0/stds=1"),
+     "--pair 1 P_DATA: mixture means must lie within +-10000, got 1e+30"),
+    (("means=0/stds=1e-30", "means=0/stds=1"),
+     "--pair 1 P_DATA: mixture stds must lie between 0.001 and 10000, got [1e-30]"),
 ])
 def test_theory_rejects_a_bad_pair_in_one_line(workdir, cli, pair, message):
     result = cli("theory", "--pair", *pair)

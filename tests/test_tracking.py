@@ -88,3 +88,17 @@ def test_the_last_logged_step_is_where_a_resumed_run_logs_from(workdir):
         for step in (8, 16, 12):
             mlflow.log_metric("d_loss", 1.0, step=step)
     assert tracking.last_logged_step(run.info.run_id) == 16
+
+
+def test_a_password_in_the_tracking_uri_is_never_printed_or_stored(cli, workdir, monkeypatch):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, "")  # so that the test's own setting of them is undone
+        monkeypatch.delenv(name)
+    config = resolve(("flags", {"tracking_uri": "http://ann:s3cr%40t@127.0.0.1:9/"}))
+    assert config.tracking_uri == "http://127.0.0.1:9/"
+    assert "s3cr" not in config.to_json() and "s3cr" not in json.dumps(config.params())
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == \
+        ("ann", "s3cr@t")  # where MLflow reads them from
+    result = cli("run", "--tracking-uri", f"http://bob:hunter2@127.0.0.1:{free_port()}", "-q")
+    assert result.exit_code == 2 and "hunter2" not in result.output
+    assert "does not answer" in result.stderr

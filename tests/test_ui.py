@@ -20,7 +20,10 @@ def test_ui_command(uri, flag, expected):
 
 
 @pytest.mark.slow
-def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir, stop):
+    # Stopped by Ctrl-C, by kill or a supervisor (SIGTERM) or by its terminal closing
+    # (SIGHUP), it takes the MLflow server and its workers with it.
     import signal
     import socket
     import subprocess
@@ -62,7 +65,7 @@ def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir):
                 time.sleep(0.5)
         assert '"d_loss"' in body
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        proc.send_signal(getattr(signal, stop))
+        assert proc.wait(timeout=30) == 0
     with socket.socket() as s:  # the server went with it
         assert s.connect_ex(("127.0.0.1", port)) != 0

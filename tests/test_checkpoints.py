@@ -167,15 +167,16 @@ def test_sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_logs_and_says_how_to_resume(tmp_path, stepped):
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])  # a supervisor, a closed terminal
+def test_sigterm_checkpoints_logs_and_says_how_to_resume(tmp_path, stepped, stop):
     proc = ganflow("run", "--plugin-module", stepped, "--loss", "stepped", *EXACT,
                    workdir=tmp_path, pause=0.2, wait=False)
     run_id = wait_for_step(tmp_path, 3, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, stop))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     (run,) = the_run(tmp_path)
-    assert run.info.status == "KILLED" and run.data.tags["ganflow.interrupted"] == "SIGTERM"
+    assert run.info.status == "KILLED" and run.data.tags["ganflow.interrupted"] == stop
     step = int(run.data.tags["ganflow.stopped_at_step"])
     assert 3 <= step < 24
     assert f"checkpoint: ganflow-runs/{run_id}/checkpoints/ckpt-{step}" in out

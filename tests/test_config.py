@@ -33,7 +33,7 @@ def test_params_hold_every_set_field_as_text_and_no_unset_one():
     ({"beta1": 0.5}, "flags: beta1 is no longer a setting: Adam's betas are settings of the "
                      "optimizer now: optimizer: adam:beta1=0.5"),
     ({"regularizers": [1]}, "flags: regularizers must be a list of text, got [1]"),
-    ({"lr_d": float("inf")}, "--lr-d must be a positive number, got inf"),
+    ({"lr_d": float("inf")}, "--lr-d must be a finite number, got inf"),
     ({"steps_per_epoch": 0}, "--steps-per-epoch must be at least 1, got 0"),
     ({"steps_per_execution": 0}, "--steps-per-execution must be at least 1, got 0"),
     ({"jit": "on", "deterministic": True}, "--jit on and --deterministic do not go together: "

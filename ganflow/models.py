@@ -63,18 +63,25 @@ def log_generator(generator, latent_dim: int, num_classes: int | None = None,
     return info.model_uri
 
 
+LOADER = "ganflow.serving"  # the python_function loader of ganflow's generators
+LOADERS = ("mlflow.keras", LOADER)  # what check_safe loads (mlflow.keras: logged before it)
+
+
 class _KerasFlavor:
-    """``mlflow.keras`` for ``Model.log``, making the model's folder before saving into it.
+    """``mlflow.keras`` for ``Model.log``, making the model's folder before saving into it,
+    with ``ganflow.serving`` as its pyfunc loader (a quiet, checked ``predict``).
 
     MLflow 3.17's ``mlflow.keras.save_model`` writes the input example before it creates the
     folder, so ``mlflow.keras.log_model(input_example=...)`` fails with FileNotFoundError
-    (mlflow/mlflow#16183, open). The model is still the Keras flavor, loaded by
-    ``mlflow.keras`` (``log_generator`` passes ``flavor_name="mlflow.keras"``)."""
+    (mlflow/mlflow#16183, open). The model is still the Keras flavor, which
+    ``mlflow.keras.load_model`` loads (``log_generator`` passes ``flavor_name="mlflow.keras"``)."""
 
     @staticmethod
-    def save_model(path, **kwargs):
+    def save_model(path, mlflow_model, **kwargs):
         os.makedirs(path, exist_ok=True)
-        mlflow.keras.save_model(path=path, **kwargs)
+        mlflow.keras.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        mlflow_model.flavors["python_function"]["loader_module"] = LOADER
+        mlflow_model.save(os.path.join(path, "MLmodel"))
 
 
 def describe_model(name: str, recipe: str, shape, latent_dim: int,
@@ -160,7 +167,7 @@ def check_safe(model_uri: str, flavors: dict) -> None:
     keras_flavor = flavors.get("keras")
     loader = flavors.get("python_function", {}).get("loader_module")
     if keras_flavor is not None and not keras_flavor.get("save_exported_model") and \
-            loader == "mlflow.keras":
+            loader in LOADERS:
         return
     what = ("an exported TensorFlow SavedModel" if keras_flavor or "tensorflow" in flavors
             else f"a {loader or ', '.join(flavors) or 'flavorless'} model")

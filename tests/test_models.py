@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,17 +17,51 @@ import pytest
 from conftest import TINY, free_port
 
 
+def test_a_logged_generator_predicts_quietly_and_refuses_wrong_inputs_in_one_line(
+        workdir, capfd):
+    import keras
+    from mlflow.exceptions import MlflowException
+
+    from ganflow import models
+
+    z_in, label_in = keras.Input((4,)), keras.Input((), dtype="int32")
+    embedded = keras.layers.Embedding(3, 4)(label_in)
+    generator = keras.Model([z_in, label_in], keras.layers.Dense(2, activation="tanh")(
+        keras.layers.Concatenate()([z_in, embedded])))
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    mlflow.set_experiment("served")
+    with mlflow.start_run():
+        uri = models.log_generator(generator, 4, num_classes=3)
+    loaded = mlflow.pyfunc.load_model(uri)
+    capfd.readouterr()
+    out = loaded.predict({"z": np.zeros((5, 4), np.float32), "label": np.arange(5, dtype=np.int32) % 3})
+    assert out.shape == (5, 2)
+    assert capfd.readouterr().out == ""  # no progress bar: a script's stdout stays its own
+    with pytest.raises(MlflowException) as err:
+        loaded.predict({"z": np.zeros((2, 4), np.float32), "label": np.array([1, 7], np.int32)})
+    assert str(err.value) == "label must be a class in 0..2, got 7"
+    with pytest.raises(MlflowException, match=r"^z must be finite numbers$"):
+        loaded.predict({"z": np.full((1, 4), np.nan, np.float32), "label": np.array([0], np.int32)})
+    assert mlflow.models.get_model_info(uri).flavors["python_function"]["loader_module"] == \
+        "ganflow.serving"
+
+
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_the_input_example_with_images(cli, workdir):
-    assert cli("run", *TINY, "--seed", "3").exit_code == 0
+@pytest.mark.parametrize("recipe", ["dcgan", "cdcgan"])
+def test_mlflow_models_serve_answers_the_input_example_with_images(cli, workdir, recipe):
+    assert cli("run", "--plugin", recipe, *TINY, "--seed", "3").exit_code == 0
     uri = f"sqlite:///{workdir}/mlflow.db"
-    model = "models:/dcgan-generator@champion"
+    model = f"models:/{recipe}-generator@champion"
     mlflow.set_tracking_uri(uri)
     folder = Path(mlflow.artifacts.download_artifacts(model, dst_path=str(workdir / "model")))
     body = (folder / "serving_input_example.json").read_text()
-    z = np.asarray(json.loads(body)["inputs"], np.float32)
+    example = json.loads(body)["inputs"]
+    inputs = {"z": np.asarray(example["z"], np.float32),
+              "label": np.asarray(example["label"], np.int32)} if recipe == "cdcgan" else \
+        np.asarray(example, np.float32)
+    z = inputs["z"] if recipe == "cdcgan" else inputs
     assert z.shape == (2, 64) and z.std() > 0.5  # two noise vectors, not zeros
-    expected = mlflow.pyfunc.load_model(model).predict(z)
+    expected = mlflow.pyfunc.load_model(model).predict(inputs)
 
     port = free_port()
     log = open(workdir / "serve.log", "w")
@@ -50,6 +85,17 @@ def test_mlflow_models_serve_answers_the_input_example_with_images(cli, workdir)
                     pytest.fail(f"mlflow models serve did not answer:\n"
                                 f"{(workdir / 'serve.log').read_text()[-3000:]}")
                 time.sleep(0.5)
+        if recipe == "cdcgan":  # a class the generator does not know: a one-line refusal
+            wrong = json.dumps({"inputs": {**example, "label": [3, 10]}}).encode()
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations", data=wrong,
+                    headers={"Content-Type": "application/json"}), timeout=30)
+            assert refused.value.code == 400
+            # MLflow's server puts the data it was given before ganflow's one line.
+            message = json.loads(refused.value.read())["message"]
+            assert message.endswith("\nError: label must be a class in 0..9, got 10")
+            assert "Traceback" not in message
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

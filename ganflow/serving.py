@@ -1,0 +1,102 @@
+"""A registered generator as MLflow loads it for ``mlflow.pyfunc.load_model`` and ``mlflow
+models serve``: ganflow's own pyfunc loader over the Keras flavor's files.
+
+The model is still a Keras model in Keras's ``.keras`` format, loaded with Keras's safe mode
+(``mlflow.keras.load_model`` loads it as well); only the ``python_function`` flavor names this
+module as its loader, instead of ``mlflow.keras``, whose wrapper calls ``model.predict`` with
+Keras's default verbosity and so prints a progress bar on stdout at every call. Here a call
+prints nothing, and what it is given is checked first, so a wrong latent size, dtype or class
+is one line of MLflow error rather than a TensorFlow traceback. Nothing is pickled: the code is
+this installed module.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+CHUNK = 1000  # samples per forward pass
+
+
+class Generator:
+    """What ``mlflow.pyfunc.load_model`` returns inside its PyFuncModel for a ganflow
+    generator: ``predict(z)``, or ``predict({"z": z, "label": labels})`` for a conditional
+    one."""
+
+    def __init__(self, model, latent_dim: int, num_classes: int | None = None):
+        self.model = model
+        self.latent_dim = int(latent_dim)
+        self.num_classes = int(num_classes) if num_classes else None
+
+    def get_raw_model(self):
+        return self.model
+
+    def predict(self, data, params=None):
+        inputs = self._inputs(data)
+        z = inputs["z"] if self.num_classes else inputs
+        out = [np.asarray(self.model(self._take(inputs, i), training=False))
+               for i in range(0, len(z), CHUNK)]
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    def _take(self, inputs, start):
+        if self.num_classes:
+            return {k: v[start:start + CHUNK] for k, v in inputs.items()}
+        return inputs[start:start + CHUNK]
+
+    def _inputs(self, data):
+        import pandas as pd
+
+        if isinstance(data, pd.DataFrame):
+            data = {c: np.stack(data[c].to_numpy()) for c in data.columns} \
+                if self.num_classes else data.to_numpy()
+        if self.num_classes:
+            if not isinstance(data, dict) or set(data) != {"z", "label"}:
+                _refuse('this generator is conditional: give {"z": noise, "label": classes}')
+            return {"z": self._latent(data["z"]), "label": self._labels(data["label"],
+                                                                        len(data["z"]))}
+        if isinstance(data, dict):
+            _refuse("this generator takes the noise z alone, an array (n, "
+                    f"{self.latent_dim}), not named inputs")
+        return self._latent(data)
+
+    def _latent(self, z):
+        z = np.asarray(z)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            _refuse(f"z must have shape (n, {self.latent_dim}), got {z.shape}")
+        if not np.issubdtype(z.dtype, np.number) or np.issubdtype(z.dtype, np.complexfloating):
+            _refuse(f"z must be real numbers, got {z.dtype}")
+        z = z.astype(np.float32)
+        if not np.isfinite(z).all():
+            _refuse("z must be finite numbers")
+        return z
+
+    def _labels(self, labels, count: int):
+        labels = np.asarray(labels)
+        if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+            _refuse(f"label must be {count} integers, one per noise vector, got shape "
+                    f"{labels.shape} of {labels.dtype}")
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            _refuse(f"label must be a class in 0..{self.num_classes - 1}, got "
+                    f"{int(labels.min() if labels.min() < 0 else labels.max())}")
+        return labels.astype(np.int32)
+
+
+def _refuse(message: str):
+    from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+    raise MlflowException(message, INVALID_PARAMETER_VALUE)
+
+
+def _load_pyfunc(path):
+    """What MLflow calls to load the model at ``path`` (the model's folder) as a pyfunc."""
+    from mlflow.keras.load import _load_keras_model
+    from mlflow.models import Model
+
+    from ganflow.mixture import sampler_layer
+
+    sampler_layer()  # registers the layer of maximum-likelihood mixture samplers with Keras
+    conf = Model.load(os.path.join(path, "MLmodel"))
+    metadata = conf.metadata or {}
+    return Generator(_load_keras_model(path, conf), metadata["ganflow_latent_dim"],
+                     metadata.get("ganflow_num_classes"))

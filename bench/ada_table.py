@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -77,8 +78,12 @@ def main():
                    "--tracking-uri", args.tracking_uri, "--experiment", EXPERIMENT,
                    *(["--data-fraction", str(fraction)] if fraction < 1 else [])]
         started = time.perf_counter()
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(command, capture_output=True, text=True)
         seconds = time.perf_counter() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime +
+                                                            cpu_before.ru_stime)
         if proc.returncode:
             print(f"{method} {fraction:g} seed {seed}: failed\n{proc.stderr[-2000:]}",
                   file=sys.stderr)
@@ -86,9 +91,10 @@ def main():
         run_id = proc.stdout.split("Run ", 1)[1].split()[0]
         client.set_tag(run_id, "ada_table_key", key(method, fraction, seed))
         client.set_tag(run_id, "ada_table_seconds", f"{seconds:.0f}")
+        client.set_tag(run_id, "ada_table_cpu_seconds", f"{cpu:.0f}")
         fid = client.get_run(run_id).data.metrics.get("eval/fid")
-        print(f"{method}, {fraction:g}, seed {seed}: FID {fid:.2f} in {seconds:.0f} s",
-              flush=True)
+        print(f"{method}, {fraction:g}, seed {seed}: FID {fid:.2f} in {seconds:.0f} s "
+              f"({cpu:.0f} CPU-s)", flush=True)
 
     def mean_std(values, digits=2):
         if not values:
@@ -99,8 +105,8 @@ def main():
     print(f"\ndcgan on a share of the digits, {EPOCHS} epochs of {STEPS_PER_EPOCH} steps, "
           f"seeds {', '.join(map(str, args.seeds))}: mean (std) after the last epoch\n")
     print("| data | method | FID | KID x 1000 | best FID (epoch) | precision | recall | "
-          "ADA's p at the end | s per run | runs |")
-    print("|---" * 10 + "|")
+          "ADA's p at the end | s per run | CPU-s per run | runs |")
+    print("|---" * 11 + "|")
     curves = {}
     for fraction in args.fractions:
         for method in args.methods:
@@ -113,12 +119,13 @@ def main():
             metric = lambda name, scale=1.0: [r.data.metrics[name] * scale for r in runs  # noqa: E731
                                               if name in r.data.metrics]
             print(f"| {fraction:.0%} ({round(fraction * 1797)}) | {method} | "
-                  f"{mean_std(metric('eval/fid'))} | {mean_std(metric('eval/kid'))} | "
+                  f"{mean_std(metric('eval/fid'))} | {mean_std(metric('eval/kid', 1000))} | "
                   f"{mean_std([m.value for m in best])} "
                   f"({mean_std([m.step / STEPS_PER_EPOCH for m in best], 0)}) | "
                   f"{mean_std(metric('eval/precision'))} | {mean_std(metric('eval/recall'))} | "
                   f"{mean_std(metric('ada/p'), 3) if method == 'ada' else '-'} | "
                   f"{mean_std([float(r.data.tags['ada_table_seconds']) for r in runs], 0)} | "
+                  f"{mean_std([float(r.data.tags['ada_table_cpu_seconds']) for r in runs], 0)} | "
                   f"{len(runs)} |")
     smallest = min(args.fractions)
     plotted = {m: c for (f, m), c in curves.items() if f == smallest and c}

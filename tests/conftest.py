@@ -43,6 +43,19 @@ def feature_cache(tmp_path_factory):
         os.environ["GANFLOW_CACHE_DIR"] = saved
 
 
+@pytest.fixture(autouse=True)
+def no_op_determinism_left_behind():
+    """A run with --deterministic turns TensorFlow's op determinism on for the whole process,
+    and Keras then quietly compiles without XLA: a later test of the compiled step in the same
+    test process would compare the plain step with itself. TensorFlow exports no way to turn it
+    off, so this uses its own tests' one (tensorflow/python/framework/config.py)."""
+    yield
+    from tensorflow.python.framework import config
+
+    if config.is_op_determinism_enabled():
+        config.disable_op_determinism()
+
+
 @pytest.fixture(scope="session")
 def plugins():
     return load_plugins()

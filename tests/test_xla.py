@@ -1,5 +1,5 @@
-"""XLA (``--jit on``) with every built-in loss, regularizer (lazy too), augmentation and the
-EMA: the compiled step trains to the same weights as the step without XLA.
+"""XLA (``--jit on``) with every built-in loss, regularizer (lazy too), augmentation (ADA's
+adaptation too) and the EMA: the compiled step trains to the same weights as the step without XLA.
 
 XLA draws other random numbers than TensorFlow's kernels from the same seed (on this CPU even
 ``alg="philox"`` differs), so the tests replace Keras's random draws with an integer hash of
@@ -93,7 +93,9 @@ def train(plugins, flags, jit):
     {"loss": "hinge", "regularizers": ["gp:weight=1"], "augment": ["cutout"]},
     {"loss": "wgan", "regularizers": [], "augment": ["color", "translation", "cutout"]},
     {"loss": "lsgan", "regularizers": ["r1:gamma=1,every=3"], "augment": ["translation"]},
-], ids=["minimax", "non-saturating", "hinge", "wgan", "lsgan"])
+    {"loss": "non-saturating", "regularizers": ["r1:gamma=1"], "augment": ["ada:p=0.5"]},
+    {"loss": "hinge", "regularizers": [], "augment": ["ada:kimg=0.05,interval=1,target=0"]},
+], ids=["minimax", "non-saturating", "hinge", "wgan", "lsgan", "ada-fixed-p", "ada-adaptive"])
 def test_the_compiled_step_trains_as_the_plain_one(plugins, flags):
     plain, plain_logs, moved = train(plugins, flags, jit=False)
     compiled, compiled_logs, _ = train(plugins, flags, jit=True)

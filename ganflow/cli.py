@@ -195,6 +195,36 @@ def resume(run_id, epochs, lr_g, lr_d, tracking_uri, output_dir, plugin_modules,
 
 
 @main.command()
+@click.argument("run_id", required=False)
+@click.option("--output-dir", default=FIELDS["output_dir"].default, show_default=True,
+              metavar="DIR", help="the folder of the runs' local folders")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: the one each run used)")
+@reports_errors(tensorflow=False)
+def sync(run_id, output_dir, tracking_uri):
+    """Send what RUN_ID (else every run in --output-dir) logged and its tracking store never
+    took (the run killed, or cut off from the store) from the run's journal, exactly once."""
+    import mlflow
+
+    from ganflow import journal, tracking
+
+    folders = [Path(output_dir) / run_id] if run_id else sorted(Path(output_dir).glob("*"))
+    if run_id and not folders[0].is_dir():
+        raise UsageError(f"no folder {folders[0]}: pass the run's --output-dir")
+    waiting = [f for f in folders if journal.waiting(f)]
+    if not waiting:
+        click.echo(f"Nothing to send: no run in {output_dir} has logging calls waiting"
+                   if not run_id else f"Nothing to send: run {run_id} has no calls waiting")
+    for folder in waiting:
+        head = journal.header(folder) or {}
+        uri = tracking.use_tracking_uri(tracking_uri or head.get("tracking_uri"),
+                                        must_exist=True)
+        replayed = journal.replay(folder, head.get("run_id", folder.name),
+                                  mlflow.MlflowClient(uri))
+        click.echo(replayed.line() if replayed else
+                   f"Run {folder.name} is still running: its own process sends its calls")
+
+
+@main.command()
 @click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 @reports_errors(tensorflow=False)

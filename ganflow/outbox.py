@@ -4,8 +4,10 @@ Training puts metrics, tags and artifacts into an ``Outbox``; one background thr
 in order, through ``MlflowClient``. When the tracking server cannot be reached, the thread keeps
 them and tries again every few seconds, a line on stderr says so (and another when the server
 is back), and training goes on. ``down_for()`` tells how long the server has been away: the
-run stops with a checkpoint when that passes its ``--tracking-timeout``, and what was not
-delivered is saved to a file that ``ganflow resume`` delivers first.
+run stops with a checkpoint when that passes its ``--tracking-timeout``. Every call is also
+written to the run's journal (``ganflow.journal``) as it is taken, so what was not delivered
+when the process ends, however it ends, is delivered later (``ganflow resume``, the next
+``ganflow run`` in the same folder, ``ganflow sync``).
 
 MLflow's own asynchronous logging (``synchronous=False``) is not used: a batch whose request
 fails after its HTTP retries is dropped with an error line (``AsyncLoggingQueue._log_run_data``),
@@ -14,7 +16,6 @@ and artifacts logged that way have no retry either.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -59,8 +60,9 @@ class Outbox:
     thread that retries while the store cannot be reached (``retry_every`` seconds apart)."""
 
     def __init__(self, run_id: str, client: mlflow.MlflowClient | None = None,
-                 warn=_stderr, retry_every: float = 2.0, linger: float = 1.0):
+                 warn=_stderr, retry_every: float = 2.0, linger: float = 1.0, journal=None):
         self.run_id = run_id
+        self.journal = journal  # a ganflow.journal.Journal: every call on disk first
         self.client = client or mlflow.MlflowClient()
         self.warn = warn
         self.retry_every = retry_every
@@ -73,6 +75,7 @@ class Outbox:
         self._hurry = False
         self._first_waiting = 0.0  # when the oldest waiting call arrived (time.monotonic)
         self.delivered = 0
+        self._done = 0  # calls delivered or refused: the journal's count
         self._items: deque[tuple] = deque()
         self._lock = threading.Condition()
         self._down_since: float | None = None
@@ -107,6 +110,8 @@ class Outbox:
 
     def _put(self, item: tuple) -> None:
         with self._lock:
+            if self.journal is not None:
+                self.journal.append(item)
             if not self._items:
                 self._first_waiting = time.monotonic()
             self._items.append(item)
@@ -141,37 +146,16 @@ class Outbox:
 
     def close(self) -> list[tuple]:
         """Stop the thread (after the call it is sending, if any); returns what was not
-        delivered."""
+        delivered, which stays in the journal (which goes when everything was delivered)."""
         with self._lock:
             self._stop = True
             self._lock.notify_all()
         self._thread.join(timeout=120)
         with self._lock:
-            return list(self._items)
-
-    def save(self, path: Path) -> int:
-        """Stop, and write what was not delivered to ``path`` (JSON lines) for ``deliver``;
-        returns how many calls."""
-        left = self.close()
-        if left:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            staging = path.with_name(f".{path.name}.tmp")
-            staging.write_text("".join(json.dumps(item) + "\n" for item in left))
-            staging.replace(path)
-        return len(left)
-
-    @staticmethod
-    def deliver(path: Path, run_id: str, client: mlflow.MlflowClient | None = None) -> int:
-        """Send the calls a stopped run saved to ``path``, then delete it; returns how many.
-        Metrics keep the time they were taken at; MLflow ignores one logged twice."""
-        if not path.exists():
-            return 0
-        client = client or mlflow.MlflowClient()
-        items = [tuple(json.loads(line)) for line in path.read_text().splitlines() if line]
-        for item in items:
-            _send(client, run_id, [item])
-        path.unlink()
-        return len(items)
+            left = list(self._items)
+            if self.journal is not None:
+                self.journal.close() if left or self._sending else self.journal.remove()
+            return left
 
     # The thread.
     def _work(self) -> None:
@@ -190,7 +174,7 @@ class Outbox:
                 self._sending = True
             try:
                 self.requests += 1
-                _send(self.client, self.run_id, batch)
+                send(self.client, self.run_id, batch)
             except Exception as exc:  # noqa: BLE001 - the store's errors are many
                 with self._lock:
                     self._sending = False
@@ -206,6 +190,7 @@ class Outbox:
                         continue
                     for _ in batch:
                         self._items.popleft()
+                    self._count_done(len(batch))
                     self.warn(f"MLflow refused a logging call, skipped: {_reason(exc)}")
                     self._lock.notify_all()
                 continue
@@ -215,12 +200,19 @@ class Outbox:
                 if self._items:
                     self._first_waiting = time.monotonic()
                 self.delivered += len(batch)
+                self._count_done(len(batch))
                 self._sending = False
                 if self._down_since is not None:
                     self.warn(f"Tracking store back after {self.down_for():.0f} s: sending the "
                               f"{len(self._items) + len(batch)} logging calls kept")
                     self._down_since = None
                 self._lock.notify_all()
+
+
+    def _count_done(self, count: int) -> None:
+        self._done += count
+        if self.journal is not None:
+            self.journal.delivered(self._done)
 
 
 def _next_batch(items: deque) -> list[tuple]:
@@ -237,7 +229,8 @@ def _next_batch(items: deque) -> list[tuple]:
     return batch
 
 
-def _send(client: mlflow.MlflowClient, run_id: str, batch: list[tuple]) -> None:
+def send(client: mlflow.MlflowClient, run_id: str, batch: list[tuple]) -> None:
+    """Make the MLflow calls of ``batch`` (calls of one kind, as the outbox takes them)."""
     kind = batch[0][0]
     if kind == "metrics":
         metrics = [Metric(key, value, stamp, step)

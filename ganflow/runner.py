@@ -11,17 +11,19 @@ path from the run's newest checkpoint. A trainer that fits a density at once tak
 Ctrl-C or SIGTERM saves a checkpoint, logs the generator (not registered) and marks the run
 KILLED. Losses or weights that stop being finite end the run FAILED, with nothing registered
 and the last good checkpoint kept. A tracking store that stays away past
-``--tracking-timeout`` stops the run with its checkpoint, and what the store did not take is
-kept beside it for ``ganflow resume``.
+``--tracking-timeout`` stops the run with its checkpoint. Whatever ends a run, what the store
+did not take is in the run's journal (``ganflow.journal``), which ``ganflow resume``, the next
+``ganflow run`` in the same folder, or ``ganflow sync`` delivers.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ganflow import devices, fitting, likelihood, resume, tracking
+from ganflow import devices, fitting, journal, likelihood, resume, tracking
 from ganflow.config import RunConfig
 from ganflow.errors import UsageError
 from ganflow.outbox import Outbox, TrackingUnavailable, retry
@@ -29,9 +31,6 @@ from ganflow.plugins import Plugins
 from ganflow.prepare import Prepared, prepare
 from ganflow.resolve import resolve
 from ganflow.result import RunResult
-
-PENDING = "undelivered.jsonl"  # logging calls a stopped run could not send, beside its checkpoints
-
 
 def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         resume_run_id: str | None = None) -> RunResult:
@@ -51,6 +50,12 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
             raise UsageError(f"run {resume_run_id} fitted a density at once (trainer "
                              f"{config.trainer}): there is nothing to resume; run it again")
         return likelihood.run(resolved, tracking_uri)
+    if resume_run_id is None:  # runs killed or cut off before: what they logged goes first
+        import mlflow
+
+        for replayed in journal.replay_left(Path(config.output_dir), tracking_uri,
+                                            mlflow.MlflowClient(), warn=_say):
+            _say(replayed.line())
     with resume.hold(resolved.config.output_dir, resume_run_id):
         prepared = prepare(resolved, role)
         started = time.perf_counter()
@@ -93,14 +98,18 @@ class TrackedRun:
         config = prepared.config
         self.prepared, self.run_id, self.tracking_uri = prepared, run_id, tracking_uri
         self.folder = folder = Path(config.output_dir) / run_id
-        self.pending = folder / PENDING
         self.done = restored.done if restored else 0
         self.store = restored.store if restored else checkpoints.Checkpoints(
             prepared.gan, folder / "checkpoints", config.keep_checkpoints)
         if restored:
             mlflow.set_tag("ganflow.resumed_from_step", str(self.done))
-            Outbox.deliver(self.pending, run_id)  # what the store missed before the run stopped
-        self.outbox = Outbox(run_id)
+            # What the stopped process logged and the store missed, up to the checkpoint:
+            # the steps after it are trained, and logged, again.
+            replayed = journal.replay(folder, run_id, mlflow.MlflowClient(),
+                                      until_step=self.done)
+            if replayed is not None and (replayed.sent or replayed.dropped):
+                _say(replayed.line())
+        self.outbox = Outbox(run_id, journal=journal.Journal(folder, run_id, tracking_uri))
         if config.checkpoint_to_mlflow:
             self.store.on_save = lambda path: self.outbox.log_checkpoint(
                 checkpoints.staged(path, folder / "to-mlflow"), config.keep_checkpoints)
@@ -233,7 +242,7 @@ class TrackedRun:
         the MLflow run."""
         import mlflow
 
-        kept = self.outbox.save(self.pending)
+        kept = len(self.outbox.close())
         try:  # the store is away: the run cannot be marked; the next ganflow command marks it
             mlflow.end_run(status="KILLED")
         except mlflow.exceptions.MlflowException:
@@ -242,9 +251,13 @@ class TrackedRun:
         where = f"checkpoint {latest} (step {self.store.steps_done})" if latest else \
             "no checkpoint"
         return TrackingUnavailable(
-            f"{exc}: training stopped with {where}; {kept} logging calls saved in "
-            f"{self.pending}; when the store answers again: ganflow resume {self.run_id} "
-            f"--tracking-uri {self.tracking_uri}")
+            f"{exc}: training stopped with {where}; {kept} logging calls kept in "
+            f"{self.outbox.journal.path}; when the store answers again: ganflow resume "
+            f"{self.run_id} --tracking-uri {self.tracking_uri}")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _tag_failure(what: str, step: int) -> None:

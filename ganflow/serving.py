@@ -5,8 +5,10 @@ The model is still a Keras model in Keras's ``.keras`` format, loaded with Keras
 (``mlflow.keras.load_model`` loads it as well); only the ``python_function`` flavor names this
 module as its loader, instead of ``mlflow.keras``, whose wrapper calls ``model.predict`` with
 Keras's default verbosity and so prints a progress bar on stdout at every call. Here a call
-prints nothing, and what it is given is checked first, so a wrong latent size, dtype or class
-is one line of MLflow error rather than a TensorFlow traceback. Nothing is pickled: the code is
+prints nothing. MLflow checks an input's names, shapes and dtypes against the signature
+before ``predict``; what the signature cannot say (finite noise, a class the generator knows,
+one per noise vector) is checked here, so a wrong input is an MLflow error rather than a
+TensorFlow traceback. Nothing is pickled: the code is
 this installed module.
 """
 
@@ -45,37 +47,30 @@ class Generator:
         return inputs[start:start + CHUNK]
 
     def _inputs(self, data):
+        """What the signature lets through (MLflow checks names, shapes and dtypes first),
+        checked for what it cannot say: finite noise, one known class per noise vector."""
         import pandas as pd
 
         if isinstance(data, pd.DataFrame):
             data = {c: np.stack(data[c].to_numpy()) for c in data.columns} \
                 if self.num_classes else data.to_numpy()
-        if self.num_classes:
-            if not isinstance(data, dict) or set(data) != {"z", "label"}:
-                _refuse('this generator is conditional: give {"z": noise, "label": classes}')
-            return {"z": self._latent(data["z"]), "label": self._labels(data["label"],
-                                                                        len(data["z"]))}
-        if isinstance(data, dict):
-            _refuse("this generator takes the noise z alone, an array (n, "
-                    f"{self.latent_dim}), not named inputs")
-        return self._latent(data)
+        if not self.num_classes:
+            return self._latent(data)
+        return {"z": self._latent(data["z"]), "label": self._labels(data["label"],
+                                                                    len(data["z"]))}
 
-    def _latent(self, z):
-        z = np.asarray(z)
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
-            _refuse(f"z must have shape (n, {self.latent_dim}), got {z.shape}")
-        if not np.issubdtype(z.dtype, np.number) or np.issubdtype(z.dtype, np.complexfloating):
-            _refuse(f"z must be real numbers, got {z.dtype}")
-        z = z.astype(np.float32)
+    @staticmethod
+    def _latent(z):
+        z = np.asarray(z, np.float32)
         if not np.isfinite(z).all():
             _refuse("z must be finite numbers")
         return z
 
     def _labels(self, labels, count: int):
         labels = np.asarray(labels)
-        if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
-            _refuse(f"label must be {count} integers, one per noise vector, got shape "
-                    f"{labels.shape} of {labels.dtype}")
+        if labels.shape != (count,):
+            _refuse(f"label must be {count} classes, one per noise vector, got shape "
+                    f"{labels.shape}")
         if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
             _refuse(f"label must be a class in 0..{self.num_classes - 1}, got "
                     f"{int(labels.min() if labels.min() < 0 else labels.max())}")

@@ -40,6 +40,20 @@ def test_a_logged_generator_predicts_quietly_and_refuses_wrong_inputs_in_one_lin
     with pytest.raises(MlflowException) as err:
         loaded.predict({"z": np.zeros((2, 4), np.float32), "label": np.array([1, 7], np.int32)})
     assert str(err.value) == "label must be a class in 0..2, got 7"
+    # The signature's shape and dtype are MLflow's to check, before predict: its error ends
+    # in what was wrong.
+    with pytest.raises(MlflowException) as err:
+        loaded.predict({"z": np.zeros((2, 3), np.float32), "label": np.array([0, 1], np.int32)})
+    assert str(err.value).endswith("Shape of input (2, 3) does not match expected shape (-1, 4).")
+    with pytest.raises(MlflowException) as err:
+        loaded.predict({"z": np.full((1, 4), "a"), "label": np.array([0], np.int32)})
+    assert str(err.value).endswith("dtype of input <U1 does not match expected dtype float32")
+    with pytest.raises(MlflowException) as err:
+        loaded.predict(np.zeros((1, 4), np.float32))
+    assert str(err.value).endswith("Model is missing inputs ['z', 'label'].")
+    with pytest.raises(MlflowException, match=r"^label must be 2 classes, one per noise vector, "
+                                              r"got shape \(3,\)$"):
+        loaded.predict({"z": np.zeros((2, 4), np.float32), "label": np.arange(3, dtype=np.int32)})
     with pytest.raises(MlflowException, match=r"^z must be finite numbers$"):
         loaded.predict({"z": np.full((1, 4), np.nan, np.float32), "label": np.array([0], np.int32)})
     assert mlflow.models.get_model_info(uri).flavors["python_function"]["loader_module"] == \

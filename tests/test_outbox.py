@@ -6,12 +6,13 @@ import time
 import mlflow
 from mlflow import MlflowClient
 
+from ganflow import journal
+from ganflow.journal import Journal
 from ganflow.outbox import Outbox
 
 
-def test_outbox_keeps_what_an_unreachable_store_missed_for_a_resume(workdir, monkeypatch):
+def test_outbox_keeps_what_an_unreachable_store_missed_in_its_journal(workdir, monkeypatch):
     import socket
-    import time
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with socket.socket() as s:  # a port nothing listens on
@@ -19,7 +20,7 @@ def test_outbox_keeps_what_an_unreachable_store_missed_for_a_resume(workdir, mon
         port = s.getsockname()[1]
     lines = []
     box = Outbox("r1", MlflowClient(f"http://127.0.0.1:{port}"), warn=lines.append,
-                 retry_every=0.05)
+                 retry_every=0.05, journal=Journal(workdir / "r1", "r1", "http://nowhere"))
     box.log_metrics({"d_loss": 0.5, "g_loss": 2.0}, step=1)
     box.log_metrics({"d_loss": 0.25}, step=2)
     box.set_tags({"note": "kept"})
@@ -28,17 +29,30 @@ def test_outbox_keeps_what_an_unreachable_store_missed_for_a_resume(workdir, mon
         time.sleep(0.05)
     assert box.down_for() > 0 and not box.flush(timeout=0.0) and box.waiting == 3
     assert len(lines) == 1 and lines[0].startswith("Tracking store unreachable (connection ")
-    assert box.save(workdir / "undelivered.jsonl") == 3
+    assert len(box.close()) == 3 and journal.waiting(workdir / "r1")  # kept on disk
 
     mlflow.set_experiment("outbox")
     with mlflow.start_run() as run:
         pass
-    assert Outbox.deliver(workdir / "undelivered.jsonl", run.info.run_id) == 3
-    assert not (workdir / "undelivered.jsonl").exists()
+    replayed = journal.replay(workdir / "r1", run.info.run_id, MlflowClient())
+    assert (replayed.sent, replayed.already, replayed.dropped) == (3, 0, 0)
+    assert not (workdir / "r1" / "journal.jsonl").exists()
     client = MlflowClient()
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "d_loss")] == \
         [(1, 0.5), (2, 0.25)]
     assert client.get_run(run.info.run_id).data.tags["note"] == "kept"
+
+
+def test_a_journal_whose_calls_were_all_delivered_goes_with_the_outbox(workdir):
+    mlflow.set_experiment("outbox")
+    with mlflow.start_run() as run:
+        box = Outbox(run.info.run_id, journal=Journal(workdir / "r", run.info.run_id, "u"))
+        box.log_metrics({"x": 1.0}, step=1)
+        assert box.flush(timeout=30)
+        assert (workdir / "r" / "journal.delivered").read_text() == "1"
+        assert not journal.waiting(workdir / "r")
+        assert box.close() == []
+    assert not (workdir / "r" / "journal.jsonl").exists()
 
 
 def test_outbox_skips_a_call_the_store_refuses_and_goes_on(workdir):

@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import TINY, free_port, image_steps, write_plugin
+from ganflow import journal
 
 
 class MlflowServer:
@@ -201,14 +202,15 @@ def test_a_server_that_stays_away_stops_the_run_to_resume_later(server, workdir,
     checkpoints = workdir / "ganflow-runs" / run_id / "checkpoints"
     stopped_at = json.loads((checkpoints / "progress.json").read_text())["steps_done"]
     assert 4 < stopped_at < 50
-    assert (workdir / "ganflow-runs" / run_id / "undelivered.jsonl").exists()
+    assert "logging calls kept in" in error[0] and "journal.jsonl" in error[0]
+    assert journal.waiting(workdir / "ganflow-runs" / run_id)
 
     server.start()
     resumed = start_ganflow(["resume", run_id, "--tracking-uri", server.uri, "-q"], workdir,
                             pause=0)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
-    assert not (workdir / "ganflow-runs" / run_id / "undelivered.jsonl").exists()
+    assert not (workdir / "ganflow-runs" / run_id / "journal.jsonl").exists()  # all delivered
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["ganflow.resumed_from_step"] == str(stopped_at)
@@ -218,6 +220,48 @@ def test_a_server_that_stays_away_stops_the_run_to_resume_later(server, workdir,
     # keeps the newest 3.
     assert [f.path for f in client.list_artifacts(run_id, "checkpoints")] == [
         "checkpoints/ckpt-40", "checkpoints/ckpt-45", "checkpoints/ckpt-50"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_the_server_is_away_loses_nothing_it_logged(server, workdir,
+                                                                      tmp_path):
+    # The server goes away at step 4; training goes on, every window only in the outbox and
+    # its journal; then the process is SIGKILLed (the OOM killer, a pre-empted machine).
+    from test_checkpoints import STEPPED
+
+    plugin = write_plugin(tmp_path / "stepped.py", STEPPED)
+    client = MlflowClient(server.uri)
+    proc = start_ganflow(["run", *OUTAGE_RUN, "--plugin-module", plugin,
+                          "--tracking-uri", server.uri, "--checkpoint-every", "5"], workdir,
+                         pause=0.3)
+    run_id = running_run(client, proc, at_step=4)
+    server.kill()
+    folder = workdir / "ganflow-runs" / run_id
+    deadline = time.monotonic() + 300
+    while json.loads((folder / "checkpoints" / "progress.json").read_text())[
+            "steps_done"] < 25:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    saved = json.loads((folder / "checkpoints" / "progress.json").read_text())["steps_done"]
+    assert journal.waiting(folder)
+
+    server.start()
+    assert max(m.step for m in client.get_metric_history(run_id, "d_loss")) < 25
+    resumed = start_ganflow(["resume", run_id, "--tracking-uri", server.uri, "-q"], workdir,
+                            pause=0)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert f"Journal of run {run_id}: " in err and "logging calls delivered" in err
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["ganflow.resumed_from_step"] == str(saved)
+    # Every window, epoch mean and grid once: those the killed process made up to its
+    # checkpoint from its journal, the rest from the resumed training.
+    assert_every_step_once(client, run_id, steps=50, epochs=5, per_epoch=10)
+    assert not (folder / "journal.jsonl").exists()
+    assert client.get_model_version_by_alias("dcgan-generator", "latest").run_id == run_id
 
 
 def four_runs_at_once(workdir, uri):

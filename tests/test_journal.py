@@ -131,3 +131,23 @@ def test_the_journal_names_its_run_and_store_first(workdir):
     path = written(workdir / "r", "r", [("tags", {"a": "1"})], uri="http://127.0.0.1:5000")
     assert json.loads(path.read_text().splitlines()[0]) == {
         "journal": 1, "run_id": "r", "tracking_uri": "http://127.0.0.1:5000"}
+
+
+def test_the_next_run_in_the_same_folder_delivers_what_a_killed_one_left(cli, workdir):
+    from conftest import TINY
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    killed, elsewhere = a_run(), a_run()
+    written(workdir / "ganflow-runs" / killed, killed,
+            [("metrics", [["d_loss", 0.5, 1000, 7]])], uri=uri)
+    written(workdir / "ganflow-runs" / elsewhere, elsewhere,
+            [("metrics", [["d_loss", 0.5, 1000, 7]])], uri="http://127.0.0.1:1")
+    result = cli("run", *TINY, "--eval-every", "0", "--no-register")
+    assert result.exit_code == 0, result.output
+    assert f"Journal of run {killed}: 1 logging calls delivered\n" in result.stderr
+    assert (f"Run {elsewhere} left logging calls for http://127.0.0.1:1 in "
+            f"ganflow-runs/{elsewhere}/journal.jsonl: ganflow sync {elsewhere} --output-dir "
+            "ganflow-runs sends them") in result.stderr
+    assert [m.step for m in MlflowClient(uri).get_metric_history(killed, "d_loss")] == [7]
+    assert journal.waiting(workdir / "ganflow-runs" / elsewhere)  # another store's: kept

@@ -132,7 +132,8 @@ class Checkpoints:
         problems = []
         for path in candidates:
             try:
-                self.checkpoint.read(path).assert_existing_objects_matched()
+                # restore, not read: save_counter, which the manager saves, is restored too
+                self.checkpoint.restore(path).assert_existing_objects_matched()
                 self.restored_metrics = {
                     tracker.name: (float(tracker.total.numpy()), float(tracker.count.numpy()))
                     for tracker in self.gan.metrics}

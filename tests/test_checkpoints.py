@@ -142,6 +142,7 @@ def test_sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path
 
     resumed = ganflow("resume", run_id, "-q", workdir=broken)
     assert resumed.returncode == 0, resumed.stderr
+    assert "WARNING:tensorflow" not in resumed.stderr  # it restored exactly what was saved
     (run,) = the_run(broken)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert run.data.tags["ganflow.resumed_from_step"] == str(saved)
@@ -190,6 +191,7 @@ def test_sigterm_checkpoints_logs_and_says_how_to_resume(tmp_path, stepped, stop
 
     resumed = ganflow("resume", run_id, "-q", workdir=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    assert "WARNING:tensorflow" not in resumed.stderr  # it restored exactly what was saved
     (run,) = the_run(tmp_path)
     assert run.info.status == "FINISHED" and logged_steps(tmp_path, run_id) == list(range(1, 25))
 

@@ -13,6 +13,13 @@ class UsageError(GanflowError):
     exit_code = 2
 
 
+class TrackingServerError(GanflowError):
+    """The tracking URI leads to a server that is not an MLflow tracking server, or does not
+    speak the URI's protocol."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
 class PluginError(GanflowError):
     """A plugin failed to import, to validate, or registered a name another plugin has."""
 

@@ -17,7 +17,7 @@ import mlflow
 
 from ganflow import __version__
 from ganflow.config import RunConfig
-from ganflow.errors import UsageError, first_line
+from ganflow.errors import TrackingServerError, UsageError, first_line
 
 
 def use_tracking_uri(uri: str | None, must_exist: bool = False) -> str:
@@ -50,33 +50,139 @@ SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql"
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
-def check_store(uri: str) -> None:
-    """The store answers, within seconds, or a one-line error says why: an unknown scheme, a
-    server that does not answer, a SQLite file that cannot be created."""
-    from urllib.parse import urlparse
+# Where a database URI's driver is not installed: what to install (SQLAlchemy's module name).
+DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+           "pymysql": "pymysql", "pyodbc": "pyodbc"}
+START_TIMEOUT = 60.0  # seconds a tracking server that accepts connections may take to answer
 
-    from ganflow.net import reachable
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+
+
+def check_store(uri: str, say=_stderr) -> None:
+    """The store answers, within a minute, or a one-line error says why: an unknown scheme, a
+    folder (MLflow's retired file store), a SQLite URI with two slashes or a file that cannot
+    be made or written, a database without its driver, a server that does not answer, that is
+    not MLflow or does not speak the URI's protocol. ``say`` is told, within seconds, what a
+    slow server keeps the run waiting for."""
+    from urllib.parse import urlparse
 
     parsed = urlparse(uri)
     scheme = parsed.scheme if len(parsed.scheme) > 1 else ""  # C:\ is a path
     if scheme not in SCHEMES:
         raise UsageError(f"tracking URI {uri}: MLflow cannot store runs at a {scheme}:// URI; "
                          "use a path, sqlite:///FILE or http://HOST:PORT")
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise UsageError(f"tracking URI {uri}: MLflow 3.17 keeps no new runs in a folder (its "
+                         "file store is retired): use sqlite:///mlflow.db (mlflow "
+                         "migrate-filestore moves old runs there), or set "
+                         "MLFLOW_ALLOW_FILE_STORE=true")
     if scheme in ("http", "https"):
-        # MLflow retries a failed request 7 times, 2**n seconds apart (about 4 minutes) before
-        # it says so; ganflow's outbox retries itself, and says so at once.
-        for name, value in HTTP_RETRIES.items():
-            os.environ.setdefault(name, value)
-        # urllib3 warns of each retried request; the outbox says it once.
-        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-        port = parsed.port or (443 if scheme == "https" else 80)
-        if not reachable(parsed.hostname or "", port, timeout=5.0):
-            raise UsageError(f"tracking server {uri} does not answer: start it (mlflow server "
-                             "--host 127.0.0.1 --port PORT) or check --tracking-uri")
+        _check_server(uri, parsed, say)
     if scheme == "sqlite":
+        if not uri.startswith("sqlite:///"):
+            raise UsageError(f"tracking URI {uri}: a SQLite URI has three slashes before a "
+                             "relative path and four before an absolute one, e.g. "
+                             f"sqlite:///{parsed.netloc or 'mlflow.db'}{parsed.path}")
         database = Path(uri[len("sqlite:///"):])
         if not database.exists():  # made when the run starts: its folder must allow it
             check_writable(database.parent, f"tracking URI {uri}:")
+        elif database.is_dir() or not os.access(database, os.R_OK | os.W_OK):
+            raise UsageError(f"tracking URI {uri}: {database} cannot be "
+                             f"{'used' if database.is_dir() else 'written'} as a store (it is "
+                             f"{'a folder' if database.is_dir() else 'not writable'}): point "
+                             "--tracking-uri at another file")
+    if scheme in ("postgresql", "mysql", "mssql"):
+        _check_driver(uri)
+
+
+def _shown(uri: str) -> str:
+    """``uri`` without a password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+def _check_driver(uri: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except ModuleNotFoundError as exc:
+        package = DRIVERS.get(exc.name, exc.name)
+        raise UsageError(f"tracking URI {_shown(uri)}: its database driver is not installed "
+                         f"(no module {exc.name}): pip install '{package}'") from None
+    except Exception as exc:  # noqa: BLE001 - an unknown dialect, a malformed URL
+        raise UsageError(f"tracking URI {_shown(uri)}: {first_line(exc)}") from None
+
+
+def _check_server(uri: str, parsed, say) -> None:
+    """An MLflow tracking server answers at ``uri``: ``/health`` says OK (or its REST API
+    answers), within ``START_TIMEOUT``."""
+    import time
+
+    import requests
+
+    from ganflow.net import reachable
+    from ganflow.outbox import TrackingUnavailable
+
+    # MLflow retries a failed request 7 times, 2**n seconds apart (about 4 minutes) before
+    # it says so; ganflow's outbox retries itself, and says so at once.
+    for name, value in HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
+    # urllib3 warns of each retried request; the outbox says it once.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError:
+        raise UsageError(f"tracking URI {uri}: the port {parsed.netloc.rsplit(':', 1)[-1]!r} is "
+                         "not a number, e.g. http://127.0.0.1:5000") from None
+    if not reachable(parsed.hostname or "", port, timeout=5.0):
+        raise TrackingUnavailable(f"tracking server {uri} does not answer: start it (mlflow "
+                                  "server --host 127.0.0.1 --port PORT) or check --tracking-uri")
+    base = uri.rstrip("/")
+    started, said = time.monotonic(), False
+    while True:
+        try:
+            answer = requests.get(f"{base}/health", timeout=5.0)
+            break
+        except requests.exceptions.SSLError as exc:
+            raise TrackingServerError(
+                f"tracking URI {uri}: the server at {parsed.netloc} does not speak HTTPS "
+                f"({_ssl_reason(exc)}): use http://{parsed.netloc}") from None
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
+            if not said:
+                say(f"Waiting for the tracking server at {uri}: it accepts connections but "
+                    f"has not answered yet (giving up after {START_TIMEOUT:.0f} s)")
+                said = True
+            if time.monotonic() - started > START_TIMEOUT:
+                raise TrackingUnavailable(
+                    f"tracking server {uri} accepts connections but did not answer in "
+                    f"{START_TIMEOUT:.0f} s: is it an MLflow server, and is it stuck? Check it "
+                    f"(curl {base}/health says OK) or --tracking-uri") from None
+            time.sleep(1.0)
+    if answer.status_code == 200 and answer.text.strip() == "OK":
+        return
+    api = requests.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                       timeout=10.0)
+    if api.status_code not in (200, 401, 403):  # 401/403: MLflow's own authentication
+        raise TrackingServerError(
+            f"tracking URI {uri}: the server there is not an MLflow tracking server (/health "
+            f"answered {answer.status_code}, its REST API {api.status_code}): check the port, "
+            "or start one: mlflow server --host 127.0.0.1 --port PORT")
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    import re
+
+    found = re.search(r"\[SSL: ([A-Z_]+)\]", str(exc))
+    return found.group(1).lower().replace("_", " ") if found else "no TLS handshake"
 
 
 def ensure_store(uri: str) -> None:

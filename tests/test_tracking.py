@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import mlflow
 import pytest
@@ -12,7 +13,8 @@ from mlflow import MlflowClient
 
 from ganflow import tracking
 from ganflow.config import recipe_layer, resolve, user_layers
-from ganflow.errors import UsageError
+from ganflow.errors import TrackingServerError, UsageError
+from ganflow.outbox import TrackingUnavailable
 
 from conftest import free_port
 
@@ -21,8 +23,9 @@ def test_the_store_is_checked_before_anything_waits_on_it(workdir):
     with pytest.raises(UsageError, match=r"^tracking URI ftp://x: MLflow cannot store runs at "
                                          r"a ftp:// URI; use a path, sqlite:///FILE"):
         tracking.check_store("ftp://x")
-    with pytest.raises(UsageError, match=rf"^tracking server http://127.0.0.1:{(port := free_port())}"
-                                         r" does not answer: start it"):
+    with pytest.raises(TrackingUnavailable,
+                       match=rf"^tracking server http://127.0.0.1:{(port := free_port())}"
+                             r" does not answer: start it"):
         tracking.check_store(f"http://127.0.0.1:{port}")
     (workdir / "taken").write_text("a file where a folder should be")
     with pytest.raises(UsageError, match=r"taken is a file, not a folder"):
@@ -100,5 +103,80 @@ def test_a_password_in_the_tracking_uri_is_never_printed_or_stored(cli, workdir,
     assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == \
         ("ann", "s3cr@t")  # where MLflow reads them from
     result = cli("run", "--tracking-uri", f"http://bob:hunter2@127.0.0.1:{free_port()}", "-q")
-    assert result.exit_code == 2 and "hunter2" not in result.output
+    assert result.exit_code == 75 and "hunter2" not in result.output
     assert "does not answer" in result.stderr
+
+
+@pytest.fixture
+def servers():
+    """On 127.0.0.1: a web server that is not MLflow, and one that accepts connections and
+    never answers; their ports."""
+    import http.server
+    import socket
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    yield web.server_address[1], silent.getsockname()[1]
+    web.shutdown()
+    silent.close()
+
+
+def test_tracking_uris_that_cannot_work_are_one_line_each(workdir, servers, monkeypatch):
+    web, silent = servers
+    cases = [
+        ("http://localhost:notaport", UsageError,
+         "tracking URI http://localhost:notaport: the port 'notaport' is not a number, e.g. "
+         "http://127.0.0.1:5000"),
+        (f"https://127.0.0.1:{web}", TrackingServerError,
+         f"tracking URI https://127.0.0.1:{web}: the server at 127.0.0.1:{web} does not speak "
+         f"HTTPS (wrong version number): use http://127.0.0.1:{web}"),
+        (f"http://127.0.0.1:{web}", TrackingServerError,
+         f"tracking URI http://127.0.0.1:{web}: the server there is not an MLflow tracking "
+         "server (/health answered 404, its REST API 404): check the port, or start one: "
+         "mlflow server --host 127.0.0.1 --port PORT"),
+        ("sqlite://relative.db", UsageError,
+         "tracking URI sqlite://relative.db: a SQLite URI has three slashes before a relative "
+         "path and four before an absolute one, e.g. sqlite:///relative.db"),
+        ("postgresql://ann:s3cret@localhost/runs", UsageError,
+         "tracking URI postgresql://ann:***@localhost/runs: its database driver is not "
+         "installed (no module psycopg): pip install 'psycopg[binary]'"),
+        (f"file://{workdir}/mlruns", UsageError,
+         f"tracking URI file://{workdir}/mlruns: MLflow 3.17 keeps no new runs in a folder (its "
+         "file store is retired): use sqlite:///mlflow.db (mlflow migrate-filestore moves old "
+         "runs there), or set MLFLOW_ALLOW_FILE_STORE=true"),
+        (f"sqlite:///{workdir}", UsageError,
+         f"tracking URI sqlite:///{workdir}: {workdir} cannot be used as a store (it is a "
+         "folder): point --tracking-uri at another file"),
+    ]
+    for uri, error, message in cases:
+        with pytest.raises(error) as raised:
+            tracking.check_store(uri)
+        assert str(raised.value) == message
+    # A server that takes the connection and never answers: said within seconds, given up on.
+    monkeypatch.setattr(tracking, "START_TIMEOUT", 3.0)
+    said = []
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match=rf"^tracking server http://127.0.0.1:{silent} "
+                                                  r"accepts connections but did not answer in 3 s"):
+        tracking.check_store(f"http://127.0.0.1:{silent}", say=said.append)
+    assert said == [f"Waiting for the tracking server at http://127.0.0.1:{silent}: it accepts "
+                    "connections but has not answered yet (giving up after 3 s)"]
+    assert time.monotonic() - started < 15
+
+
+def test_a_wrong_tracking_server_ends_a_run_in_one_line_with_its_own_exit_code(cli, workdir,
+                                                                            servers):
+    web, _ = servers
+    result = cli("run", "--tracking-uri", f"http://127.0.0.1:{web}", "-q")
+    assert result.exit_code == 69
+    assert result.stderr.startswith(f"Error: tracking URI http://127.0.0.1:{web}: the server "
+                                    "there is not an MLflow tracking server")
+    assert not (workdir / "ganflow-runs").exists()

@@ -26,5 +26,5 @@ setup(
     ],
     # setuptools: a test builds the plugin package of docs/plugins.md into a wheel, offline.
     extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "setuptools>=61"]},
-    entry_points={"console_scripts": ["ganflow=ganflow.cli:main"]},
+    entry_points={"console_scripts": ["ganflow=ganflow.cli:entry"]},
 )

@@ -1,3 +1,3 @@
-from ganflow.cli import main
+from ganflow.cli import entry
 
-main()
+entry()

@@ -12,6 +12,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ganflow import signals
+
 
 def steps_done(model) -> int:
     """Training steps the model has done in all (restored ones included)."""
@@ -86,12 +88,15 @@ class MlflowLogger(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.catch_up()
 
-    def catch_up(self) -> None:
+    def catch_up(self, stopping: bool = False) -> None:
         """Log the window that ends at the step done now, if one does and it is not logged
-        yet: also called when training is interrupted between a step and its callbacks."""
+        yet. ``stopping`` (training was interrupted): the steps since the last window are a
+        window, ending here; the resumed run's first window starts after it."""
+        if self.model is None:  # stopped before fit began
+            return
         step = steps_done(self.model)
         within = step - self._epoch * self.steps_per_epoch
-        if within % self.log_every and within != self.steps_per_epoch:
+        if within % self.log_every and within != self.steps_per_epoch and not stopping:
             return
         window = {}
         for tracker in self.model.metrics:
@@ -105,10 +110,12 @@ class MlflowLogger(keras.callbacks.Callback):
             self._mark[tracker.name] = (total, count)
         # A window logged before a resume moves the mark (the next one starts after it) but
         # is not logged again; a stopped (diverged) run logs nothing more.
-        if step <= self._window_logged or getattr(self.model, "stop_training", False):
+        if step <= self._window_logged or getattr(self.model, "stop_training", False) or \
+                not window:
             return
-        self._window_logged = step  # first: an interrupt right after must not log it twice
-        self.outbox.log_metrics(window, step=step)
+        with signals.held():  # logged and marked as logged, or neither
+            self.outbox.log_metrics(window, step=step)
+            self._window_logged = step
 
     def on_epoch_end(self, epoch, logs=None):
         step = (epoch + 1) * self.steps_per_epoch

@@ -96,9 +96,12 @@ class Checkpoints:
 
     def save(self) -> Path:
         """A checkpoint of the state now, numbered by the training steps done."""
+        from ganflow import signals
+
         try:
-            path = self.manager.save(checkpoint_number=self.steps_done)
-            self._write_progress()
+            with signals.held():  # written whole, with its progress file, or not at all
+                path = self.manager.save(checkpoint_number=self.steps_done)
+                self._write_progress()
         except (tf.errors.OpError, OSError) as exc:  # a full disk, a quota, a folder gone
             kept = self.manager.latest_checkpoint
             raise CheckpointWriteError(

@@ -124,6 +124,23 @@ def keras_verbosity(quiet: bool, verbose: bool) -> int:
     return 1 if verbose or sys.stdout.isatty() else 2
 
 
+def entry():
+    """The ``ganflow`` command: ``main`` with Ctrl-C, SIGTERM and SIGHUP handled until the
+    process exits (``ganflow.signals``): a second signal, or one that comes as a stopped run
+    says how it ended, never kills the process half-way."""
+    import signal
+
+    from ganflow import signals
+
+    try:
+        with signals.terminate_as_interrupt():
+            main()
+    finally:  # the process is exiting: a late signal must not kill it half-way
+        for signum in signals.STOPPING:
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                signal.signal(signum, signal.SIG_IGN)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="ganflow")
 @click.option("--debug", is_flag=True, help="show the traceback behind an error")

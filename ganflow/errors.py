@@ -13,6 +13,13 @@ class UsageError(GanflowError):
     exit_code = 2
 
 
+class Stopped(GanflowError):
+    """Ctrl-C, SIGTERM or SIGHUP stopped a run before it had anything to keep but its
+    settings (a run stopped later ends KILLED with its checkpoint, and says so itself)."""
+
+    exit_code = 130
+
+
 class TrackingServerError(GanflowError):
     """The tracking URI leads to a server that is not an MLflow tracking server, or does not
     speak the URI's protocol."""

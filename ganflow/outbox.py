@@ -129,28 +129,29 @@ class Outbox:
         with self._lock:
             return len(self._items)
 
-    def flush(self, timeout: float) -> bool:
+    def flush(self, timeout: float, give_up=lambda: False) -> bool:
         """Wait until everything is delivered; False if the store has been away for more than
-        ``timeout`` seconds first (what is waiting stays waiting)."""
+        ``timeout`` seconds first, or ``give_up()`` says so (what is waiting stays waiting)."""
         with self._lock:
             self._hurry = True
             self._lock.notify_all()
             try:
                 while self._items or self._sending:
-                    if self.down_for() > timeout:
+                    if self.down_for() > timeout or give_up():
                         return False
                     self._lock.wait(0.2)
             finally:
                 self._hurry = False
         return True
 
-    def close(self) -> list[tuple]:
-        """Stop the thread (after the call it is sending, if any); returns what was not
-        delivered, which stays in the journal (which goes when everything was delivered)."""
+    def close(self, timeout: float = 120.0) -> list[tuple]:
+        """Stop the thread (after the call it is sending, if any, waiting for it at most
+        ``timeout`` seconds); returns what was not delivered, which stays in the journal
+        (which goes when everything was delivered)."""
         with self._lock:
             self._stop = True
             self._lock.notify_all()
-        self._thread.join(timeout=120)
+        self._thread.join(timeout=timeout)
         with self._lock:
             left = list(self._items)
             if self.journal is not None:

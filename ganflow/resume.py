@@ -88,16 +88,22 @@ class Restored:
 
 def restore(prepared, run_id: str) -> Restored:
     """Load ``run_id``'s newest checkpoint into ``prepared.gan``, from the run's folder, else
-    from its MLflow artifacts (``--checkpoint-to-mlflow``). A restored optimizer's constant
+    from its MLflow artifacts (``--checkpoint-to-mlflow``); a run stopped before its first
+    step has none and starts from step 0. A restored optimizer's constant
     rate is the checkpoint's: it is set to this run's, which ``ganflow resume --lr-g/--lr-d``
     may have changed (schedules are objects, not restored)."""
     from ganflow import checkpoints
 
+    import mlflow
+
     config, gan = prepared.config, prepared.gan
     folder = Path(config.output_dir) / run_id / "checkpoints"
-    if not checkpoints.saved_in(folder):
-        checkpoints.fetch(run_id, folder)
+    stopped_before_training = not checkpoints.saved_in(folder) and \
+        not checkpoints.fetch(run_id, folder) and \
+        mlflow.get_run(run_id).data.tags.get("ganflow.stopped_at_step") == "0"
     store = checkpoints.Checkpoints(gan, folder, config.keep_checkpoints)
+    if stopped_before_training:  # it starts as it would have, from the seed's weights
+        return Restored(store, 0)
     done = store.restore()
     if prepared.resolved.components["lr_schedule"].name == "constant":
         gan.g_optimizer.learning_rate = config.lr_g

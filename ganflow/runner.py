@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ganflow import devices, fitting, journal, likelihood, resume, tracking
+from ganflow import devices, fitting, journal, likelihood, resume, signals, tracking
 from ganflow.config import RunConfig
-from ganflow.errors import UsageError
+from ganflow.errors import Stopped, UsageError
 from ganflow.outbox import Outbox, TrackingUnavailable, retry
 from ganflow.plugins import Plugins
 from ganflow.prepare import Prepared, prepare
@@ -38,6 +38,18 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     newest checkpoint). ``report`` receives a line per evaluation. Under ``--strategy
     multiworker`` only the chief tracks and registers; the other workers train in step with
     it and keep nothing."""
+    # Ctrl-C, SIGTERM and SIGHUP stop the run alike, as a KeyboardInterrupt wherever it
+    # stands, once (ganflow.signals): each step below says what a stop there keeps.
+    with signals.terminate_as_interrupt():
+        try:
+            return _run(config, plugins, verbose, report, resume_run_id)
+        except KeyboardInterrupt as exc:
+            made = f"run {resume_run_id} is as it was" if resume_run_id else "nothing was made"
+            raise Stopped(f"stopped by {signals.name_of(exc)} before the run started: "
+                          f"{made}") from None
+
+
+def _run(config, plugins, verbose, report, resume_run_id) -> RunResult:
     role = devices.worker(config.strategy)  # TF_CONFIG checked before anything starts
     resolved = resolve(config, plugins)
     if role is not None and not role.chief:
@@ -63,9 +75,14 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
         restored = resume.restore(prepared, resume_run_id) if resume_run_id else None
         with tracking.start_run(prepared.config, prepared.params(), prepared.providers,
                                 resume_run_id) as active:
-            tracked = TrackedRun(prepared, active.info.run_id, tracking_uri, restored, report)
+            try:
+                signals.raise_pending()  # a stop while the run was being made
+                tracked = TrackedRun(prepared, active.info.run_id, tracking_uri, restored,
+                                     report)
+            except KeyboardInterrupt as exc:
+                raise _stopped_at_start(active.info.run_id, exc, restored) from None
             trained = tracked.fit(verbose)
-            registered = tracked.finish(trained)
+            registered, trained = tracked.finish(trained)
     return RunResult.of(active, tracking_uri, seconds=time.perf_counter() - started,
                         metrics=trained.metrics, samples_path=trained.grid,
                         registered=registered, interrupted=bool(trained.interrupted),
@@ -110,6 +127,7 @@ class TrackedRun:
             if replayed is not None and (replayed.sent or replayed.dropped):
                 _say(replayed.line())
         self.outbox = Outbox(run_id, journal=journal.Journal(folder, run_id, tracking_uri))
+        self._registered = None  # once the generator is logged (and registered)
         if config.checkpoint_to_mlflow:
             self.store.on_save = lambda path: self.outbox.log_checkpoint(
                 checkpoints.staged(path, folder / "to-mlflow"), config.keep_checkpoints)
@@ -121,7 +139,7 @@ class TrackedRun:
     def fit(self, verbose) -> Trained:
         """Train to the end or to a stop, then save the last checkpoint and the samples'
         animation."""
-        from ganflow import checkpoints, signals
+        from ganflow import checkpoints
 
         config, callbacks = self.prepared.config, self.callbacks
         interrupted, metrics = None, {}
@@ -130,13 +148,17 @@ class TrackedRun:
             history = fitting.fit(self.prepared, callbacks, self.done, verbose)
             if history is not None:
                 metrics = {k: float(v[-1]) for k, v in history.history.items()}
+            else:  # nothing left to train (stopped as it ended): the run's last values
+                metrics = tracking.last_metrics(self.run_id)
             metrics.update(callbacks.logger.last_view_metrics)
             if callbacks.evaluations is not None:
                 metrics.update(callbacks.evaluations.last)
         except KeyboardInterrupt as exc:
             interrupted = signals.name_of(exc)
             if single_process:  # else reading the metrics would wait for workers that go on
-                callbacks.logger.catch_up()  # a step may be done whose callbacks were cut short
+                # The steps since the last window are one, ending here: a step may be done
+                # whose callbacks were cut short, and the resumed run starts after it.
+                callbacks.logger.catch_up(stopping=True)
         except devices.lost_peer_errors() as exc:
             if single_process:
                 self.outbox.close()
@@ -150,42 +172,65 @@ class TrackedRun:
             raise
         # A chief stopped alone cannot save: a checkpoint's metric reads wait for every worker.
         stopped_alone = interrupted and not single_process
-        latest = self.store.manager.latest_checkpoint
-        checkpoint = callbacks.saver.save() if callbacks.diverged is None and not stopped_alone \
-            else (Path(latest) if latest else None)
-        diverged = callbacks.diverged  # the weights too, checked as the last one is saved
-        grids = sorted(callbacks.logger.samples_dir.glob("epoch_*.png"))  # a resume's too
-        if diverged is None and len(grids) > 1:
-            from ganflow.images import animate
+        try:
+            if callbacks.diverged is None and not stopped_alone:
+                callbacks.saver.save()
+            grids = sorted(callbacks.logger.samples_dir.glob("epoch_*.png"))  # a resume's too
+            if callbacks.diverged is None and len(grids) > 1:
+                from ganflow.images import animate
 
-            self.outbox.log_artifact(animate(grids, self.folder / "samples.gif"))
-        return Trained(metrics, self.store.steps_done, checkpoint, callbacks.logger.last_grid,
-                       interrupted, diverged, callbacks.span)
+                self.outbox.log_artifact(animate(grids, self.folder / "samples.gif"))
+        except KeyboardInterrupt as exc:  # the stop came as training ended: it is saved
+            interrupted = interrupted or signals.name_of(exc)
+        latest = self.store.manager.latest_checkpoint
+        # callbacks.diverged: the weights too, checked as the last one is saved
+        return Trained(metrics, self.store.steps_done, Path(latest) if latest else None,
+                       callbacks.logger.last_grid, interrupted, callbacks.diverged,
+                       callbacks.span)
 
     def finish(self, trained: Trained):
         """Deliver what was logged; then end the run: a finished one's generator logged and
         registered, a stopped one's logged only (the run KILLED), a diverged one's not at all
-        (FAILED). Returns the ``registry.Registered``."""
+        (FAILED). A stop meanwhile ends the run KILLED, its training done and saved: the
+        resumed run only ends it. Returns the ``registry.Registered`` (None for a run stopped
+        here) and how the run ended."""
+        try:
+            return self._finish(trained), trained
+        except KeyboardInterrupt as exc:
+            if self._registered is not None and not trained.interrupted:
+                with signals.held(then_raise=False):  # all was done: the stop came too late
+                    mlflow_end_run("FINISHED")
+                return self._registered, trained
+            stopped = replace(trained, interrupted=trained.interrupted or signals.name_of(exc))
+            self._end_stopped(stopped)
+            return None, stopped
+
+    def _finish(self, trained: Trained):
         import mlflow
 
         config, outbox = self.prepared.config, self.outbox
-        # Stopped by the user: what the store has not taken yet is saved, not waited for.
+        # Stopped by the user: what the store has not taken yet stays in the journal, not
+        # waited for; a second signal waits for nothing.
         patience = min(config.tracking_timeout, 10.0) if trained.interrupted else \
             config.tracking_timeout
         try:
-            if self.callbacks.watch.lost is not None or not outbox.flush(patience):
+            flushed = outbox.flush(patience, give_up=signals.hurried)
+            if self.callbacks.watch.lost is not None or not (flushed or signals.hurried()):
                 raise TrackingUnavailable(
                     f"the tracking store did not answer for {outbox.down_for():.0f} s")
-            outbox.close()
+            outbox.close(timeout=0.0 if signals.hurried() else 120.0)
             if trained.diverged is not None:
                 raise self._diverged(trained)
-            registered = retry(lambda: self._register(trained), "logging the generator", outbox,
-                               config.tracking_timeout)
+            self._registered = registered = retry(
+                lambda: self._register(trained), "logging the generator", outbox,
+                config.tracking_timeout)
             if trained.interrupted:
                 retry(lambda: mlflow.set_tags({"ganflow.interrupted": trained.interrupted,
                                                "ganflow.stopped_at_step": str(trained.steps_done)}),
                       "tagging the run", outbox, config.tracking_timeout)
-                mlflow.end_run(status="KILLED")
+            # Ended here, not by the block around the run: a signal from now on changes nothing.
+            with signals.held(then_raise=False):
+                mlflow_end_run("KILLED" if trained.interrupted else "FINISHED")
         except TrackingUnavailable as exc:
             raise self._unreachable(exc) from None
         return registered
@@ -207,6 +252,20 @@ class TrackedRun:
             measured_with={"eval.features": str(evaluator.features),
                            "eval.dataset": config.dataset,
                            "eval.samples": str(config.eval_samples)} if evaluated else None)
+
+    def _end_stopped(self, trained: Trained) -> None:
+        """End a run stopped while it ended: KILLED, tagged with the signal and its steps;
+        what the store has not taken stays in the journal."""
+        import mlflow
+
+        self.outbox.close(timeout=0.0 if signals.hurried() else 10.0)
+        try:
+            mlflow.set_tags({"ganflow.interrupted": trained.interrupted,
+                             "ganflow.stopped_at_step": str(trained.steps_done)})
+            mlflow_end_run("KILLED")
+        except mlflow.exceptions.MlflowException:  # the store away: the next command marks it
+            _say("The tracking store did not answer: the run stays RUNNING until the next "
+                 "ganflow command on this machine marks it KILLED")
 
     def _failed(self, error: Exception, end: bool = False) -> Exception:
         """``error``, once the run is tagged with it (and ended FAILED, with ``end``)."""
@@ -254,6 +313,26 @@ class TrackedRun:
             f"{exc}: training stopped with {where}; {kept} logging calls kept in "
             f"{self.outbox.journal.path}; when the store answers again: ganflow resume "
             f"{self.run_id} --tracking-uri {self.tracking_uri}")
+
+
+def _stopped_at_start(run_id: str, interrupt: KeyboardInterrupt, restored) -> Stopped:
+    """The error of a run stopped after its MLflow run opened, before its first step: the
+    run is tagged and ended KILLED, and ``ganflow resume`` starts it where it stood."""
+    import mlflow
+
+    name, at = signals.name_of(interrupt), restored.done if restored else 0
+    mlflow.set_tags({"ganflow.interrupted": name, "ganflow.stopped_at_step": str(at)})
+    mlflow_end_run("KILLED")
+    return Stopped(f"stopped by {name} before its first step: run {run_id} is marked KILLED; "
+                   f"ganflow resume {run_id} starts it from step {at}")
+
+
+def mlflow_end_run(status: str) -> None:
+    """End the active MLflow run as ``status``; the run is over: later signals are ignored."""
+    import mlflow
+
+    mlflow.end_run(status=status)
+    signals.settle()
 
 
 def _say(line: str) -> None:

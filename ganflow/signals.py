@@ -1,44 +1,120 @@
-"""SIGTERM (``timeout``, ``docker stop``, a preempted machine) and SIGHUP (the terminal
-closed) stop training the way Ctrl-C does: as a ``KeyboardInterrupt`` in the main thread,
-between two calls into TensorFlow."""
+"""How a run stops: Ctrl-C (SIGINT), SIGTERM (``timeout``, ``docker stop``, a preempted
+machine) and SIGHUP (the terminal closed) all stop it the same way, as a ``KeyboardInterrupt``
+(``Interrupted``) in the main thread, wherever the run stands: before its MLflow run exists,
+while it trains, or while it ends.
+
+Only the first signal interrupts. Those that follow do not cut short what the stop saves (its
+checkpoint, the run's status); they make it ``hurried``: waits on the tracking store give up,
+what it has not taken stays in the run's journal. Short sections that must not be cut in half
+(a checkpoint being written, a metric window being logged) are ``held``: a signal that arrives
+within one interrupts when it ends.
+"""
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 
-STOPPING = (signal.SIGTERM, signal.SIGHUP)  # what stops a run as Ctrl-C does
+STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP arrived (``signum``)."""
+class Interrupted(KeyboardInterrupt):
+    """A signal (``signum``) asked the run to stop."""
 
-    def __init__(self, signum: int = signal.SIGTERM):
+    def __init__(self, signum: int = signal.SIGINT):
         super().__init__()
         self.signum = signum
 
 
+class _State:
+    def __init__(self):
+        self.depth = 0  # nested terminate_as_interrupt blocks
+        self.holding = 0  # nested held blocks
+        self.stopping: int | None = None  # the signal that interrupted
+        self.pending: int | None = None  # a signal that arrived while held
+        self.again = 0  # signals after the first
+        self.settled = False  # the run is over: signals change nothing
+
+
+_state = _State()
+
+
+def _handle(signum, frame):
+    if _state.settled:
+        return
+    if _state.stopping is not None or _state.pending is not None:
+        _state.again += 1
+        print(f"\n{signal.Signals(signum).name} again: stopping without waiting for the tracking "
+              "store (what it has not taken stays in the run's journal)", file=sys.stderr,
+              flush=True)
+        return
+    if _state.holding:
+        _state.pending = signum
+        return
+    _state.stopping = signum
+    raise Interrupted(signum)
+
+
 @contextmanager
 def terminate_as_interrupt():
-    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` (a KeyboardInterrupt)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise ``Interrupted``, once (see the
+    module's docstring). A SIGINT that the process was started ignoring (a job put in the
+    background by a shell) stays ignored."""
+    if threading.current_thread() is not threading.main_thread() or _state.depth:
+        _state.depth += 1
+        try:
+            yield
+        finally:
+            _state.depth -= 1
         return
-
-    def handler(signum, frame):
-        raise Terminated(signum)
-
-    previous = {signum: signal.signal(signum, handler) for signum in STOPPING}
+    previous = {}
+    for signum in STOPPING:
+        if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+            continue
+        previous[signum] = signal.signal(signum, _handle)
+    _state.depth += 1
     try:
         yield
     finally:
+        _state.depth -= 1
         for signum, before in previous.items():
             signal.signal(signum, before)
+        _state.__init__()  # the next run in this process (tests) starts afresh
+
+
+@contextmanager
+def held(then_raise: bool = True):
+    """A section a signal must not cut in half: one that arrives meanwhile interrupts as the
+    section ends (``then_raise``), or at the next ``raise_pending``."""
+    _state.holding += 1
+    try:
+        yield
+    finally:
+        _state.holding -= 1
+    if then_raise:
+        raise_pending()
+
+
+def raise_pending() -> None:
+    """Interrupt now if a signal arrived during a held section."""
+    if _state.pending is not None and not _state.holding:
+        _state.stopping, _state.pending = _state.pending, None
+        raise Interrupted(_state.stopping)
+
+
+def settle() -> None:
+    """The run is over (its MLflow run ended): signals from now on are ignored, and one that
+    arrived during a held section is dropped."""
+    _state.settled, _state.pending = True, None
+
+
+def hurried() -> bool:
+    """Whether a signal came after the first: stop without waiting on anything."""
+    return _state.again > 0
 
 
 def name_of(interrupt: KeyboardInterrupt) -> str:
-    """``SIGTERM``, ``SIGHUP`` or ``SIGINT``: what stopped the run."""
-    if isinstance(interrupt, Terminated):
-        return signal.Signals(interrupt.signum).name
-    return "SIGINT"
+    """``SIGINT``, ``SIGTERM`` or ``SIGHUP``: what stopped the run."""
+    return signal.Signals(getattr(interrupt, "signum", signal.SIGINT)).name

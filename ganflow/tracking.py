@@ -15,7 +15,7 @@ from pathlib import Path
 
 import mlflow
 
-from ganflow import __version__
+from ganflow import __version__, signals
 from ganflow.config import RunConfig
 from ganflow.errors import TrackingServerError, UsageError, first_line
 
@@ -229,16 +229,20 @@ def start_run(config: RunConfig, extra_params: dict, tags: dict, resume_run_id: 
         # the dead one's. The settings as resumed (epochs, rates) are what a next resume uses.
         for key, value in process_tags().items():
             mlflow.MlflowClient().set_tag(resume_run_id, key, value)
-        with mlflow.start_run(run_id=resume_run_id) as run:
+    # A stop while the run is made is left pending: the caller handles it inside the run
+    # (signals.raise_pending), which it then ends KILLED, not MLflow's FAILED.
+    with signals.held(then_raise=False):
+        if resume_run_id:
+            active = mlflow.start_run(run_id=resume_run_id)
             mlflow.set_tags({**process_tags(), **config_tags(config), **tags})
-            yield run
-        return
-    run_name = f"{config.recipe}-{config.dataset.replace(':', '-').replace('/', '-')}"
-    with mlflow.start_run(run_name=run_name) as run:
-        params = {k: v for k, v in config.params().items() if k not in exclude}
-        mlflow.log_params({**params, **extra_params})
-        mlflow.set_tags({"ganflow.version": __version__, **config_tags(config),
-                         **process_tags(), **tags})
+        else:
+            run_name = f"{config.recipe}-{config.dataset.replace(':', '-').replace('/', '-')}"
+            active = mlflow.start_run(run_name=run_name)
+            params = {k: v for k, v in config.params().items() if k not in exclude}
+            mlflow.log_params({**params, **extra_params})
+            mlflow.set_tags({"ganflow.version": __version__, **config_tags(config),
+                             **process_tags(), **tags})
+    with active as run:
         yield run
 
 
@@ -287,6 +291,13 @@ def mark_abandoned_runs() -> list[str]:
             client.set_terminated(run.info.run_id, status="KILLED")
             gone.append(run.info.run_id)
     return gone
+
+
+def last_metrics(run_id: str) -> dict[str, float]:
+    """A run's last value of each metric but the epochs' means: what its last training step
+    and evaluation left, for a resumed run with nothing left to train."""
+    metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
+    return {k: v for k, v in metrics.items() if not k.startswith("epoch/")}
 
 
 def last_logged_step(run_id: str) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from conftest import write_plugin
+from conftest import image_steps, write_plugin
 
 # A loss that takes a known time per step (so a test can stop a run mid-way) and can turn to
 # NaN at a given step; otherwise the non-saturating loss.
@@ -168,12 +168,16 @@ def test_sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])  # a supervisor, a closed terminal
-def test_sigterm_checkpoints_logs_and_says_how_to_resume(tmp_path, stepped, stop):
+# A supervisor, a closed terminal, Ctrl-C twice (the second cuts waiting short, not the stop).
+@pytest.mark.parametrize("stops", [["SIGTERM"], ["SIGHUP"], ["SIGINT", "SIGINT"]])
+def test_sigterm_checkpoints_logs_and_says_how_to_resume(tmp_path, stepped, stops):
     proc = ganflow("run", "--plugin-module", stepped, "--loss", "stepped", *EXACT,
                    workdir=tmp_path, pause=0.2, wait=False)
     run_id = wait_for_step(tmp_path, 3, proc)
-    proc.send_signal(getattr(signal, stop))
+    stop = stops[0]
+    for each in stops:
+        proc.send_signal(getattr(signal, each))
+        time.sleep(0.1)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     (run,) = the_run(tmp_path)
@@ -194,6 +198,109 @@ def test_sigterm_checkpoints_logs_and_says_how_to_resume(tmp_path, stepped, stop
     assert "WARNING:tensorflow" not in resumed.stderr  # it restored exactly what was saved
     (run,) = the_run(tmp_path)
     assert run.info.status == "FINISHED" and logged_steps(tmp_path, run_id) == list(range(1, 25))
+
+
+def run_ending(workdir, proc, steps, timeout=300):
+    """The running run's id once its last checkpoint (``steps``) is written: training is over
+    and the run is ending (saving samples, logging the generator)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        assert proc.poll() is None, proc.communicate()
+        for progress in (workdir / "ganflow-runs").glob("*/checkpoints/progress.json"):
+            try:
+                if json.loads(progress.read_text())["steps_done"] == steps:
+                    return progress.parent.parent.name
+            except ValueError:  # being written
+                pass
+        time.sleep(0.02)
+    raise TimeoutError(f"step {steps} not saved")
+
+
+def assert_whole(workdir, run_id):
+    """Every window of SMALL's 3 epochs of 8 steps, every epoch's mean and grid, once."""
+    assert logged_steps(workdir, run_id) == list(range(1, 25))
+    assert logged_steps(workdir, run_id, "epoch/mean_d_loss") == [8, 16, 24]
+    assert image_steps(MlflowClient(f"sqlite:///{workdir}/mlflow.db"), run_id) == [0, 8, 16, 24]
+
+
+@pytest.mark.slow
+def test_a_stop_before_the_first_step_ends_the_run_killed_and_resume_starts_it(tmp_path,
+                                                                              stepped):
+    proc = ganflow("run", "--plugin-module", stepped, "--loss", "stepped", *EXACT,
+                   workdir=tmp_path, pause=0.2, wait=False)
+    started = time.monotonic()
+    while not ((tmp_path / "mlflow.db").exists() and the_run(tmp_path, "RUNNING")):
+        assert proc.poll() is None and time.monotonic() - started < 300, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # the MLflow run exists; no step is done yet
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    (run,) = the_run(tmp_path)
+    assert run.info.status == "KILLED"
+    assert (run.data.tags["ganflow.interrupted"], run.data.tags["ganflow.stopped_at_step"]) == \
+        ("SIGTERM", "0")
+    assert logged_steps(tmp_path, run.info.run_id) == []
+
+    resumed = ganflow("resume", run.info.run_id, "-q", workdir=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    (run,) = the_run(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert_whole(tmp_path, run.info.run_id)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stops", [["SIGINT"], ["SIGHUP"], ["SIGINT", "SIGINT"],
+                                   ["SIGTERM", "SIGTERM"]])
+def test_a_stop_as_the_run_ends_resumes_to_the_uninterrupted_run_s_end(tmp_path, stepped, stops):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    whole.mkdir(), broken.mkdir()
+    args = ["run", "--plugin-module", stepped, "--loss", "stepped", *EXACT]
+    done = ganflow(*args, workdir=whole, pause=0.001)
+    assert done.returncode == 0, done.stderr
+    (reference,) = the_run(whole)
+
+    proc = ganflow(*args, workdir=broken, pause=0.2, wait=False)
+    run_id = run_ending(broken, proc, 24)
+    for stop in stops:  # Ctrl-C twice: the second cuts the waiting short, not the stop
+        proc.send_signal(getattr(signal, stop))
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    (run,) = the_run(broken)
+    assert run.info.status == "KILLED" and run.data.tags["ganflow.interrupted"] == stops[0], err
+    assert run.data.tags["ganflow.stopped_at_step"] == "24"
+
+    resumed = ganflow("resume", run_id, "-q", workdir=broken)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "WARNING:tensorflow" not in resumed.stderr
+    (run,) = the_run(broken)
+    assert run.info.status == "FINISHED" and run.data.tags["ganflow.resumed_from_step"] == "24"
+    assert_whole(broken, run_id)
+    # Ending the run touched no weight: its last checkpoint is the uninterrupted run's.
+    ours, theirs = final_state(broken, run_id), final_state(whole, reference.info.run_id)
+    assert sorted(ours) == sorted(theirs)
+    for name in ours:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=2e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_the_window_a_stop_cuts_short_is_logged_and_the_resumed_run_goes_on_after_it(tmp_path,
+                                                                                   stepped):
+    args = ["--plugin-module", stepped, "--loss", "stepped", *EXACT, "--log-every", "5"]
+    proc = ganflow("run", *args, workdir=tmp_path, pause=0.2, wait=False)
+    run_id = wait_for_step(tmp_path, 5, proc)
+    time.sleep(0.3)  # into the next window
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=300)
+    assert proc.returncode == 130
+    (run,) = the_run(tmp_path)
+    stopped = int(run.data.tags["ganflow.stopped_at_step"])
+    assert max(logged_steps(tmp_path, run_id)) == stopped  # the cut window, ending there
+
+    assert ganflow("resume", run_id, "-q", workdir=tmp_path).returncode == 0
+    windows = sorted({5, 8, 13, 16, 21, 24} | {stopped})
+    assert logged_steps(tmp_path, run_id) == windows  # each once, the resumed ones after it
+    assert logged_steps(tmp_path, run_id, "epoch/mean_d_loss") == [8, 16, 24]
 
 
 def test_a_diverging_run_fails_cleanly_and_registers_nothing(cli, workdir, stepped):
@@ -370,3 +477,30 @@ def test_weights_that_stop_being_finite_stop_the_run_before_the_losses_do(cli, w
         f"with lower learning rates: ganflow resume {run.info.run_id} --lr-g LR --lr-d LR")
     assert run.info.status == "FAILED" and run.data.tags["ganflow.failed_at_step"] == "5"
     assert 5 in logged_steps(workdir, run.info.run_id)  # its losses were still finite
+
+
+HANGUP_WHILE_LOADING = '''
+import os
+import signal
+
+import ganflow
+
+
+def load(options):
+    os.kill(os.getpid(), signal.SIGHUP)  # the terminal closes while the data loads
+    raise AssertionError("the signal stops the run before this line")
+
+
+@ganflow.hookimpl
+def ganflow_register_datasets(register):
+    register("hangup", load)
+'''
+
+
+def test_a_stop_before_the_run_exists_makes_nothing(cli, workdir):
+    plugin = write_plugin(workdir / "hangup.py", HANGUP_WHILE_LOADING)
+    result = cli("run", "--plugin-module", plugin, "--dataset", "hangup", *SMALL)
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines()[-1] == \
+        "Error: stopped by SIGHUP before the run started: nothing was made"
+    assert the_run(workdir) == [] and not (workdir / "ganflow-runs").exists()

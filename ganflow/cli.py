@@ -346,8 +346,10 @@ def settings(recipe, plugin_modules, disable_plugins):
               help="a conditional generator's class to sample (default: every class, one "
                    "row of the grid each)")
 @click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")
+@plugin_options
 @reports_errors
-def sample(model_uri, count, seed, output, npz, label, tracking_uri):
+def sample(model_uri, count, seed, output, npz, label, tracking_uri, plugin_modules,
+           disable_plugins):
     """Sample a logged generator: MODEL_URI is any models:/ or runs:/ URI."""
     import numpy as np
 
@@ -363,6 +365,8 @@ def sample(model_uri, count, seed, output, npz, label, tracking_uri):
                          "write more with --npz")
     tracking.check_writable(output.parent, "-o")
     tracking.use_tracking_uri(tracking_uri, must_exist=True)
+    if plugin_modules:  # a plugin's layers, registered with Keras as it loads
+        loaded(plugin_modules, disable_plugins)
     samples, z, labels = models.sample(model_uri, count, seed, label)
     if npz:
         np.savez(output, samples=samples, z=z, **({} if labels is None else {"labels": labels}))

@@ -157,11 +157,14 @@ def replay(folder: Path, run_id: str, client, until_step: int | None = None) -> 
     return Replayed(run_id, sent, already, later, len(why), tuple(why))
 
 
-def replay_left(output_dir: Path, tracking_uri: str, client, warn) -> list[Replayed]:
+def replay_left(output_dir: Path, tracking_uri: str, warn) -> list[Replayed]:
     """Replay every journal in ``output_dir`` (a run's folder each) that was written for
     ``tracking_uri`` and has calls not delivered (a run killed, or cut off from its store);
-    ``warn`` is told of those written for another store."""
-    done = []
+    ``warn`` is told of those written for another store. The store is opened only if there
+    is something to send."""
+    import mlflow
+
+    done, client = [], None
     for folder in sorted(Path(output_dir).glob("*")):
         if not waiting(folder):
             continue
@@ -172,6 +175,7 @@ def replay_left(output_dir: Path, tracking_uri: str, client, warn) -> list[Repla
                  f"{folder / NAME}: ganflow sync {run_id} --output-dir {output_dir} sends them")
             continue
         try:
+            client = client or mlflow.MlflowClient(tracking_uri)
             replayed = replay(folder, run_id, client)
         except Exception as exc:  # noqa: BLE001 - the store away, the run gone: say, go on
             warn(f"Run {run_id} left logging calls in {folder / NAME} that could not be "

@@ -5,6 +5,7 @@ from any models:/ or runs:/ URI."""
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +149,16 @@ def load_sampler(model_uri: str) -> Sampler:
                          "function), which Keras's safe mode refuses to run and ganflow does "
                          "not load; load it yourself with safe_mode=False only if you trust "
                          "who made it") from None
+    except TypeError as exc:  # Keras: "Could not locate class 'Name'. Make sure ..."
+        found = re.search(r"Could not locate class '([^']+)'", str(exc))
+        if not found:
+            raise
+        params, _ = training_run(model_uri)
+        modules = params.get("plugin_modules")
+        how = f"--plugin-module {modules.replace(';', ' --plugin-module ')}" if modules else \
+            "--plugin-module PLUGIN (the plugin that defines it), or install its package"
+        raise UsageError(f"cannot load {model_uri}: it uses the class {found.group(1)!r}, which "
+                         f"no loaded plugin defines: pass {how}") from None
     schema = model.metadata.get_input_schema()
     inputs = {} if schema is None or not schema.is_tensor_spec() else \
         {spec.name: spec for spec in schema.inputs}

@@ -62,14 +62,12 @@ def _run(config, plugins, verbose, report, resume_run_id) -> RunResult:
             raise UsageError(f"run {resume_run_id} fitted a density at once (trainer "
                              f"{config.trainer}): there is nothing to resume; run it again")
         return likelihood.run(resolved, tracking_uri)
-    if resume_run_id is None:  # runs killed or cut off before: what they logged goes first
-        import mlflow
-
-        for replayed in journal.replay_left(Path(config.output_dir), tracking_uri,
-                                            mlflow.MlflowClient(), warn=_say):
-            _say(replayed.line())
     with resume.hold(resolved.config.output_dir, resume_run_id):
         prepared = prepare(resolved, role)
+        if resume_run_id is None:  # what runs killed or cut off here before logged goes first
+            for replayed in journal.replay_left(Path(config.output_dir), tracking_uri,
+                                                warn=_say):
+                _say(replayed.line())
         started = time.perf_counter()
         # Before the run reopens: a checkpoint that cannot be read changes nothing.
         restored = resume.restore(prepared, resume_run_id) if resume_run_id else None

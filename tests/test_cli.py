@@ -190,9 +190,6 @@ def bad(cli, *args):
     (["--tracking-uri", "foo://bar"], "tracking URI foo://bar: MLflow cannot store runs at a "
                                       "foo:// URI; use a path, sqlite:///FILE or "
                                       "http://HOST:PORT"),
-    (["--tracking-uri", "http://127.0.0.1:9"], "tracking server http://127.0.0.1:9 does not "
-                                               "answer: start it (mlflow server --host "
-                                               "127.0.0.1 --port PORT) or check --tracking-uri"),
     (["--output-dir", "README"], "--output-dir README: README is a file, not a folder"),
     (["--config", "binary.yaml"], "--config binary.yaml: cannot read it as text "
                                   "(UnicodeDecodeError): give a JSON or YAML file"),
@@ -214,6 +211,14 @@ def test_bad_input_is_one_line_exit_2_and_starts_nothing(cli, workdir, args, mes
     (workdir / "README").write_text("a file where a folder should be\n")
     (workdir / "binary.yaml").write_bytes(bytes(range(256)))
     assert bad(cli, "run", *args) == (2, f"Error: {message}")
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "ganflow-runs").exists()
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line_exit_75(cli, workdir):
+    # Not a mistake in what was typed, maybe: a server not started yet ("try again later").
+    assert bad(cli, "run", "--tracking-uri", "http://127.0.0.1:9") == (
+        75, "Error: tracking server http://127.0.0.1:9 does not answer: start it (mlflow server "
+            "--host 127.0.0.1 --port PORT) or check --tracking-uri")
     assert not (workdir / "mlflow.db").exists() and not (workdir / "ganflow-runs").exists()
 
 

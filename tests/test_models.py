@@ -117,3 +117,55 @@ def test_mlflow_models_serve_answers_the_input_example_with_images(cli, workdir,
     assert served.shape == (2, 32, 32, 1)  # two 32x32 grey images
     assert -1.0 <= served.min() and served.max() <= 1.0
     np.testing.assert_allclose(served, expected, atol=1e-5)  # what the model itself makes
+
+
+CUSTOM_LAYER = '''
+import keras
+
+import ganflow
+
+
+@keras.saving.register_keras_serializable(package="tinyarch")
+class Brighten(keras.layers.Layer):
+    def call(self, x):
+        return x * 0.5 + 0.25
+
+
+class Tiny:
+    def build_generator(self, spec, latent_dim):
+        return keras.Sequential([keras.Input((latent_dim,)),
+                                 keras.layers.Dense(32 * 32, activation="tanh"),
+                                 keras.layers.Reshape((32, 32, 1)), Brighten()])
+
+    def build_discriminator(self, spec):
+        return keras.Sequential([keras.Input(spec.shape), keras.layers.Flatten(),
+                                 keras.layers.Dense(1)])
+
+
+@ganflow.hookimpl
+def ganflow_register_architectures(register):
+    register("tiny-custom", Tiny(), "a generator with a layer of its own")
+'''
+
+
+@pytest.mark.slow
+def test_sampling_a_model_whose_plugin_is_not_loaded_names_the_class_and_the_plugin(cli,
+                                                                                    workdir):
+    plugin = workdir / "tinyarch.py"
+    plugin.write_text(CUSTOM_LAYER)
+    assert cli("run", "--plugin-module", plugin, "--arch", "tiny-custom", *TINY,
+               "--eval-every", "0").exit_code == 0
+
+    def sample(*extra):  # a new process: the plugin's layer is not registered there
+        return subprocess.run([sys.executable, "-m", "ganflow", "sample",
+                               "models:/dcgan-generator@latest", "-n", "4", *extra],
+                              cwd=workdir, capture_output=True, text=True, timeout=300)
+
+    refused = sample()
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "Error: cannot load models:/dcgan-generator@latest: it uses the class "
+        f"'Brighten', which no loaded plugin defines: pass --plugin-module {plugin}")
+    done = sample("--plugin-module", str(plugin))
+    assert done.returncode == 0, done.stderr
+    assert (workdir / "samples.png").exists()

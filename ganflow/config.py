@@ -91,6 +91,9 @@ class RunConfig:
     strategy: str = setting("default", "tf.distribute strategy: default (one device) or "
                             "mirrored (every GPU of this machine, or the --cpu-devices) or "
                             "multiworker (every worker TF_CONFIG names, each with its GPUs)")
+    worker_timeout: float = setting(120.0, "under --strategy multiworker, how long a worker "
+                                    "waits at start-up for the others TF_CONFIG names to join "
+                                    "(it says which, every 10 s)", "SECONDS")
     cpu_devices: int | None = setting(None, "split the CPU into N logical devices, each a "
                                       "replica of --strategy mirrored: distribution tried "
                                       "without GPUs", "N")
@@ -229,6 +232,7 @@ _MINIMUMS = {
     "checkpoint_every": 0,
     "keep_checkpoints": 1,
     "tracking_timeout": 1,
+    "worker_timeout": 1,
 }
 
 

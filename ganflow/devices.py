@@ -55,6 +55,11 @@ def worker(strategy: str) -> Worker | None:
             raise ValueError("only tasks of type chief and worker take part")
         if not cluster[kind][index]:
             raise ValueError(f"{kind} {index} has no address")
+        for task_type, address in _addresses(cluster):
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{task_type}'s address {address!r} is not HOST:PORT with a "
+                                 "port number")
         count = sum(len(cluster.get(k, ())) for k in ("chief", "worker"))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
@@ -62,6 +67,75 @@ def worker(strategy: str) -> Worker | None:
                          f"TF_CONFIG='{TF_CONFIG_EXAMPLE}'") from None
     chief = kind == "chief" or (index == 0 and "chief" not in cluster)
     return Worker(kind, index, count, chief)
+
+
+def _addresses(cluster: dict) -> list[tuple[str, str]]:
+    """("worker 1", "host:port") for every task of a cluster spec."""
+    return [(f"{kind} {i}", str(address)) for kind in ("chief", "worker")
+            for i, address in enumerate(cluster.get(kind, ()))]
+
+
+WAIT_SAY_EVERY = 10.0  # seconds between the lines a worker waiting for the others prints
+
+# The watcher of a worker joining its cluster: a process of its own, since TensorFlow blocks
+# in C++ holding the interpreter's lock (no thread or signal handler of the worker runs).
+_WATCHER = """
+import os, signal, socket, sys, time
+me, parent, timeout, every = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+others = [a.split("=", 1) for a in sys.argv[5:]]
+
+def absent():
+    gone = []
+    for name, address in others:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=1.0).close()
+        except OSError:
+            gone.append(f"{name} ({address})")
+    return gone
+
+started = time.monotonic()
+while True:
+    time.sleep(min(every, max(timeout - (time.monotonic() - started), 0.01)))
+    waited, gone = time.monotonic() - started, absent()
+    if waited >= timeout:
+        who = ", ".join(gone) or "the other workers (they accept connections, but have not joined)"
+        print(f"Error: {me}: {who} did not join the cluster in {timeout:.0f} s: start every "
+              "worker with the same TF_CONFIG cluster and its own task, or give them longer "
+              "with --worker-timeout", file=sys.stderr, flush=True)
+        os.kill(parent, signal.SIGKILL)
+        sys.exit(0)
+    print(f"{me} is waiting for {', '.join(gone) or 'the other workers'} to join the cluster: "
+          f"{waited:.0f} s so far, giving up after {timeout:.0f} s", file=sys.stderr, flush=True)
+"""
+
+
+def join_cluster(make, timeout: float):
+    """``make()``, which builds a MultiWorkerMirroredStrategy and blocks in TensorFlow until
+    every worker of ``TF_CONFIG`` has joined (for ever, holding the interpreter's lock), with
+    a watcher process that says every ``WAIT_SAY_EVERY`` seconds which workers do not answer
+    yet and, after ``timeout`` seconds, says so in one line and ends this process (SIGKILL:
+    nothing else can end it then; nothing was made yet). Ctrl-C, SIGTERM and SIGHUP end it
+    at once meanwhile, by their default action."""
+    import signal
+    import subprocess
+    import sys
+
+    spec = json.loads(os.environ["TF_CONFIG"])
+    me = f"{spec['task']['type']} {spec['task']['index']}"
+    others = [f"{name}={address}" for name, address in _addresses(spec["cluster"]) if name != me]
+    watcher = subprocess.Popen([sys.executable, "-c", _WATCHER, me, str(os.getpid()),
+                                str(timeout), str(WAIT_SAY_EVERY), *others])
+    handlers = {signum: signal.signal(signum, signal.SIG_DFL)
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(signum) != signal.SIG_IGN}
+    try:
+        return make()
+    finally:
+        watcher.kill()
+        watcher.wait()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def split_cpu(count: int) -> None:
@@ -139,8 +213,9 @@ def lost_peer_errors() -> tuple[type[BaseException], ...]:
             tf.errors.CancelledError, tf.errors.AbortedError)
 
 
-def make_strategy(name: str, cpu_devices: int | None = None):
-    """The ``tf.distribute`` strategy ``--strategy name`` means on this machine."""
+def make_strategy(name: str, cpu_devices: int | None = None, worker_timeout: float = 120.0):
+    """The ``tf.distribute`` strategy ``--strategy name`` means on this machine (under
+    ``multiworker``, once every worker has joined: see ``join_cluster``)."""
     import tensorflow as tf
 
     if cpu_devices:
@@ -153,7 +228,7 @@ def make_strategy(name: str, cpu_devices: int | None = None):
         return tf.distribute.MirroredStrategy(devices)
     if name == "multiworker":
         worker(name)  # TF_CONFIG is there and makes sense
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return join_cluster(tf.distribute.MultiWorkerMirroredStrategy, worker_timeout)
     raise UsageError(f"--strategy {name}: unknown; use default, mirrored or multiworker")
 
 

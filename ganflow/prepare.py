@@ -108,7 +108,7 @@ def prepare(resolved: Resolved, worker=None) -> Prepared:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    strategy = devices.make_strategy(config.strategy, config.cpu_devices)
+    strategy = devices.make_strategy(config.strategy, config.cpu_devices, config.worker_timeout)
     _check_distribution(config, strategy.num_replicas_in_sync)
     if not callable(getattr(resolved.trainer, "build", None)):
         raise UsageError(f"trainer {config.trainer} fits a density at once: a maximum-"

@@ -4,6 +4,7 @@ and op determinism are set once per process, before TensorFlow starts."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -304,6 +305,10 @@ def test_a_lost_worker_stops_the_cluster_and_every_worker_resumes_from_the_chief
     ('{"cluster": {"worker": ["127.0.0.1:1"], "ps": ["127.0.0.1:2"]}, '
      '"task": {"type": "ps", "index": 0}}',
      "TF_CONFIG is not a cluster spec (only tasks of type chief and worker take part)"),
+    ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:port"]}, '
+     '"task": {"type": "worker", "index": 0}}',
+     "TF_CONFIG is not a cluster spec (worker 1's address '127.0.0.1:port' is not HOST:PORT "
+     "with a port number)"),
 ])
 def test_a_multiworker_run_without_a_sound_tf_config_is_refused_on_one_line(
         cli, workdir, monkeypatch, tf_config, message):
@@ -315,3 +320,24 @@ def test_a_multiworker_run_without_a_sound_tf_config_is_refused_on_one_line(
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"Error: {message}")
     assert not (workdir / "mlflow.db").exists()  # nothing started
+
+
+@pytest.mark.slow
+def test_a_worker_whose_peer_never_starts_says_so_and_gives_up(workdir):
+    spec = cluster(2)[0]  # worker 0 of two; worker 1 is never started
+    peer = json.loads(spec)["cluster"]["worker"][1]
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "ganflow", "run", *TINY, "--strategy",
+                           "multiworker", "--worker-timeout", "12"], cwd=workdir, text=True,
+                          env={**os.environ, "TF_CONFIG": spec}, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL  # TensorFlow's wait can be ended no other way
+    said = [line for line in proc.stderr.splitlines() if line.startswith(("worker", "Error"))]
+    assert said == [
+        f"worker 0 is waiting for worker 1 ({peer}) to join the cluster: 10 s so far, giving "
+        "up after 12 s",
+        f"Error: worker 0: worker 1 ({peer}) did not join the cluster in 12 s: start every "
+        "worker with the same TF_CONFIG cluster and its own task, or give them longer with "
+        "--worker-timeout"]
+    assert time.monotonic() - started < 60
+    assert not (workdir / "mlflow.db").exists()  # nothing was made

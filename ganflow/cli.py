@@ -19,6 +19,8 @@ from ganflow import __version__  # noqa: E402
 from ganflow.config import CHOICES, FIELDS, flag, kind_of  # noqa: E402
 from ganflow.errors import GanflowError, UsageError  # noqa: E402
 
+SEED_MAX = 2**32 - 1  # what NumPy and TensorFlow take as a seed
+
 GRID_LIMIT = 10_000  # samples in one picture
 PICTURES = (".png", ".jpg", ".jpeg", ".webp")  # what Pillow and matplotlib both write
 CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
@@ -335,7 +337,7 @@ def settings(recipe, plugin_modules, disable_plugins):
 @click.argument("model_uri")
 @click.option("-n", "--count", type=click.IntRange(min=1), default=64, show_default=True,
               help="how many samples")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
               help="noise seed: the same seed gives the same samples")
 @click.option("-o", "--output", metavar="FILE",
               help="where to write (default samples.png, or samples.npz with --npz)")
@@ -393,7 +395,7 @@ def sample(model_uri, count, seed, output, npz, label, tracking_uri, plugin_modu
 @click.option("--weights", metavar="PATH",
               help="weights file for the feature extractor (inception: Keras's InceptionV3 "
                    "notop .h5)")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
               help="noise and subset seed: the same seed gives the same numbers")
 @click.option("--data-dir", metavar="DIR", help=FIELDS["data_dir"].metadata["help"])
 @click.option("--image-size", type=click.IntRange(min=4), metavar="N", help=FIELDS["image_size"].metadata["help"])
@@ -435,7 +437,7 @@ def evaluate(model_uri, dataset, count, features, weights, seed, data_dir, image
               help="discriminator updates per pair")
 @click.option("--curve-steps", type=click.IntRange(min=100), default=1000, show_default=True,
               help="generator updates in each training curve of claim c")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True)
 @click.option("--output-dir", default="ganflow-theory", show_default=True, metavar="DIR",
               help="where the report and plots are written")
 @click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")

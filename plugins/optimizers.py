@@ -54,10 +54,12 @@ def ganflow_register_optimizers(register):
     register("rmsprop", rmsprop, "RMSprop (the WGAN paper's optimizer)",
              settings={"rho": Setting(0.9, "decay of the squared-gradient average", minimum=0.0,
                                       maximum=1.0, below=True),
-                       "momentum": Setting(0.0, "momentum", minimum=0.0),
+                       "momentum": Setting(0.0, "momentum", minimum=0.0, maximum=1.0,
+                                           below=True),
                        "epsilon": Setting(1e-7, "added to the denominator", minimum=0.0)})
     register("sgd", sgd, "stochastic gradient descent, the lecture's gradient steps",
-             settings={"momentum": Setting(0.0, "momentum", minimum=0.0),
+             settings={"momentum": Setting(0.0, "momentum", minimum=0.0, maximum=1.0,
+                                           below=True),
                        "nesterov": Setting(False, "Nesterov momentum")})
 
 
@@ -104,7 +106,8 @@ def _warmed_up(schedule, learning_rate, warmup):
 
 
 DECAY = {
-    "end": Setting(0.0, "the rate at the end, as a fraction of the initial rate", minimum=0.0),
+    "end": Setting(0.0, "the rate at the end, as a fraction of the initial rate", minimum=0.0,
+                   maximum=1.0),
     "warmup": Setting(0, "updates of linear warm-up from 0 first", minimum=0),
 }
 

@@ -197,6 +197,8 @@ def bad(cli, *args):
     (["--tracking-timeout", "nan"], "--tracking-timeout must be a finite number, got nan"),
     (["--optimizer", "adam:beta1=2"], "--optimizer adam: optimizer 'adam' setting beta1 must be "
                                       "below 1, got 2.0"),
+    (["--optimizer", "sgd:momentum=1"], "--optimizer sgd: optimizer 'sgd' setting momentum must "
+                                        "be below 1, got 1.0"),
     (["--augment", "translation:ratio=2"], "--augment translation: augmentation 'translation' "
                                            "setting ratio must be at most 1, got 2.0"),
     (["--data-fraction", "1.5"], "--data-fraction must be in (0, 1], e.g. 0.1, got 1.5"),
@@ -212,6 +214,15 @@ def test_bad_input_is_one_line_exit_2_and_starts_nothing(cli, workdir, args, mes
     (workdir / "binary.yaml").write_bytes(bytes(range(256)))
     assert bad(cli, "run", *args) == (2, f"Error: {message}")
     assert not (workdir / "mlflow.db").exists() and not (workdir / "ganflow-runs").exists()
+
+
+@pytest.mark.parametrize("command", [["theory"], ["sample", "models:/m@latest"],
+                                     ["evaluate", "models:/m@latest"]])
+def test_a_seed_past_32_bits_is_refused_by_every_command(cli, workdir, command):
+    result = cli(*command, "--seed", str(2**32))
+    assert result.exit_code == 2
+    assert "Invalid value for '--seed': 4294967296 is not in the range 0<=x<=4294967295" in \
+        result.stderr
 
 
 def test_a_tracking_server_that_does_not_answer_is_one_line_exit_75(cli, workdir):

@@ -19,7 +19,8 @@ bench/bench_evaluate.py) and does not register. The start (MLflow run, params) a
 ``--parts`` adds runs with one part taken out each, to see what each costs: the per-step
 callbacks (their ``on_train_batch_end``: metric windows, the divergence and tracking checks,
 step-numbered checkpoints; Keras then neither calls them nor turns each step's logs into
-numbers), the sample grids, the checkpoints, or what the MLflow thread sends.
+numbers), the sample grids, the checkpoints, what the MLflow thread sends, or the journal
+every logging call is written to first (``ganflow.journal``).
 
 The run makes as many training steps per call into TensorFlow as fit between its metric
 windows, checkpoints and epoch ends (``--steps-per-execution``, by default the largest such
@@ -74,7 +75,7 @@ def main() -> None:
 
     import keras
 
-    from ganflow import callbacks, checkpoints, outbox
+    from ganflow import callbacks, checkpoints, journal, outbox
     from ganflow.data import training_pipeline
     from ganflow.devices import resolve_precision
     from ganflow.plugins import load_plugins
@@ -136,7 +137,9 @@ def main() -> None:
                 [(callbacks.MlflowLogger, "_write_grid", nothing)]),
             "full run without checkpoints": lambda: full(
                 [(checkpoints.CheckpointCallback, "save", nothing)]),
-            "full run without MLflow sends": lambda: full([(outbox, "_send", nothing)]),
+            "full run without MLflow sends": lambda: full([(outbox, "send", nothing)]),
+            "full run without its journal": lambda: full(
+                [(journal.Journal, "append", nothing), (journal.Journal, "delivered", nothing)]),
         })
 
     results = {name: [] for name in variants}

@@ -199,3 +199,18 @@ def test_trained_with_ada_below_p_0_8_g_keeps_the_data_s_orientation():
     left = samples[:, :, : side // 2].mean(axis=(1, 2, 3))
     right = samples[:, :, side // 2 :].mean(axis=(1, 2, 3))
     assert np.mean(left > right) > 0.95
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_ada_trains_under_mixed_precision_with_r1(cli, workdir, precision):
+    # The recipe's R1 differentiates D's gradient through the augmentation of the reals, in
+    # the networks' low precision (float16 loss-scaled).
+    result = cli("run", *TINY, "--augment", "ada:p=0.5", "--precision", precision,
+                 "--eval-every", "0", "--no-register")
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    metrics = run.data.metrics
+    assert run.data.params["dtype_policy"] == precision
+    assert metrics["ada/p"] == pytest.approx(0.5)
+    assert all(np.isfinite(metrics[k]) for k in ("d_loss", "g_loss", "reg/r1"))
+    assert metrics["reg/r1"] > 0

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from ganflow import signals
+from ganflow.tracking import SAMPLES
 
 
 def steps_done(model) -> int:
@@ -20,7 +21,6 @@ def steps_done(model) -> int:
     return int(keras.ops.convert_to_numpy(model.steps_done))
 
 
-SAMPLES = "samples"  # the MLflow image key of the sample pictures
 
 
 def epoch_metric(name: str) -> str:

@@ -99,7 +99,8 @@ class Checkpoints:
         from ganflow import signals
 
         try:
-            with signals.held():  # written whole, with its progress file, or not at all
+            # Written whole, with its progress file, and handed on, or not at all.
+            with signals.held(then_raise=False):
                 path = self.manager.save(checkpoint_number=self.steps_done)
                 self._write_progress()
         except (tf.errors.OpError, OSError) as exc:  # a full disk, a quota, a folder gone
@@ -111,6 +112,7 @@ class Checkpoints:
                                          "there is no earlier checkpoint")) from None
         if self.on_save is not None:
             self.on_save(Path(path))
+        signals.raise_pending()
         return Path(path)
 
     def _write_progress(self) -> None:

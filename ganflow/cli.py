@@ -57,6 +57,11 @@ def reports_errors(command=None, *, tensorflow: bool = True):
             import_tensorflow_quietly()
         try:
             return command(*args, **kwargs)
+        except KeyboardInterrupt as exc:  # before any work the command keeps
+            from ganflow.signals import name_of
+
+            click.echo(f"Stopped by {name_of(exc)}: nothing was made", err=True)
+            sys.exit(130)
         except GanflowError as exc:
             if click.get_current_context().find_root().params.get("debug"):
                 import traceback
@@ -224,7 +229,9 @@ def sync(run_id, output_dir, tracking_uri):
     took (the run killed, or cut off from the store) from the run's journal, exactly once."""
     import mlflow
 
-    from ganflow import journal, tracking
+    from ganflow import journal, resume, tracking
+    from ganflow.errors import first_line
+    from ganflow.outbox import TrackingUnavailable
 
     folders = [Path(output_dir) / run_id] if run_id else sorted(Path(output_dir).glob("*"))
     if run_id and not folders[0].is_dir():
@@ -233,14 +240,26 @@ def sync(run_id, output_dir, tracking_uri):
     if not waiting:
         click.echo(f"Nothing to send: no run in {output_dir} has logging calls waiting"
                    if not run_id else f"Nothing to send: run {run_id} has no calls waiting")
+    failed = []
     for folder in waiting:
         head = journal.header(folder) or {}
-        uri = tracking.use_tracking_uri(tracking_uri or head.get("tracking_uri"),
-                                        must_exist=True)
-        replayed = journal.replay(folder, head.get("run_id", folder.name),
-                                  mlflow.MlflowClient(uri))
+        run = head.get("run_id", folder.name)
+        try:
+            uri = tracking.use_tracking_uri(tracking_uri or head.get("tracking_uri"),
+                                            must_exist=True)
+            with resume.hold(output_dir, folder.name):  # not while ganflow resume sends it
+                replayed = journal.replay(folder, run, mlflow.MlflowClient(uri))
+        except GanflowError as exc:
+            failed.append(f"run {run}: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - the store's errors are many
+            failed.append(f"run {run}: the store did not take its calls ({first_line(exc)}); "
+                          "they stay in its journal")
+            continue
         click.echo(replayed.line() if replayed else
-                   f"Run {folder.name} is still running: its own process sends its calls")
+                   f"Run {run} is still running: its own process sends its calls")
+    if failed:
+        raise TrackingUnavailable("; ".join(failed))
 
 
 @main.command()

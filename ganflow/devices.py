@@ -81,6 +81,7 @@ WAIT_SAY_EVERY = 10.0  # seconds between the lines a worker waiting for the othe
 # in C++ holding the interpreter's lock (no thread or signal handler of the worker runs).
 _WATCHER = """
 import os, signal, socket, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to act on
 me, parent, timeout, every = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 others = [a.split("=", 1) for a in sys.argv[5:]]
 
@@ -96,7 +97,11 @@ def absent():
 
 started = time.monotonic()
 while True:
-    time.sleep(min(every, max(timeout - (time.monotonic() - started), 0.01)))
+    deadline = time.monotonic() + min(every, max(timeout - (time.monotonic() - started), 0.01))
+    while time.monotonic() < deadline:
+        if os.getppid() != parent:  # the worker is gone (a signal's default action)
+            sys.exit(0)
+        time.sleep(0.2)
     waited, gone = time.monotonic() - started, absent()
     if waited >= timeout:
         who = ", ".join(gone) or "the other workers (they accept connections, but have not joined)"

@@ -41,14 +41,15 @@ class Journal:
         self._file = open(self.path, "a", encoding="utf-8")
         # Held while this process writes: replay leaves a live run's journal alone.
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if self._file.tell() == 0:
-            self._write({"journal": 1, "run_id": run_id, "tracking_uri": tracking_uri})
+        if self._file.tell():
+            self._file.close()
+            raise BlockingIOError(f"{self.path} holds calls not delivered yet: replay it first")
+        (self.path.parent / DELIVERED).unlink(missing_ok=True)  # no count of another journal's
+        self._write({"journal": 1, "run_id": run_id, "tracking_uri": tracking_uri})
         self._synced = time.monotonic()
-        self._count = _count_calls(self.path)
 
     def append(self, item: tuple) -> None:
         self._write(item)
-        self._count += 1
         if time.monotonic() - self._synced >= SYNC_EVERY:
             os.fsync(self._file.fileno())
             self._synced = time.monotonic()
@@ -64,10 +65,11 @@ class Journal:
             self._file.close()  # and the lock with it
 
     def remove(self) -> None:
-        """Everything was delivered: the journal goes."""
-        self.close()
+        """Everything was delivered: the journal goes (unlinked before its lock is let go, so
+        no replay can take it meanwhile)."""
         for name in (NAME, DELIVERED):
             (self.path.parent / name).unlink(missing_ok=True)
+        self.close()
 
     def _write(self, entry) -> None:
         self._file.write(json.dumps(entry) + "\n")
@@ -108,9 +110,14 @@ def header(folder: Path) -> dict | None:
 
 
 def waiting(folder: Path) -> bool:
-    """Whether ``folder`` holds a journal with calls not delivered."""
+    """Whether ``folder`` holds a journal with calls not delivered (or a last line that a
+    kill cut short, which a replay reports)."""
     path = Path(folder) / NAME
-    return path.exists() and _count_calls(path) > _read_delivered(path.parent)
+    if not path.exists():
+        return False
+    with open(path, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    return len(lines) - 2 > _read_delivered(path.parent) or lines[-1] != b""
 
 
 def replay(folder: Path, run_id: str, client, until_step: int | None = None) -> Replayed | None:
@@ -127,6 +134,8 @@ def replay(folder: Path, run_id: str, client, until_step: int | None = None) -> 
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None  # its run is still writing it
+        if not path.exists() or os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
+            return None  # delivered and removed, by its run, as this one opened it
         items, why = _parse(handle.read())
         items = items[_read_delivered(path.parent):]
         store = _Store(client, run_id)
@@ -255,11 +264,6 @@ def _missing_file(item: tuple) -> str | None:
     if item[0] in ("artifact", "image") and not Path(item[1]).exists():
         return f"{item[1]} is gone"
     return None
-
-
-def _count_calls(path: Path) -> int:
-    with open(path, "rb") as handle:
-        return max(sum(1 for line in handle if line.endswith(b"\n")) - 1, 0)
 
 
 def _read_delivered(folder: Path) -> int:

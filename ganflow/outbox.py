@@ -76,6 +76,7 @@ class Outbox:
         self._first_waiting = 0.0  # when the oldest waiting call arrived (time.monotonic)
         self.delivered = 0
         self._done = 0  # calls delivered or refused: the journal's count
+        self._abandoned = False  # closed while a call was under way: the journal is let go
         self._items: deque[tuple] = deque()
         self._lock = threading.Condition()
         self._down_since: float | None = None
@@ -137,7 +138,7 @@ class Outbox:
             self._lock.notify_all()
             try:
                 while self._items or self._sending:
-                    if self.down_for() > timeout or give_up():
+                    if self.down_for() > timeout or give_up() or not self._thread.is_alive():
                         return False
                     self._lock.wait(0.2)
             finally:
@@ -154,8 +155,10 @@ class Outbox:
         self._thread.join(timeout=timeout)
         with self._lock:
             left = list(self._items)
+            self._abandoned = True  # a call still under way no longer counts in the journal
             if self.journal is not None:
-                self.journal.close() if left or self._sending else self.journal.remove()
+                sending = self._sending or self._thread.is_alive()
+                self.journal.close() if left or sending else self.journal.remove()
             return left
 
     # The thread.
@@ -211,9 +214,16 @@ class Outbox:
 
 
     def _count_done(self, count: int) -> None:
+        """(Under the lock.) ``count`` more calls are done with; the journal says so."""
         self._done += count
-        if self.journal is not None:
+        if self.journal is None or self._abandoned:
+            return
+        try:
             self.journal.delivered(self._done)
+        except OSError as exc:  # a full disk: the calls went, the count did not
+            self.warn(f"Cannot update the journal's count ({exc.strerror}): a later replay "
+                      "checks the store for what it has")
+            self.journal = None
 
 
 def _next_batch(items: deque) -> list[tuple]:
@@ -249,10 +259,13 @@ def send(client: mlflow.MlflowClient, run_id: str, batch: list[tuple]) -> None:
         from PIL import Image
 
         _, path, key, step, stamp = batch[0]
-        with Image.open(path) as picture:
-            picture.load()
-            client.log_image(run_id, picture, key=key, step=step, timestamp=stamp,
-                             synchronous=True)
+        try:
+            with Image.open(path) as picture:
+                picture.load()
+        except (OSError, SyntaxError) as exc:  # a picture that cannot be read: not the store's
+            raise ValueError(f"cannot read {path}: {exc}") from None
+        client.log_image(run_id, picture, key=key, step=step, timestamp=stamp,
+                         synchronous=True)  # loaded whole above
     elif kind == "checkpoint":
         from ganflow.checkpoints import upload
 

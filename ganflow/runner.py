@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ganflow import devices, fitting, journal, likelihood, resume, signals, tracking
 from ganflow.config import RunConfig
-from ganflow.errors import Stopped, UsageError
+from ganflow.errors import Stopped, UsageError, first_line
 from ganflow.outbox import Outbox, TrackingUnavailable, retry
 from ganflow.plugins import Plugins
 from ganflow.prepare import Prepared, prepare
@@ -40,16 +40,20 @@ def run(config: RunConfig, plugins: Plugins, verbose: int = 1, report=None,
     it and keep nothing."""
     # Ctrl-C, SIGTERM and SIGHUP stop the run alike, as a KeyboardInterrupt wherever it
     # stands, once (ganflow.signals): each step below says what a stop there keeps.
+    opened: list[str] = []  # the MLflow run, once there is one
     with signals.terminate_as_interrupt():
         try:
-            return _run(config, plugins, verbose, report, resume_run_id)
+            return _run(config, plugins, verbose, report, resume_run_id, opened)
         except KeyboardInterrupt as exc:
+            name = signals.name_of(exc)
+            if opened:  # while it stopped for another reason: its checkpoints are kept
+                raise Stopped(f"stopped by {name} while run {opened[0]} was ending: ganflow "
+                              f"resume {opened[0]} goes on from its last checkpoint") from None
             made = f"run {resume_run_id} is as it was" if resume_run_id else "nothing was made"
-            raise Stopped(f"stopped by {signals.name_of(exc)} before the run started: "
-                          f"{made}") from None
+            raise Stopped(f"stopped by {name} before the run started: {made}") from None
 
 
-def _run(config, plugins, verbose, report, resume_run_id) -> RunResult:
+def _run(config, plugins, verbose, report, resume_run_id, opened) -> RunResult:
     role = devices.worker(config.strategy)  # TF_CONFIG checked before anything starts
     resolved = resolve(config, plugins)
     if role is not None and not role.chief:
@@ -69,16 +73,19 @@ def _run(config, plugins, verbose, report, resume_run_id) -> RunResult:
                                                 warn=_say):
                 _say(replayed.line())
         started = time.perf_counter()
-        # Before the run reopens: a checkpoint that cannot be read changes nothing.
+        # Before the run reopens: a checkpoint that cannot be read, a store that does not
+        # take the journal, change nothing.
         restored = resume.restore(prepared, resume_run_id) if resume_run_id else None
+        logged_until = _deliver_journal(config, resume_run_id, restored) if restored else -1
+        at = restored.done if restored else 0
         with tracking.start_run(prepared.config, prepared.params(), prepared.providers,
-                                resume_run_id) as active:
+                                resume_run_id, at) as active:
+            opened.append(active.info.run_id)
             try:
-                signals.raise_pending()  # a stop while the run was being made
                 tracked = TrackedRun(prepared, active.info.run_id, tracking_uri, restored,
-                                     report)
+                                     logged_until, report)
             except KeyboardInterrupt as exc:
-                raise _stopped_at_start(active.info.run_id, exc, restored) from None
+                raise tracking.stopped_at_start(active.info.run_id, exc, at) from None
             trained = tracked.fit(verbose)
             registered, trained = tracked.finish(trained)
     return RunResult.of(active, tracking_uri, seconds=time.perf_counter() - started,
@@ -105,7 +112,9 @@ class TrackedRun:
     it logs, and the callbacks that log, evaluate and checkpoint while it trains."""
 
     def __init__(self, prepared: Prepared, run_id: str, tracking_uri: str,
-                 restored: resume.Restored | None, report=None):
+                 restored: resume.Restored | None, logged_until: int = -1, report=None):
+        """``logged_until``: the last step a resumed run's store holds (``_deliver_journal``);
+        nothing up to it is logged again."""
         import mlflow
 
         from ganflow import checkpoints
@@ -118,13 +127,12 @@ class TrackedRun:
             prepared.gan, folder / "checkpoints", config.keep_checkpoints)
         if restored:
             mlflow.set_tag("ganflow.resumed_from_step", str(self.done))
-            # What the stopped process logged and the store missed, up to the checkpoint:
-            # the steps after it are trained, and logged, again.
-            replayed = journal.replay(folder, run_id, mlflow.MlflowClient(),
-                                      until_step=self.done)
-            if replayed is not None and (replayed.sent or replayed.dropped):
-                _say(replayed.line())
-        self.outbox = Outbox(run_id, journal=journal.Journal(folder, run_id, tracking_uri))
+        try:
+            writer = journal.Journal(folder, run_id, tracking_uri)
+        except BlockingIOError:
+            raise UsageError(f"run {run_id}'s journal is being sent by another process "
+                             "(ganflow sync): wait for it, then resume") from None
+        self.outbox = Outbox(run_id, journal=writer)
         self._registered = None  # once the generator is logged (and registered)
         if config.checkpoint_to_mlflow:
             self.store.on_save = lambda path: self.outbox.log_checkpoint(
@@ -132,7 +140,7 @@ class TrackedRun:
         self.callbacks = fitting.callbacks_for(
             prepared, self.store, folder / "samples", outbox=self.outbox, report=report,
             restored_metrics=_mid_epoch(restored, prepared.steps_per_epoch),
-            logged_until=tracking.last_logged_step(run_id) if restored else -1)
+            logged_until=logged_until)
 
     def fit(self, verbose) -> Trained:
         """Train to the end or to a stop, then save the last checkpoint and the samples'
@@ -197,7 +205,7 @@ class TrackedRun:
         except KeyboardInterrupt as exc:
             if self._registered is not None and not trained.interrupted:
                 with signals.held(then_raise=False):  # all was done: the stop came too late
-                    mlflow_end_run("FINISHED")
+                    tracking.end_run("FINISHED")
                 return self._registered, trained
             stopped = replace(trained, interrupted=trained.interrupted or signals.name_of(exc))
             self._end_stopped(stopped)
@@ -219,16 +227,18 @@ class TrackedRun:
             outbox.close(timeout=0.0 if signals.hurried() else 120.0)
             if trained.diverged is not None:
                 raise self._diverged(trained)
+            if trained.interrupted and signals.hurried():  # the generator waits for resume
+                self._end_stopped(trained)
+                return None
             self._registered = registered = retry(
-                lambda: self._register(trained), "logging the generator", outbox,
-                config.tracking_timeout)
+                lambda: self._register(trained), "logging the generator", outbox, patience)
             if trained.interrupted:
                 retry(lambda: mlflow.set_tags({"ganflow.interrupted": trained.interrupted,
                                                "ganflow.stopped_at_step": str(trained.steps_done)}),
-                      "tagging the run", outbox, config.tracking_timeout)
+                      "tagging the run", outbox, patience)
             # Ended here, not by the block around the run: a signal from now on changes nothing.
             with signals.held(then_raise=False):
-                mlflow_end_run("KILLED" if trained.interrupted else "FINISHED")
+                tracking.end_run("KILLED" if trained.interrupted else "FINISHED")
         except TrackingUnavailable as exc:
             raise self._unreachable(exc) from None
         return registered
@@ -257,13 +267,7 @@ class TrackedRun:
         import mlflow
 
         self.outbox.close(timeout=0.0 if signals.hurried() else 10.0)
-        try:
-            mlflow.set_tags({"ganflow.interrupted": trained.interrupted,
-                             "ganflow.stopped_at_step": str(trained.steps_done)})
-            mlflow_end_run("KILLED")
-        except mlflow.exceptions.MlflowException:  # the store away: the next command marks it
-            _say("The tracking store did not answer: the run stays RUNNING until the next "
-                 "ganflow command on this machine marks it KILLED")
+        tracking.end_stopped(trained.interrupted, trained.steps_done)
 
     def _failed(self, error: Exception, end: bool = False) -> Exception:
         """``error``, once the run is tagged with it (and ended FAILED, with ``end``)."""
@@ -313,24 +317,27 @@ class TrackedRun:
             f"{self.run_id} --tracking-uri {self.tracking_uri}")
 
 
-def _stopped_at_start(run_id: str, interrupt: KeyboardInterrupt, restored) -> Stopped:
-    """The error of a run stopped after its MLflow run opened, before its first step: the
-    run is tagged and ended KILLED, and ``ganflow resume`` starts it where it stood."""
+def _deliver_journal(config, run_id: str, restored: resume.Restored) -> int:
+    """What the stopped process of a resumed run logged and the store missed, delivered from
+    its journal before the run reopens; returns the last step the store then holds, which the
+    resumed run logs nothing at or before. Calls after both that step and the checkpoint's
+    are left out: the resumed run trains, and logs, those steps again."""
     import mlflow
 
-    name, at = signals.name_of(interrupt), restored.done if restored else 0
-    mlflow.set_tags({"ganflow.interrupted": name, "ganflow.stopped_at_step": str(at)})
-    mlflow_end_run("KILLED")
-    return Stopped(f"stopped by {name} before its first step: run {run_id} is marked KILLED; "
-                   f"ganflow resume {run_id} starts it from step {at}")
+    client = mlflow.MlflowClient()
+    try:
+        until = max(restored.done, tracking.last_logged_step(run_id))
+        replayed = journal.replay(Path(config.output_dir) / run_id, run_id, client, until)
+    except Exception as exc:  # noqa: BLE001 - the store's errors are many
+        from ganflow.outbox import transient
 
-
-def mlflow_end_run(status: str) -> None:
-    """End the active MLflow run as ``status``; the run is over: later signals are ignored."""
-    import mlflow
-
-    mlflow.end_run(status=status)
-    signals.settle()
+        if not transient(exc):
+            raise
+        raise TrackingUnavailable(f"the tracking store did not take run {run_id}'s journal "
+                                  f"({first_line(exc)}): resume when it answers") from None
+    if replayed is not None and (replayed.sent or replayed.dropped):
+        _say(replayed.line())
+    return tracking.last_logged_step(run_id)
 
 
 def _say(line: str) -> None:

@@ -26,9 +26,8 @@ class Generator:
     generator: ``predict(z)``, or ``predict({"z": z, "label": labels})`` for a conditional
     one."""
 
-    def __init__(self, model, latent_dim: int, num_classes: int | None = None):
+    def __init__(self, model, num_classes: int | None = None):
         self.model = model
-        self.latent_dim = int(latent_dim)
         self.num_classes = int(num_classes) if num_classes else None
 
     def get_raw_model(self):
@@ -93,5 +92,5 @@ def _load_pyfunc(path):
     sampler_layer()  # registers the layer of maximum-likelihood mixture samplers with Keras
     conf = Model.load(os.path.join(path, "MLmodel"))
     metadata = conf.metadata or {}
-    return Generator(_load_keras_model(path, conf), metadata["ganflow_latent_dim"],
+    return Generator(_load_keras_model(path, conf),
                      metadata.get("ganflow_num_classes"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -147,15 +148,25 @@ def _check_server(uri: str, parsed, say) -> None:
         raise TrackingUnavailable(f"tracking server {uri} does not answer: start it (mlflow "
                                   "server --host 127.0.0.1 --port PORT) or check --tracking-uri")
     base = uri.rstrip("/")
+    # TLS as MLflow's own client makes it: its certificate settings, its insecure switch.
+    tls = {"verify": os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or
+           os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true",
+           "cert": os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None}
     started, said = time.monotonic(), False
     while True:
         try:
-            answer = requests.get(f"{base}/health", timeout=5.0)
+            answer = requests.get(f"{base}/health", timeout=5.0, **tls)
             break
         except requests.exceptions.SSLError as exc:
+            reason = _ssl_reason(exc)
+            if reason == "wrong version number":
+                raise TrackingServerError(
+                    f"tracking URI {uri}: the server at {parsed.netloc} does not speak HTTPS "
+                    f"({reason}): use http://{parsed.netloc}") from None
             raise TrackingServerError(
-                f"tracking URI {uri}: the server at {parsed.netloc} does not speak HTTPS "
-                f"({_ssl_reason(exc)}): use http://{parsed.netloc}") from None
+                f"tracking URI {uri}: TLS with {parsed.netloc} failed ({reason}): give its CA "
+                "certificate in MLFLOW_TRACKING_SERVER_CERT_PATH, or set "
+                "MLFLOW_TRACKING_INSECURE_TLS=true to skip the check") from None
         except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
             if not said:
                 say(f"Waiting for the tracking server at {uri}: it accepts connections but "
@@ -169,8 +180,12 @@ def _check_server(uri: str, parsed, say) -> None:
             time.sleep(1.0)
     if answer.status_code == 200 and answer.text.strip() == "OK":
         return
-    api = requests.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-                       timeout=10.0)
+    try:
+        api = requests.get(f"{base}/api/2.0/mlflow/experiments/search",
+                           params={"max_results": 1}, timeout=10.0, **tls)
+    except requests.exceptions.RequestException as exc:
+        raise TrackingUnavailable(f"tracking server {uri} stopped answering: "
+                                  f"{first_line(exc)[:200]}") from None
     if api.status_code not in (200, 401, 403):  # 401/403: MLflow's own authentication
         raise TrackingServerError(
             f"tracking URI {uri}: the server there is not an MLflow tracking server (/health "
@@ -210,7 +225,7 @@ def ensure_store(uri: str) -> None:
 
 @contextmanager
 def start_run(config: RunConfig, extra_params: dict, tags: dict, resume_run_id: str | None = None,
-              exclude=()):
+              at: int = 0, exclude=()):
     """One MLflow run, holding every resolved setting (but ``exclude``) as a param, the
     resolved settings as JSON (tag ``ganflow.config``, what ``ganflow resume`` reads, and
     ``ganflow.origins``, which layer set each) and the process that runs it (``ganflow.host``,
@@ -229,23 +244,67 @@ def start_run(config: RunConfig, extra_params: dict, tags: dict, resume_run_id: 
         # the dead one's. The settings as resumed (epochs, rates) are what a next resume uses.
         for key, value in process_tags().items():
             mlflow.MlflowClient().set_tag(resume_run_id, key, value)
-    # A stop while the run is made is left pending: the caller handles it inside the run
-    # (signals.raise_pending), which it then ends KILLED, not MLflow's FAILED.
+    # A stop while the run is made is held until it is: then the run ends KILLED at step
+    # ``at`` (where ganflow resume starts it), not FAILED as MLflow would end it.
     with signals.held(then_raise=False):
-        if resume_run_id:
-            active = mlflow.start_run(run_id=resume_run_id)
-            mlflow.set_tags({**process_tags(), **config_tags(config), **tags})
-        else:
-            run_name = f"{config.recipe}-{config.dataset.replace(':', '-').replace('/', '-')}"
-            active = mlflow.start_run(run_name=run_name)
-            params = {k: v for k, v in config.params().items() if k not in exclude}
-            mlflow.log_params({**params, **extra_params})
-            mlflow.set_tags({"ganflow.version": __version__, **config_tags(config),
-                             **process_tags(), **tags})
+        try:
+            if resume_run_id:
+                active = mlflow.start_run(run_id=resume_run_id)
+                mlflow.set_tags({**process_tags(), **config_tags(config), **tags})
+            else:
+                run_name = f"{config.recipe}-{config.dataset.replace(':', '-').replace('/', '-')}"
+                active = mlflow.start_run(run_name=run_name)
+                params = {k: v for k, v in config.params().items() if k not in exclude}
+                mlflow.log_params({**params, **extra_params})
+                mlflow.set_tags({"ganflow.version": __version__, **config_tags(config),
+                                 **process_tags(), **tags})
+        except BaseException:
+            if mlflow.active_run() is not None:  # made, then refused its params or tags
+                mlflow.end_run(status="FAILED")
+            raise
     with active as run:
+        try:
+            signals.raise_pending()
+        except KeyboardInterrupt as exc:
+            raise stopped_at_start(run.info.run_id, exc, at) from None
         yield run
 
 
+def end_run(status: str) -> None:
+    """End the active MLflow run as ``status``; the run is over, so later signals change
+    nothing (``signals.settle``), even if the store did not take the status."""
+    try:
+        mlflow.end_run(status=status)  # it leaves MLflow's stack of runs even if this fails
+    finally:
+        signals.settle()
+
+
+def end_stopped(signal_name: str, step: int) -> None:
+    """End the active run as stopped by ``signal_name`` at ``step``: tagged, KILLED. A store
+    that does not answer leaves it RUNNING, which the next ganflow command marks KILLED."""
+    try:
+        mlflow.set_tags({"ganflow.interrupted": signal_name, "ganflow.stopped_at_step": str(step)})
+    except mlflow.exceptions.MlflowException:
+        pass
+    try:
+        end_run("KILLED")
+    except mlflow.exceptions.MlflowException:
+        print("The tracking store did not answer: the run stays RUNNING until the next ganflow "
+              "command on this machine marks it KILLED", file=sys.stderr, flush=True)
+
+
+def stopped_at_start(run_id: str, interrupt: KeyboardInterrupt, at: int):
+    """The error of a run stopped after its MLflow run opened, before its first step (``at``):
+    the run ends KILLED, and ``ganflow resume`` starts it there."""
+    from ganflow.errors import Stopped
+
+    name = signals.name_of(interrupt)
+    end_stopped(name, at)
+    return Stopped(f"stopped by {name} before its first step: run {run_id} is marked KILLED; "
+                   f"ganflow resume {run_id} starts it from step {at}")
+
+
+SAMPLES = "samples"  # the MLflow image key of the sample pictures
 ORIGINS_TAG = "ganflow.origins"  # which layer set each setting (RunConfig.origins), as JSON
 
 
@@ -301,10 +360,15 @@ def last_metrics(run_id: str) -> dict[str, float]:
 
 
 def last_logged_step(run_id: str) -> int:
-    """The last step a run logged ``d_loss`` at (-1 if none): a resumed run logs nothing at
-    or before it again, so no step appears twice."""
-    history = mlflow.MlflowClient().get_metric_history(run_id, "d_loss")
-    return max((m.step for m in history), default=-1)
+    """The last step a run logged ``d_loss`` or a sample picture at (-1 if none): a resumed
+    run logs nothing at or before it again, so no step appears twice (the picture at step 0
+    of a run stopped before its first step included)."""
+    client = mlflow.MlflowClient()
+    steps = [m.step for m in client.get_metric_history(run_id, "d_loss")]
+    steps += [int(name.split("+")[2]) for name in
+              (f.path.rsplit("/", 1)[-1] for f in client.list_artifacts(run_id, "images"))
+              if name.startswith(f"{SAMPLES}+step+") and name.endswith(".png")]
+    return max(steps, default=-1)
 
 
 def check_writable(folder: Path, option: str) -> None:

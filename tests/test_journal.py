@@ -151,3 +151,32 @@ def test_the_next_run_in_the_same_folder_delivers_what_a_killed_one_left(cli, wo
             "ganflow-runs sends them") in result.stderr
     assert [m.step for m in MlflowClient(uri).get_metric_history(killed, "d_loss")] == [7]
     assert journal.waiting(workdir / "ganflow-runs" / elsewhere)  # another store's: kept
+
+
+def test_a_new_journal_starts_its_own_count_and_never_overwrites_one_waiting(workdir):
+    folder = workdir / "r"
+    folder.mkdir()
+    (folder / journal.DELIVERED).write_text("5")  # left by a journal that went before
+    writer = Journal(folder, "r", "u")
+    assert not (folder / journal.DELIVERED).exists()
+    writer.append(("tags", {"a": "1"}))
+    writer.close()
+    try:
+        Journal(folder, "r", "u")
+    except BlockingIOError as exc:
+        assert "holds calls not delivered yet" in str(exc)
+    else:
+        raise AssertionError("a journal with calls waiting was opened again")
+
+
+def test_a_journal_whose_only_undelivered_line_was_cut_is_replayed_and_reported(workdir):
+    run_id = a_run()
+    path = written(workdir / run_id, run_id, [("tags", {"a": "1"})])
+    (path.parent / journal.DELIVERED).write_text("1")
+    with open(path, "a") as handle:
+        handle.write('["metrics", [["d_lo')  # the kill landed mid-line
+    assert journal.waiting(path.parent)
+    replayed = journal.replay(path.parent, run_id, MlflowClient())
+    assert (replayed.sent, replayed.dropped) == (0, 1)
+    assert "its last line was cut short (19 characters)" in replayed.line()
+    assert not path.exists()

@@ -340,3 +340,19 @@ def test_a_plugin_module_that_exits_as_it_loads_is_named(cli, tmp_path):
     code, line = one_line(cli("plugins", "--plugin-module", path))
     assert (code, line) == (1, f"plugin module {path!r} failed to import: it called "
                                "sys.exit(3) while it was imported")
+
+
+INTERRUPTED_WHILE_LOADING = """
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the plugins load
+"""
+
+
+def test_ctrl_c_before_anything_starts_is_one_line_exit_130(cli, workdir, tmp_path):
+    path = plugin(tmp_path, INTERRUPTED_WHILE_LOADING)
+    result = cli("run", "--plugin-module", path, *TINY)
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines()[-1] == "Stopped by SIGINT: nothing was made"
+    assert not (workdir / "mlflow.db").exists()

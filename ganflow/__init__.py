@@ -10,6 +10,7 @@ The public API, for users and plugin authors:
 - ``DataSpec``, ``DataSource``, ``DatasetOptions``, ``Architecture``, ``FittedDensity``,
   ``FeatureOptions``, ``FeatureExtractor``: what the other plugins receive and return.
 - ``reachable(host, port)``: whether the network answers, so a download fails fast offline.
+- ``prepared(path)``: the dataset ``ganflow prepare`` made in ``path``, streamed.
 - ``replicas()``: how many replicas the networks being built will have (``--strategy``);
   ``replica_sum(x)``: a statistic summed over a step's replicas (for plugin state).
 - ``Mixture``: a Gaussian mixture with a known density (toy data, fixed P_G's, exact JSD).
@@ -24,6 +25,7 @@ from ganflow.errors import GanflowDeprecationWarning, GanflowError, PluginError,
 from ganflow.mixture import Mixture
 from ganflow.net import reachable
 from ganflow.settings import Setting
+from ganflow.shards import prepared
 from ganflow.step import LOG_4, Regularization, Regularizer, Step, StepLoss, value_function
 from ganflow.training import TrainingSetup
 from ganflow.types import (
@@ -64,6 +66,7 @@ __all__ = [
     "TrainingSetup",
     "UsageError",
     "hookimpl",
+    "prepared",
     "reachable",
     "replica_sum",
     "replicas",

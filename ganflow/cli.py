@@ -218,6 +218,55 @@ def resume(run_id, epochs, lr_g, lr_d, tracking_uri, output_dir, plugin_modules,
     report_result(result, config)
 
 
+@main.command(name="prepare")
+@click.argument("source")
+@click.argument("dest")
+@click.option("--resolution", type=click.IntRange(4, 4096), default=64, show_default=True,
+              metavar="N", help="images are made N x N pixels")
+@click.option("--channels", type=click.Choice(["auto", "1", "3"]), default="auto",
+              show_default=True, help="auto: RGB if any image has colour, else grayscale")
+@click.option("--crop", type=click.Choice(["center", "none"]), default="center",
+              show_default=True, help="center: the centre square; none: skip non-square images")
+@click.option("--background", type=click.Choice(["white", "black"]), default="white",
+              show_default=True, help="what transparent pixels become")
+@click.option("--shard-size", type=click.IntRange(1, 1_000_000), default=1000,
+              show_default=True, metavar="N", help="images per shard")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="processes decoding images (default: one per core)")
+@reports_errors
+def prepare_dataset(source, dest, resolution, channels, crop, background, shard_size, workers):
+    """Prepare the images of SOURCE (a folder or a zip) once, into DEST, for training with
+    --dataset prepared:DEST: decoded, converted, cropped and resized, in TFRecord shards with
+    a manifest. Run it again after an interrupt to finish."""
+    import time
+
+    from ganflow import dataset_tool
+
+    options = dataset_tool.Options(resolution, channels, crop, background, shard_size)
+    started = time.perf_counter()
+    files = dataset_tool.Source(source).names  # a mistake in SOURCE before the bar
+    try:
+        with click.progressbar(length=len(files), label="Preparing", show_eta=True,
+                               show_pos=True, file=sys.stderr) as bar:
+            manifest, skipped = dataset_tool.prepare(source, dest, options, workers, bar.update)
+    except KeyboardInterrupt as exc:
+        from ganflow.signals import name_of
+
+        done = len(list(Path(dest).glob("shard-*.tfrecord")))
+        click.echo(f"Stopped by {name_of(exc)} with {done} shards done in {dest}: the same "
+                   "command finishes the others", err=True)
+        sys.exit(130)
+    seconds = time.perf_counter() - started
+    why = f": {', '.join(f'{n} {reason}' for reason, n in sorted(skipped.items()))}; see " \
+          f"{Path(dest) / dataset_tool.SKIPPED}" if skipped else ""
+    labels = f", {len(manifest.label_names)} labels" if manifest.label_names else ""
+    click.echo(f"Prepared {manifest.count:,} images of {manifest.resolution}x"
+               f"{manifest.resolution}x{manifest.channels}{labels} in {len(manifest.shards)} "
+               f"shards in {dest} ({seconds:.0f} s, {len(files) / seconds:.0f} images/s); "
+               f"skipped {manifest.skipped:,}{why}")
+    click.echo(f"Train on it: ganflow run --dataset prepared:{dest}")
+
+
 @main.command()
 @click.argument("run_id", required=False)
 @click.option("--output-dir", default=FIELDS["output_dir"].default, show_default=True,

@@ -25,6 +25,7 @@ CHOICES = {
     "jit": tuple(JIT_COMPILE),
     "strategy": ("default", "mirrored", "multiworker"),
     "precision": ("float32", "mixed_bfloat16", "mixed_float16", "auto"),
+    "cache": ("auto", "memory", "none"),
 }
 
 
@@ -61,6 +62,12 @@ class RunConfig:
     data_dir: str | None = setting(None, "where tfds data is prepared (tfds's own default if "
                                    "unset)", "DIR")
     image_size: int | None = setting(None, "resize images to N x N pixels", "N")
+    cache: str = setting("auto", "keep the examples in memory after the first pass: auto "
+                         "(when they fit in a quarter of this machine's memory, as float32), "
+                         "memory, or none (read every pass from the dataset: a prepared one "
+                         "streams from its shards)")
+    shuffle_buffer_mb: int = setting(256, "the shuffle buffer's bound, in MB of examples as "
+                                     "float32 (the whole dataset when it is smaller)", "MB")
     data_fraction: float | None = setting(None, "train on this share of the dataset: a fixed "
                                           "subset of round(F x size) examples, the same in "
                                           "every run (evaluations still compare with the whole "
@@ -233,6 +240,7 @@ _MINIMUMS = {
     "keep_checkpoints": 1,
     "tracking_timeout": 1,
     "worker_timeout": 1,
+    "shuffle_buffer_mb": 1,
 }
 
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 from ganflow.errors import UsageError
 from ganflow.types import DataSource
 
-SHUFFLE_BUFFER = 50_000
+MEMORY_SHARE = 4  # --cache auto keeps examples that fit in 1/MEMORY_SHARE of the memory
 
 
 def batches_per_pass(size: int, batch_size: int, per_step: int) -> int:
@@ -23,21 +23,46 @@ def batches_per_pass(size: int, batch_size: int, per_step: int) -> int:
     return size // per_step
 
 
-def training_pipeline(source: DataSource, per_step: int, seed: int):
+def training_pipeline(source: DataSource, per_step: int, seed: int, cache: str = "auto",
+                      shuffle_mb: int = 256):
     """Endless batches of ``per_step`` real examples (with their labels, when the data has
-    them), reshuffled every pass.
+    them), reshuffled every pass through a buffer of at most ``shuffle_mb`` MB (the whole
+    dataset when it is smaller). The training step splits each batch so that every update
+    sees fresh real data.
 
-    The training step splits each batch so that every update sees fresh real data. Examples
-    are cached after the first pass.
+    ``cache``: keep the examples in memory after the first pass (``memory``), never
+    (``none``: each pass reads the source again; a prepared dataset streams from its shards),
+    or when they fit in a quarter of this machine's memory (``auto``).
     """
     if source.spec.size < per_step:
         raise ValueError(f"a training step needs {per_step} real examples, but the dataset "
                          f"has only {source.spec.size}: check with batches_per_pass first")
+    data = source.dataset()
+    if caches(source, cache):
+        data = data.cache()
     return (
-        source.dataset()
-        .cache()
-        .shuffle(min(source.spec.size, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+        data.shuffle(shuffle_size(source, shuffle_mb), seed=seed, reshuffle_each_iteration=True)
         .batch(per_step, drop_remainder=True)
         .repeat()
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def caches(source: DataSource, cache: str) -> bool:
+    """Whether ``--cache cache`` keeps ``source``'s examples in memory."""
+    if cache == "auto":
+        return source.nbytes <= memory_bytes() // MEMORY_SHARE
+    return cache == "memory"
+
+
+def shuffle_size(source: DataSource, shuffle_mb: int) -> int:
+    """Examples in a shuffle buffer of ``shuffle_mb`` MB (at least 1, at most all of them)."""
+    per_example = max(source.nbytes // max(source.spec.size, 1), 1)
+    return max(1, min(source.spec.size, shuffle_mb * 2**20 // per_example))
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    import os
+
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

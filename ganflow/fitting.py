@@ -95,8 +95,8 @@ def fit(prepared, run_callbacks: Callbacks, done: int, verbose) -> Any:
     with signals.terminate_as_interrupt():
         return fit_from(
             prepared.gan,
-            lambda skip: training_pipeline(prepared.source, prepared.per_step,
-                                           config.seed).skip(skip),
+            lambda skip: training_pipeline(prepared.source, prepared.per_step, config.seed,
+                                           config.cache, config.shuffle_buffer_mb).skip(skip),
             done, prepared.steps_per_epoch, config.epochs, list(run_callbacks), verbose,
             lambda at: steps_per_call(config, prepared.steps_per_epoch, at))
 

@@ -17,6 +17,7 @@ import tensorflow as tf
 from mlflow.models import infer_signature
 
 from ganflow import noise
+from ganflow.data import memory_bytes
 from ganflow.errors import UsageError, first_line
 
 GENERATOR_ARTIFACT = "generator"
@@ -210,9 +211,6 @@ def sample(model_uri: str, count: int, seed: int, label: int | None = None):
     return sampler(z, labels), z, labels
 
 
-def memory_bytes() -> int:
-    """This machine's physical memory."""
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def predict_quietly(model, inputs) -> np.ndarray:

@@ -117,6 +117,13 @@ class DataSource:
                           info={**self.info, "fraction": fraction, "full_size": self.spec.size},
                           density=self.density)
 
+    @property
+    def nbytes(self) -> int:
+        """The examples' size as training holds them (float32)."""
+        import math
+
+        return self.spec.size * math.prod(self.spec.shape) * 4
+
     def examples(self):
         """The examples alone, without labels: what a GAN trains on."""
         ds = self.dataset()

@@ -153,9 +153,16 @@ def _square(image, size):
     )
 
 
+def load_prepared(options: ganflow.DatasetOptions) -> ganflow.DataSource:
+    """A dataset ``ganflow prepare`` made: streamed from its shards."""
+    return ganflow.prepared(options.argument)
+
+
 @ganflow.hookimpl
 def ganflow_register_datasets(register):
     register("digits", load_digits, "1,797 handwritten digits from scikit-learn, 32x32, offline")
     register("tfds", load_tfds, "a tensorflow-datasets image dataset, e.g. tfds:mnist",
              argument="NAME")
     register("folder", load_folder, "every image in a folder tree", argument="PATH")
+    register("prepared", load_prepared, "a dataset ganflow prepare made, streamed from its "
+             "shards", argument="PATH")

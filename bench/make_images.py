@@ -1,0 +1,99 @@
+"""Write a folder of N images to prepare and train on: 64x64 shapes (discs, squares,
+triangles, rings) on textured backgrounds, in RGB, some as JPEG, some with an alpha channel,
+some grayscale, in 4 class subfolders; and a few percent broken as a scraper leaves them
+(zero bytes, truncated, not an image at all).
+
+    python bench/make_images.py DEST -n 10000            # 2% broken (the default)
+    python bench/make_images.py DEST -n 100000 --broken 0.03 --seed 1
+
+Deterministic for a seed. Written by a pool of processes, one per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = ("disc", "square", "triangle", "ring")
+SIZE = 64
+
+
+def draw(index: int, seed: int) -> tuple[str, bytes]:
+    """Image ``index``: (its file name under its class folder, its bytes)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng([seed, index])
+    shape = SHAPES[index % len(SHAPES)]
+    background = rng.integers(0, 256, 3)
+    noise = rng.normal(0, rng.uniform(5, 40), (SIZE, SIZE, 1))
+    stripes = np.sin(np.arange(SIZE) * rng.uniform(0.1, 0.8))[None, :, None] * 20
+    pixels = np.clip(background + noise + stripes, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    pen = ImageDraw.Draw(image)
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    r = int(rng.integers(10, 26))
+    cx, cy = (int(v) for v in rng.integers(r, SIZE - r, 2))
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "disc":
+        pen.ellipse(box, fill=colour)
+    elif shape == "square":
+        pen.rectangle(box, fill=colour)
+    elif shape == "triangle":
+        pen.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    else:
+        pen.ellipse(box, outline=colour, width=max(2, r // 4))
+    kind = index % 10
+    buffer = io.BytesIO()
+    if kind < 6:
+        image.save(buffer, "PNG")
+        suffix = "png"
+    elif kind < 8:
+        image.save(buffer, "JPEG", quality=90)
+        suffix = "jpg"
+    elif kind < 9:
+        image.convert("L").save(buffer, "PNG")
+        suffix = "png"
+    else:
+        rgba = image.convert("RGBA")
+        rgba.putalpha(200)
+        rgba.save(buffer, "PNG")
+        suffix = "png"
+    return f"{shape}/{index:07d}.{suffix}", buffer.getvalue()
+
+
+def write(job):
+    index, seed, broken, dest = job
+    name, data = draw(index, seed)
+    rng = np.random.default_rng([seed, index, 1])
+    if rng.random() < broken:  # as a scraper leaves some
+        damage = int(rng.integers(0, 3))
+        data = (b"" if damage == 0 else data[: len(data) // 3] if damage == 1
+                else b"<html>404 not found</html>")
+    path = Path(dest) / name
+    path.write_bytes(data)
+    return len(data)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dest")
+    parser.add_argument("-n", "--count", type=int, default=10_000)
+    parser.add_argument("--broken", type=float, default=0.02, help="share of broken files")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for shape in SHAPES:
+        (Path(args.dest) / shape).mkdir(parents=True, exist_ok=True)
+    jobs = [(i, args.seed, args.broken, args.dest) for i in range(args.count)]
+    with Pool(os.cpu_count()) as pool:
+        written = sum(pool.imap_unordered(write, jobs, chunksize=256))
+    print(f"Wrote {args.count:,} images ({written / 2**20:.0f} MiB) to {args.dest}")
+
+
+if __name__ == "__main__":
+    main()

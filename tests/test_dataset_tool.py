@@ -1,0 +1,206 @@
+"""`ganflow prepare`: a folder or zip of images of every kind, some broken, into TFRecord shards
+with a manifest and a skip report; resumable, atomic; and `--dataset prepared:PATH` streaming
+them into a run."""
+
+import io
+import json
+import zipfile
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+import ganflow
+from ganflow import dataset_tool, shards
+from ganflow.errors import UsageError
+
+from conftest import TINY
+
+
+def save(path, image, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **kwargs)
+
+
+def png_bytes(image):
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A folder in two classes with the images a camera or a scraper leaves, and broken
+    files: 10 usable, 4 not."""
+    root = tmp_path / "photos"
+    save(root / "red" / "rgb.png", Image.new("RGB", (40, 20), (255, 0, 0)))  # wide: cropped
+    save(root / "red" / "cmyk.jpg", Image.new("CMYK", (16, 16), (0, 255, 255, 0)))
+    palette = Image.new("P", (16, 16), 1)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    save(root / "red" / "palette.png", palette)
+    save(root / "red" / "transparent.png", Image.new("RGBA", (16, 16), (255, 0, 0, 0)))
+    frames = [Image.new("RGB", (16, 16), (255, 0, 0)), Image.new("RGB", (16, 16), (0, 0, 255))]
+    save(root / "red" / "animated.gif", frames[0], save_all=True, append_images=frames[1:])
+    rotated = Image.new("RGB", (16, 8), (0, 0, 0))
+    rotated.paste((255, 255, 255), (0, 0, 8, 8))  # white on the left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise to view
+    save(root / "red" / "exif.jpg", rotated, exif=exif, quality=95)
+    save(root / "gray" / "grey.png", Image.new("L", (16, 16), 128))
+    save(root / "gray" / "sixteen.png", Image.fromarray(np.full((16, 16), 65535, np.uint16)))
+    save(root / "gray" / "la.png", Image.new("LA", (16, 16), (0, 0)))
+    save(root / "gray" / "bilevel.png", Image.new("1", (16, 16), 1))
+    (root / "gray" / "empty.png").write_bytes(b"")
+    (root / "gray" / "truncated.png").write_bytes(png_bytes(Image.new("L", (64, 64), 7))[:60])
+    (root / "gray" / "text.jpg").write_text("not an image at all")
+    (root / "gray" / "garbage.webp").write_bytes(bytes(range(256)) * 4)
+    return root
+
+
+def images_of(dest):
+    """The prepared source, and its (image, label) pairs in the files' order: shard by shard
+    (training reads the shards interleaved)."""
+    import tensorflow as tf
+
+    source = ganflow.prepared(dest)
+    manifest = shards.read_manifest(dest)
+    spec = {"image": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([], tf.int64)}
+    pairs = []
+    for shard in manifest.shards:
+        for record in tf.data.TFRecordDataset(str(dest / shard["file"])):
+            example = tf.io.parse_single_example(record, spec)
+            image = np.frombuffer(example["image"].numpy(), np.uint8).reshape(manifest.shape)
+            pairs.append((image.astype(np.float32) / 127.5 - 1, int(example["label"])))
+    streamed = sorted(float(x.numpy().sum()) for x, _ in source.dataset())
+    assert streamed == pytest.approx(sorted(float(x.sum()) for x, _ in pairs), abs=1e-3)
+    return source, pairs
+
+
+def test_prepare_decodes_every_kind_skips_and_names_the_broken(cli, workdir, photos):
+    dest = workdir / "prepared"
+    result = cli("prepare", photos, dest, "--resolution", "8", "--shard-size", "4")
+    assert result.exit_code == 0, result.output
+    manifest = shards.read_manifest(dest)
+    assert (manifest.count, manifest.shape, manifest.label_names, manifest.skipped) == \
+        (10, (8, 8, 3), ["gray", "red"], 4)
+    assert [s["count"] for s in manifest.shards] == [2, 2, 4, 2]  # 14 files by name, 4 a shard
+    assert manifest.options == {"resolution": 8, "channels": "auto", "crop": "center",
+                                "background": "white", "shard_size": 4, "filter": "lanczos"}
+    assert result.stdout.splitlines()[0] == (
+        f"Prepared 10 images of 8x8x3, 2 labels in 4 shards in {dest} "
+        + result.stdout.split(f"in {dest} ")[1].split(")")[0] + "); skipped 4: "
+        "2 not an image, 1 truncated, 1 zero bytes; see "
+        f"{dest}/skipped.txt")
+    report = (dest / "skipped.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[1] for line in report if line.startswith("skipped")) == [
+        "gray/empty.png", "gray/garbage.webp", "gray/text.jpg", "gray/truncated.png"]
+    assert "used\tred/animated.gif\t2 frames: the first used" in report
+
+    source, pairs = images_of(dest)
+    assert source.spec == ganflow.DataSpec((8, 8, 3), 10, 2)
+    by_name = dict(zip([n for n in dataset_tool.Source(str(photos)).names
+                        if n.split("/")[1] not in {"empty.png", "garbage.webp", "text.jpg",
+                                                  "truncated.png"}], pairs))
+    def rgb(name):
+        return by_name[name][0].mean(axis=(0, 1))
+
+    np.testing.assert_allclose(rgb("red/rgb.png"), [1, -1, -1], atol=0.02)
+    np.testing.assert_allclose(rgb("red/cmyk.jpg"), [1, -1, -1], atol=0.05)  # CMYK to RGB
+    np.testing.assert_allclose(rgb("red/palette.png"), [1, -1, -1], atol=0.02)
+    np.testing.assert_allclose(rgb("red/transparent.png"), [1, 1, 1], atol=0.02)  # on white
+    np.testing.assert_allclose(rgb("red/animated.gif"), [1, -1, -1], atol=0.05)  # first frame
+    np.testing.assert_allclose(rgb("gray/sixteen.png"), [1, 1, 1], atol=0.02)  # 16-bit scaled
+    np.testing.assert_allclose(rgb("gray/grey.png"), [0.0039] * 3, atol=0.02)
+    exif = by_name["red/exif.jpg"][0].mean(axis=2)  # turned upright: white on the top half
+    assert exif[:3].mean() > 0.8 and exif[5:].mean() < -0.8
+    assert {label for name, (_, label) in by_name.items() if name.startswith("red/")} == {1}
+
+
+def test_an_interrupted_prepare_never_trains_and_the_same_command_finishes_it(
+        cli, workdir, photos, monkeypatch):
+    dest = workdir / "prepared"
+    write_shard = shards.write_shard
+    written = []
+
+    def interrupted(path, images, labels):  # the second shard is where Ctrl-C lands
+        if len(written) == 1:
+            raise KeyboardInterrupt
+        written.append(path.name)
+        write_shard(path, images, labels)
+
+    monkeypatch.setattr(shards, "write_shard", interrupted)
+    result = cli("prepare", photos, dest, "--resolution", "8", "--shard-size", "4")
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Stopped by SIGINT with 1 shards done in {dest}: the same command finishes the others")
+    assert len(list(dest.glob("shard-*.tfrecord"))) == 1
+    trained = cli("run", "--dataset", f"prepared:{dest}", *TINY)
+    assert trained.exit_code == 2
+    assert trained.stderr.strip().splitlines()[-1] == (
+        f"Error: prepared:{dest}: no manifest.json there (an interrupted ganflow prepare: "
+        "run it again to finish)")
+
+    monkeypatch.setattr(shards, "write_shard", write_shard)
+    calls = []
+    monkeypatch.setattr(shards, "write_shard",
+                        lambda path, *rest: (calls.append(path.name), write_shard(path, *rest)))
+    assert cli("prepare", photos, dest, "--resolution", "8", "--shard-size", "4").exit_code == 0
+    assert sorted(calls) == sorted({f"shard-0000{i}.tfrecord" for i in range(4)} - set(written))
+    assert shards.read_manifest(dest).count == 10
+    again = cli("prepare", photos, dest, "--resolution", "16")
+    assert again.exit_code == 2 and "is a prepared dataset already" in again.stderr
+
+
+def test_a_zip_with_a_labels_file_prepares_as_the_folder_would(cli, workdir):
+    archive = workdir / "images.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in range(6):
+            z.writestr(f"img/{i}.png", png_bytes(Image.new("L", (20, 20), 40 * i)))
+        z.writestr("dataset.json", json.dumps({"labels": [[f"img/{i}.png", i % 3]
+                                                          for i in range(6)]}))
+    dest = workdir / "zipped"
+    result = cli("prepare", archive, dest, "--resolution", "4", "--channels", "1")
+    assert result.exit_code == 0, result.output
+    source, pairs = images_of(dest)
+    assert source.spec == ganflow.DataSpec((4, 4, 1), 6, 3)
+    assert [label for _, label in pairs] == [0, 1, 2, 0, 1, 2]
+    np.testing.assert_allclose([x.mean() for x, _ in pairs],
+                               [40 * i / 127.5 - 1 for i in range(6)], atol=0.01)
+
+
+def test_crop_none_skips_what_is_not_square_by_name(workdir):
+    root = workdir / "mixed"
+    save(root / "square.png", Image.new("L", (10, 10), 0))
+    save(root / "wide.png", Image.new("L", (20, 10), 0))
+    manifest, skipped = dataset_tool.prepare(str(root), str(workdir / "out"),
+                                             dataset_tool.Options(resolution=4, crop="none"),
+                                             workers=1)
+    assert manifest.count == 1 and skipped == {"not square": 1}
+    assert (workdir / "out" / "skipped.txt").read_text() == \
+        "skipped\twide.png\tnot square (20x10) and --crop none\n"
+
+
+def test_a_run_streams_a_prepared_dataset_without_caching_it(cli, workdir, photos):
+    dest = workdir / "prepared"
+    assert cli("prepare", photos, dest, "--resolution", "32", "--shard-size", "3").exit_code == 0
+    result = cli("run", "--dataset", f"prepared:{dest}", "--cache", "none",
+                 "--shuffle-buffer-mb", "1", "--epochs", "1", "--steps-per-epoch", "2",
+                 "--batch-size", "4", "--eval-every", "0", "--no-register", "-q")
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    params = run.data.params
+    assert (params["dataset"], params["cache"], params["shuffle_buffer_mb"]) == \
+        (f"prepared:{dest}", "none", "1")
+    assert params["data_digest"] == shards.read_manifest(dest).digest
+
+
+def test_what_is_not_prepared_or_not_a_source_is_one_line(cli, workdir):
+    (workdir / "empty").mkdir()
+    with pytest.raises(UsageError, match=r"empty: no image files"):
+        dataset_tool.Source(str(workdir / "empty"))
+    result = cli("prepare", workdir / "nothing-here", workdir / "out")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == \
+        f"Error: {workdir / 'nothing-here'}: not a folder or a zip file of images"

@@ -127,6 +127,8 @@ class TrackedRun:
             prepared.gan, folder / "checkpoints", config.keep_checkpoints)
         if restored:
             mlflow.set_tag("ganflow.resumed_from_step", str(self.done))
+        else:
+            tracking.log_dataset(config, prepared.source)
         try:
             writer = journal.Journal(folder, run_id, tracking_uri)
         except BlockingIOError:

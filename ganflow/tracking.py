@@ -270,6 +270,40 @@ def start_run(config: RunConfig, extra_params: dict, tags: dict, resume_run_id: 
         yield run
 
 
+def log_dataset(config: RunConfig, source) -> None:
+    """What the run trains on, as MLflow's dataset record of the active run (the run page's
+    Datasets section): its name, where it is, a digest, the examples' schema, and the
+    share of it used (``--data-fraction``)."""
+    import hashlib
+    import json
+
+    import numpy as np
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types.schema import Schema, TensorSpec
+
+    name, _, argument = config.dataset.partition(":")
+    if name in ("prepared", "folder"):
+        # MLflow 3.17 registers its local-files source twice, and resolving a path by it
+        # warns that the path "can be interpreted in multiple ways": take the class itself.
+        local = next(s for s in get_registered_sources()
+                     if s.__name__ == "LocalArtifactDatasetSource")
+        where = local(Path(argument).expanduser().resolve().as_uri())
+    else:
+        where = CodeDatasetSource({"dataset": config.dataset})
+    specs = [TensorSpec(np.dtype("float32"), (-1, *source.spec.shape), "example")]
+    if source.labelled:
+        specs.append(TensorSpec(np.dtype("int64"), (-1,), "label"))
+    digest = source.info.get("digest") or hashlib.sha256(json.dumps(
+        [config.dataset, config.image_size, list(source.spec.shape), source.spec.size,
+         config.data_fraction]).encode()).hexdigest()[:16]
+    mlflow.log_input(MetaDataset(where, name=config.dataset, digest=digest, schema=Schema(specs)),
+                     context="training",
+                     tags={"fraction": str(config.data_fraction or 1.0),
+                           "examples": str(source.spec.size)})
+
+
 def end_run(status: str) -> None:
     """End the active MLflow run as ``status``; the run is over, so later signals change
     nothing (``signals.settle``), even if the store did not take the status."""

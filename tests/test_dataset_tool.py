@@ -194,6 +194,10 @@ def test_a_run_streams_a_prepared_dataset_without_caching_it(cli, workdir, photo
     assert (params["dataset"], params["cache"], params["shuffle_buffer_mb"]) == \
         (f"prepared:{dest}", "none", "1")
     assert params["data_digest"] == shards.read_manifest(dest).digest
+    (record,) = run.inputs.dataset_inputs  # the run page's Datasets section
+    assert (record.dataset.name, record.dataset.digest, record.dataset.source_type) == \
+        (f"prepared:{dest}", params["data_digest"], "local")
+    assert json.loads(record.dataset.source)["uri"] == dest.resolve().as_uri()
 
 
 def test_what_is_not_prepared_or_not_a_source_is_one_line(cli, workdir):

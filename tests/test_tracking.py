@@ -180,3 +180,18 @@ def test_a_wrong_tracking_server_ends_a_run_in_one_line_with_its_own_exit_code(c
     assert result.stderr.startswith(f"Error: tracking URI http://127.0.0.1:{web}: the server "
                                     "there is not an MLflow tracking server")
     assert not (workdir / "ganflow-runs").exists()
+
+
+def test_a_run_records_what_it_trained_on_as_an_mlflow_dataset(cli, workdir):
+    from conftest import TINY
+
+    result = cli("run", *TINY, "--eval-every", "0", "--no-register", "--data-fraction", "0.5")
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    (record,) = run.inputs.dataset_inputs
+    assert record.dataset.name == "digits"
+    assert {t.key: t.value for t in record.tags} == {
+        "mlflow.data.context": "training", "fraction": "0.5", "examples": "898"}
+    schema = json.loads(record.dataset.schema)["mlflow_colspec"]
+    assert [(c["name"], c["tensor-spec"]["shape"]) for c in schema] == [
+        ("example", [-1, 32, 32, 1]), ("label", [-1])]

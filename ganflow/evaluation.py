@@ -113,30 +113,66 @@ def build(plugins, source, dataset: str, features: str | None = None,
     options = FeatureOptions(source=source, dataset=dataset, weights=weights,
                              cache_dir=cache_dir(), log=log)
     extractor = entry.call("to start", entry.obj, options)
-    real, labels = reference(source, real_examples, seed)
-    real_features, _ = extract(extractor, real)
+    info = dict(getattr(extractor, "info", {}) or {})
+    real_features, labels, key = reference_features(source, extractor, name, info,
+                                                    real_examples, seed, log)
     histogram = None
     if labels is not None and source.spec.num_classes:
         histogram = metrics.class_histogram(labels, source.spec.num_classes)
+    if key:
+        info["reference"] = key
     return Evaluator(name, extractor, tuple(source.spec.shape), real_features, histogram,
-                     seed=seed, info=dict(getattr(extractor, "info", {}) or {}),
-                     provider=entry.plugin)
+                     seed=seed, info=info, provider=entry.plugin)
+
+
+def reference_features(source, extractor, name: str, info: dict, count: int, seed: int,
+                       log=log_to_stderr) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """The features (and labels) of ``count`` real examples drawn with ``seed``, and the key
+    they are kept under. A prepared dataset's (``source.info["digest"]``) are drawn from the
+    whole of it, computed once per (dataset, extractor and its weights, count, seed) and kept
+    in the cache folder, so every run and ``ganflow evaluate`` compares with the same
+    reference; the key, logged with a run (``eval_reference``), says which. Other sources'
+    are computed each time (key None)."""
+    digest = source.info.get("digest")
+    if digest is None:
+        real, labels = reference(source, count, seed)
+        return extract(extractor, real)[0], labels, None
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps([digest, name, info, count, seed], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    path = cache_dir() / "references" / f"{key}.npz"
+    if path.exists():
+        kept = np.load(path)
+        return kept["features"], (kept["labels"] if "labels" in kept else None), key
+    real, labels = reference(source, count, seed, span=source.spec.size)
+    features = extract(extractor, real)[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    np.savez(staging, features=features, **({} if labels is None else {"labels": labels}))
+    os.replace(staging, path)
+    log(f"Reference features of {len(real):,} examples of the whole dataset kept as {key} in "
+        f"{path.parent}")
+    return features, labels, key
 
 
 # Real examples are drawn from at most this many times as many examples as are needed.
 REFERENCE_SPAN = 5
 
 
-def reference(source, count: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+def reference(source, count: int, seed: int,
+              span: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Up to ``count`` real examples (and labels, when labelled), drawn with ``seed``.
 
-    A reservoir sample of the first ``REFERENCE_SPAN * count`` examples, drawn with NumPy so
-    the same seed gives the same examples whatever TensorFlow's global seed (a run sets it, a
-    later ``ganflow evaluate`` does not); drawn because some sources are ordered by class.
+    A reservoir sample of the first ``span`` examples (default ``REFERENCE_SPAN * count``),
+    drawn with NumPy so the same seed gives the same examples whatever TensorFlow's global
+    seed (a run sets it, a later ``ganflow evaluate`` does not); drawn because some sources
+    are ordered by class.
     """
     rng = noise.rng(seed, "reference")
     kept_x, kept_y, seen = [], [], 0
-    stream = source.dataset().take(REFERENCE_SPAN * count).batch(CHUNK)
+    stream = source.dataset().take(span or REFERENCE_SPAN * count).batch(CHUNK)
     for batch in stream.as_numpy_iterator():
         xs, ys = batch if source.labelled else (batch, None)
         for i in range(len(xs)):

@@ -208,3 +208,28 @@ def test_what_is_not_prepared_or_not_a_source_is_one_line(cli, workdir):
     assert result.exit_code == 2
     assert result.stderr.strip() == \
         f"Error: {workdir / 'nothing-here'}: not a folder or a zip file of images"
+
+
+def test_a_prepared_dataset_s_reference_features_are_computed_once_from_all_of_it(
+        cli, workdir, photos, plugins, monkeypatch):
+    from ganflow import evaluation
+
+    monkeypatch.setenv("GANFLOW_CACHE_DIR", str(workdir / "cache"))
+    dest = workdir / "prepared"
+    assert cli("prepare", photos, dest, "--resolution", "8", "--shard-size", "3").exit_code == 0
+    source = ganflow.prepared(dest)
+    said = []
+    first = evaluation.build(plugins, source, f"prepared:{dest}", "raw", real_examples=10,
+                             log=said.append)
+    second = evaluation.build(plugins, source, f"prepared:{dest}", "raw", real_examples=10,
+                              log=said.append)
+    key = first.info["reference"]
+    assert second.info["reference"] == key and first.params["eval_reference"] == key
+    assert len(said) == 1 and said[0].startswith(f"Reference features of 10 examples of the "
+                                                 f"whole dataset kept as {key}")
+    np.testing.assert_array_equal(first.real_features, second.real_features)
+    assert (workdir / "cache" / "references" / f"{key}.npz").exists()
+    # Another number of examples is another reference.
+    other = evaluation.build(plugins, source, f"prepared:{dest}", "raw", real_examples=5,
+                             log=said.append)
+    assert other.info["reference"] != key and len(other.real_features) == 5

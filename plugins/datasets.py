@@ -40,11 +40,16 @@ def load_digits(options: ganflow.DatasetOptions) -> ganflow.DataSource:
 
 
 def load_tfds(options: ganflow.DatasetOptions) -> ganflow.DataSource:
-    """A tensorflow-datasets image dataset's train split, e.g. tfds:mnist, tfds:cifar10."""
+    """A tensorflow-datasets image dataset's train split, or a slice of it in tfds's split
+    syntax: tfds:mnist, tfds:cifar10, tfds:mnist[:10%], tfds:mnist[1000:2000]."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    name = options.argument
+    name, bracket, rest = options.argument.partition("[")
+    split = f"train[{rest}" if bracket else "train"
+    if bracket and not rest.endswith("]"):
+        raise ganflow.UsageError(f"tfds:{options.argument}: a slice is NAME[FROM:TO], e.g. "
+                                 "tfds:mnist[:10%]")
     try:
         builder = tfds.builder(name, data_dir=options.data_dir)
     except tfds.core.registered.DatasetNotFoundError:
@@ -70,8 +75,13 @@ def load_tfds(options: ganflow.DatasetOptions) -> ganflow.DataSource:
                                  "pass --image-size N")
     has_labels = "label" in features and hasattr(features["label"], "num_classes")
 
+    try:
+        count = builder.info.splits[split].num_examples
+    except (ValueError, KeyError) as exc:
+        raise ganflow.UsageError(f"tfds:{options.argument}: {exc}") from None
+
     def make():
-        ds = builder.as_dataset(split="train", shuffle_files=False)
+        ds = builder.as_dataset(split=split, shuffle_files=False)
 
         def convert(example):
             image = tf.cast(example["image"], tf.float32) / 127.5 - 1.0
@@ -85,7 +95,7 @@ def load_tfds(options: ganflow.DatasetOptions) -> ganflow.DataSource:
 
     spec = ganflow.DataSpec(
         shape=(size, size, channels),
-        size=builder.info.splits["train"].num_examples,
+        size=count,
         num_classes=features["label"].num_classes if has_labels else None,
     )
     return ganflow.DataSource(spec, make, labelled=has_labels)

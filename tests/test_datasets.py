@@ -151,3 +151,17 @@ def test_a_data_fraction_is_a_fixed_subset_and_evaluations_keep_the_whole_datase
     full = prepare(resolve(configure(plugins, "dcgan", {"eval_samples": 100,
                                                         "precision": "float32"}), plugins))
     np.testing.assert_array_equal(first.evaluator.real_features, full.evaluator.real_features)
+
+
+def test_tfds_takes_a_slice_of_its_train_split(tmp_path):
+    GanflowTinyDigits(data_dir=str(tmp_path)).download_and_prepare()
+    tenth = load_tfds(ganflow.DatasetOptions(argument="ganflow_tiny_digits[:10%]",
+                                             data_dir=str(tmp_path)))
+    assert tenth.spec == ganflow.DataSpec(shape=(28, 28, 1), size=2, num_classes=2)
+    assert len(list(tenth.dataset())) == 2
+    middle = load_tfds(ganflow.DatasetOptions(argument="ganflow_tiny_digits[5:9]",
+                                              data_dir=str(tmp_path)))
+    assert middle.spec.size == 4 and len(list(middle.dataset())) == 4
+    with pytest.raises(ganflow.UsageError, match=r"a slice is NAME\[FROM:TO\]"):
+        load_tfds(ganflow.DatasetOptions(argument="ganflow_tiny_digits[:10%",
+                                         data_dir=str(tmp_path)))

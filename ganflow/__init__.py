@@ -10,7 +10,8 @@ The public API, for users and plugin authors:
 - ``DataSpec``, ``DataSource``, ``DatasetOptions``, ``Architecture``, ``FittedDensity``,
   ``FeatureOptions``, ``FeatureExtractor``: what the other plugins receive and return.
 - ``reachable(host, port)``: whether the network answers, so a download fails fast offline.
-- ``prepared(path)``: the dataset ``ganflow prepare`` made in ``path``, streamed.
+- ``prepared(path)``: the dataset ``ganflow prepare`` made in ``path``, streamed;
+  ``prepared_cache(source)``: a folder or zip prepared once into ganflow's cache, streamed.
 - ``replicas()``: how many replicas the networks being built will have (``--strategy``);
   ``replica_sum(x)``: a statistic summed over a step's replicas (for plugin state).
 - ``Mixture``: a Gaussian mixture with a known density (toy data, fixed P_G's, exact JSD).
@@ -18,17 +19,32 @@ The public API, for users and plugin authors:
   ``GanflowDeprecationWarning``: what still works but will not always.
 """
 
-import pluggy
+__version__ = "0.1.0"  # first: the modules imported below read it
 
-from ganflow.devices import replica_sum, replicas
-from ganflow.errors import GanflowDeprecationWarning, GanflowError, PluginError, UsageError
-from ganflow.mixture import Mixture
-from ganflow.net import reachable
-from ganflow.settings import Setting
-from ganflow.shards import prepared
-from ganflow.step import LOG_4, Regularization, Regularizer, Step, StepLoss, value_function
-from ganflow.training import TrainingSetup
-from ganflow.types import (
+import pluggy  # noqa: E402
+
+from ganflow.dataset_tool import cached as prepared_cache  # noqa: E402
+from ganflow.devices import replica_sum, replicas  # noqa: E402
+from ganflow.errors import (  # noqa: E402
+    GanflowDeprecationWarning,
+    GanflowError,
+    PluginError,
+    UsageError,
+)
+from ganflow.mixture import Mixture  # noqa: E402
+from ganflow.net import reachable  # noqa: E402
+from ganflow.settings import Setting  # noqa: E402
+from ganflow.shards import prepared  # noqa: E402
+from ganflow.step import (  # noqa: E402
+    LOG_4,
+    Regularization,
+    Regularizer,
+    Step,
+    StepLoss,
+    value_function,
+)
+from ganflow.training import TrainingSetup  # noqa: E402
+from ganflow.types import (  # noqa: E402
     Architecture,
     DataSource,
     DataSpec,
@@ -38,8 +54,6 @@ from ganflow.types import (
     FittedDensity,
     Loss,
 )
-
-__version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("ganflow")
 
@@ -67,6 +81,7 @@ __all__ = [
     "UsageError",
     "hookimpl",
     "prepared",
+    "prepared_cache",
     "reachable",
     "replica_sum",
     "replicas",

@@ -255,8 +255,9 @@ def prepare(source_text: str, dest: str, options: Options, workers: int | None =
     notes = [pair for e in entries for pair in e["notes"]]
     kept = sum(e["count"] for e in entries)
     if not kept:
-        raise UsageError(f"{source_text}: none of its {count} image files could be used "
-                         f"(see {folder / SKIPPED})")
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(_reasons(skipped).items()))
+        raise UsageError(f"{source_text}: none of its {count} image files could be read "
+                         f"({why})")
     _write_report(folder, skipped, notes)
     manifest = shards.Manifest(
         count=kept, resolution=options.resolution, channels=1 if mode == "L" else 3,
@@ -319,3 +320,51 @@ def _reasons(skipped) -> dict:
         key = why.split(" (")[0]
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def cached(source_text: str, resolution: int | None = None, default_resolution: int = 64,
+           log=None):
+    """``source_text`` prepared once into the cache folder (``prepared/KEY`` there, KEY from
+    the source's file list and the options), then streamed: what ``folder:PATH`` trains on.
+    The resolution is ``resolution``, else the images' own when they are all one square
+    size, else ``default_resolution``."""
+    from ganflow.evaluation import cache_dir
+
+    source = Source(source_text)
+    options = Options(resolution=resolution or _one_square_size(source) or default_resolution)
+    key = hashlib.sha256(json.dumps([source.digest(), options.__dict__]).encode()).hexdigest()
+    folder = cache_dir() / "prepared" / key[:16]
+    if not (folder / shards.MANIFEST).exists():
+        if log:
+            log(f"Preparing {len(source.names):,} images of {source_text} once, into {folder} "
+                "(later runs stream them from there)")
+        try:
+            prepare(source_text, str(folder), options)
+        except UsageError as exc:  # nothing usable: the cache keeps no half
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            raise exc from None
+    data = shards.prepared(folder)
+    manifest = shards.read_manifest(folder)
+    data.info.update(images_read=manifest.count, images_skipped=manifest.skipped)
+    return data
+
+
+def _one_square_size(source: Source) -> int | None:
+    """The side of the images when they are all one square size (read from their headers)."""
+    import io
+
+    from PIL import Image
+
+    sizes = set()
+    for name in source.names:
+        try:
+            with Image.open(io.BytesIO(source.read(name))) as image:
+                sizes.add(image.size)
+        except Exception:  # noqa: BLE001 - unreadable: the prepare names it
+            continue
+        if len(sizes) > 1:
+            return None
+    (size,) = sizes or {(0, 1)}
+    return size[0] if size[0] == size[1] else None

@@ -6,7 +6,6 @@ where the data has them.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,6 @@ import ganflow
 
 DIGITS_SIZE = 32
 FOLDER_DEFAULT_SIZE = 64
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 # Where tensorflow-datasets downloads prepared data from first.
 TFDS_HOST = ("storage.googleapis.com", 443)
 
@@ -102,65 +99,16 @@ def load_tfds(options: ganflow.DatasetOptions) -> ganflow.DataSource:
 
 
 def load_folder(options: ganflow.DatasetOptions) -> ganflow.DataSource:
-    """Every image under a folder; first-level subfolders, when there are several, are labels."""
-    from PIL import Image
-
+    """Every image under a folder (first-level subfolders, when there are several, are
+    labels), prepared once into ganflow's cache as ``ganflow prepare`` would, then streamed."""
     root = Path(options.argument).expanduser()
     if not root.is_dir():
         raise ganflow.UsageError(f"folder:{options.argument}: no such folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ganflow.UsageError(
-            f"folder:{options.argument}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-
-    decoded, skipped = [], 0
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                decoded.append((path, image.copy()))
-        except Exception:  # Pillow raises many types for truncated or corrupt files
-            skipped += 1
-    if not decoded:
-        raise ganflow.UsageError(
-            f"folder:{options.argument}: none of its {len(files)} image files could be read"
-        )
-
-    sizes = Counter(image.size for _, image in decoded)
-    if options.image_size:
-        size = options.image_size
-    elif len(sizes) == 1 and (only := next(iter(sizes)))[0] == only[1]:
-        size = only[0]
-    else:
-        size = FOLDER_DEFAULT_SIZE
-    gray = all(image.mode in GRAYSCALE_MODES for _, image in decoded)
-    mode = "L" if gray else "RGB"
-
-    arrays = [np.asarray(_square(image.convert(mode), size), dtype=np.float32) for _, image in decoded]
-    images = np.stack(arrays) / 127.5 - 1.0
-    if gray:
-        images = images[..., None]
-
-    classes = sorted({p.relative_to(root).parts[0] for p, _ in decoded if p.parent != root})
-    labelled = len(classes) > 1 and all(p.parent != root for p, _ in decoded)
-    labels = [classes.index(p.relative_to(root).parts[0]) for p, _ in decoded] if labelled else None
-    info = {"images_read": len(decoded), "images_skipped": skipped}
-    return ganflow.DataSource.from_arrays(
-        images, labels, num_classes=len(classes) if labelled else None, info=info
-    )
-
-
-def _square(image, size):
-    """Centre-crop to a square, then resize to size x size."""
-    from PIL import Image
-
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    return image.crop((left, top, left + side, top + side)).resize(
-        (size, size), Image.Resampling.BICUBIC
-    )
+    try:
+        return ganflow.prepared_cache(str(root), options.image_size, FOLDER_DEFAULT_SIZE)
+    except ganflow.UsageError as exc:
+        raise ganflow.UsageError(f"folder:{options.argument}: {str(exc).split(': ', 1)[1]}") \
+            from None
 
 
 def load_prepared(options: ganflow.DatasetOptions) -> ganflow.DataSource:

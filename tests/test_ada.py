@@ -214,3 +214,40 @@ def test_ada_trains_under_mixed_precision_with_r1(cli, workdir, precision):
     assert metrics["ada/p"] == pytest.approx(0.5)
     assert all(np.isfinite(metrics[k]) for k in ("d_loss", "g_loss", "reg/r1"))
     assert metrics["reg/r1"] > 0
+
+
+@pytest.mark.slow
+def test_the_issue_s_command_stopped_by_sigterm_resumes_with_the_same_p(tmp_path):
+    # `ganflow run --plugin dcgan --augment ada --data-fraction 0.1`, shortened, with p quick
+    # to move: stopped by SIGTERM mid-run, resumed, it ends where an uninterrupted run ends,
+    # p's history the same step by step.
+    import signal
+
+    from test_checkpoints import STEPPED, ganflow, the_run, wait_for_step, write_plugin
+
+    plugin = write_plugin(tmp_path / "stepped.py", STEPPED)
+    args = ["run", "--plugin", "dcgan", "--augment", "ada:kimg=0.2,interval=1",
+            "--data-fraction", "0.1", "--plugin-module", plugin, "--loss", "stepped",
+            "--epochs", "3", "--steps-per-epoch", "8", "--batch-size", "8", "--log-every", "1",
+            "--eval-every", "0", "--samples", "4", "--no-register", "-q", "--deterministic",
+            "--precision", "float32"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    whole.mkdir(), broken.mkdir()
+    assert ganflow(*args, workdir=whole, pause=0.001).returncode == 0
+    proc = ganflow(*args, workdir=broken, pause=0.2, wait=False)
+    run_id = wait_for_step(broken, 10, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=300)
+    assert proc.returncode == 130
+    stopped = int(the_run(broken)[0].data.tags["ganflow.stopped_at_step"])
+    assert 10 <= stopped < 24
+    assert ganflow("resume", run_id, "-q", workdir=broken).returncode == 0
+
+    def p_history(workdir):
+        (run,) = the_run(workdir)
+        client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+        return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "ada/p")]
+
+    ours, theirs = p_history(broken), p_history(whole)
+    assert [s for s, _ in ours] == list(range(1, 25))
+    assert ours == theirs and max(v for _, v in ours) > 0.1  # p moved, and resumed as it was

@@ -147,7 +147,10 @@ class Registry:
 
 def build_architecture(chosen: Component):
     """The architecture an ``--arch`` names: the registered object, or, when registered with
-    an argument, the factory called with it (None when an optional one is left out)."""
+    an argument, the factory called with it (None when an optional one is left out); with
+    settings, the factory called with them."""
+    if chosen.entry.settings:
+        return chosen.build()
     if not chosen.entry.argument:
         return chosen.entry.obj
     return chosen.entry.call(f"to build from {chosen.entry.name}:{chosen.argument or ''}",

@@ -157,7 +157,7 @@ def ganflow_register_datasets(register):
 @hookspec
 def ganflow_register_architectures(register):
     """Register network pairs: ``register(name, architecture, description="", argument=None,
-    argument_optional=False)``.
+    argument_optional=False, settings=None)``.
 
     ``architecture.build_generator(spec, latent_dim)`` returns a keras.Model mapping
     (batch, latent_dim) to (batch, *spec.shape); ``architecture.build_discriminator(spec)``
@@ -167,7 +167,14 @@ def ganflow_register_architectures(register):
 
     With ``argument="SIZES"`` the registered object is a factory instead, called with the
     user's argument (``--arch mlp:256,256`` gives ``"256,256"``; None when an optional
-    argument is left out) and returning the architecture.
+    argument is left out) and returning the architecture. With ``settings=`` (see Settings
+    above) it is a factory called with them instead (``--arch resnet:width=32,attention=16``),
+    each an MLflow param (``arch.width``).
+
+    Layers an architecture's generator needs beyond Keras's own must be registered with
+    ``keras.saving.register_keras_serializable`` in a module imported when the model loads:
+    ``ganflow.layers`` has the built-in ones (self-attention, ...), loaded with every
+    registered generator.
 
     A model family fitted by maximum likelihood instead (the built-in ``gmm``) has
     ``fit(source, seed) -> ganflow.FittedDensity`` and no networks; the ``mle`` trainer fits it.

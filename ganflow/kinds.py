@@ -41,6 +41,7 @@ class Kind:
     title: str = ""  # how `ganflow plugins` titles the list (default: ``attribute``)
     argument: bool = False  # registered with ``argument=``: named NAME:ARGUMENT
     settings: bool = False  # registered with ``settings=``: named NAME:key=value,...
+    # (a kind may take both; each registration then takes one or the other)
     uses: tuple[Use, ...] = ()  # how a run's settings name one (none: recipes)
     # Settings the engine gives every one of the kind, beside the plugin's own.
     engine_settings: dict[str, Setting] = field(default_factory=dict)
@@ -115,6 +116,8 @@ def _trainer(entry) -> None:
 def _architecture(entry) -> None:
     if entry.argument:
         _callable("a factory called with the argument")(entry)
+    elif entry.settings:
+        _callable("a factory called with its settings")(entry)
     elif not (hasattr(entry.obj, "build_generator") or hasattr(entry.obj, "fit")):
         raise problem(entry, "has neither build_generator(spec, latent_dim) and "
                              "build_discriminator(spec) nor fit(source, seed)")
@@ -161,7 +164,7 @@ KINDS = (
     Kind("dataset", "ganflow_register_datasets", "datasets", _callable("a loader(options)"),
          argument=True, uses=(Use("dataset", ("dataset",)),)),
     Kind("architecture", "ganflow_register_architectures", "architectures", _architecture,
-         argument=True, uses=(Use("arch", ("arch",)),)),
+         argument=True, settings=True, uses=(Use("arch", ("arch",)),)),
     Kind("feature extractor", "ganflow_register_feature_extractors", "features",
          _callable("a factory(options)"), title="feature extractors",
          uses=(Use("features", ("features",)),)),

@@ -49,6 +49,7 @@ DEFAULT_PLUGINS = (
     "ganflow_plugins.trainers",
     "ganflow_plugins.datasets",
     "ganflow_plugins.dcgan",
+    "ganflow_plugins.resnet",
     "ganflow_plugins.toy",
     "ganflow_plugins.gmm",
     "ganflow_plugins.features",
@@ -158,6 +159,9 @@ class Plugins:
                         f"plugin {_plugin}: only datasets and architectures take an argument")
                 if settings is not None and not kind.settings:
                     raise PluginError(f"plugin {_plugin}: a {kind.name} takes no settings")
+                if settings is not None and argument is not None:
+                    raise PluginError(f"plugin {_plugin}: {kind.name} {name!r} is registered "
+                                      "with both an argument and settings: give one")
                 declared = check_declarations(settings, _plugin, f"{kind.name} {name!r}")
                 registry.add(Entry(kind.name, name, obj, _plugin, description, argument,
                                    bool(argument_optional), declared))
@@ -176,7 +180,7 @@ class Plugins:
         ``NAME:ARGUMENT`` for the kinds that take an argument; ``option`` names the flag in
         errors."""
         registry = self.registry(kind)
-        if registry.spec.argument:
+        if registry.spec.argument and not registry.get(spec.partition(":")[0]).settings:
             entry, argument = self._lookup(registry, option, spec)
             return Component(entry, argument=argument)
         name, values = split_spec(spec)

@@ -87,6 +87,7 @@ def _load_pyfunc(path):
     from mlflow.keras.load import _load_keras_model
     from mlflow.models import Model
 
+    import ganflow.layers  # noqa: F401  registers the architectures' own layers with Keras
     from ganflow.mixture import sampler_layer
 
     sampler_layer()  # registers the layer of maximum-likelihood mixture samplers with Keras

@@ -6,8 +6,9 @@ the side and halving the channels, BatchNorm and ReLU between, tanh out. D mirro
 stride-2 convolutions and LeakyReLU(0.2), ending in one logit. A side of 28 starts from 7x7
 (two doublings), 32 from 4x4 (three), 64 from 4x4 (four).
 
-``--arch dcgan:sn`` wraps every layer of D with weights in Keras's SpectralNormalization
-(Miyato et al. 2018). Conditional (``--conditional``): G embeds the label and concatenates it
+``--arch dcgan:sn`` wraps every layer of D with weights in spectral normalization (Miyato et
+al. 2018; ``ganflow.layers.SpectralNormalization``, Keras's made fit for the label
+embedding). Conditional (``--conditional``): G embeds the label and concatenates it
 with z; D is a projection discriminator (Miyato & Koyama 2018): logit = w . phi(x) +
 embed(y) . phi(x), phi(x) D's last features.
 """
@@ -18,6 +19,7 @@ import keras
 from keras import layers
 
 import ganflow
+from ganflow.layers import SpectralNormalization
 
 MIN_START = 4  # the smallest map G starts from
 
@@ -41,7 +43,7 @@ class DCGAN:
         return cls(spectral_norm=True)
 
     def _weighted(self, layer):
-        return layers.SpectralNormalization(layer) if self.spectral_norm else layer
+        return SpectralNormalization(layer) if self.spectral_norm else layer
 
     def _plan(self, spec: ganflow.DataSpec) -> tuple[int, int]:
         """(doublings, starting side) for the dataset's image size."""

@@ -1,0 +1,104 @@
+"""Layers for architecture plugins beyond Keras's own, registered with Keras so that a
+generator using them saves and loads (``ganflow sample``, ``mlflow.pyfunc.load_model``):
+every registered generator is loaded with this module imported.
+
+- ``SelfAttention``: SAGAN's non-local block (Zhang et al. 2019), as BigGAN uses it.
+- ``GlobalSumPooling2D``: the sum over positions that ends SNGAN's and BigGAN's
+  discriminators (a mean would scale the last layer's Lipschitz constant by 1/(H*W)).
+- ``SpectralNormalization``: Keras's, but usable on an ``Embedding`` of integer labels
+  (a projection discriminator's class embedding).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+PACKAGE = "ganflow"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SpectralNormalization(layers.SpectralNormalization):
+    """Keras's ``SpectralNormalization`` (Miyato et al. 2018: the weight divided by its
+    largest singular value, estimated by a power iteration a training call), which casts its
+    output to its input's dtype: wrapped around an ``Embedding``, integer labels made every
+    embedded value an integer, 0 for the small ones. Here integer inputs are given to the
+    wrapped layer as float32 (an ``Embedding`` casts them back), so the output stays the
+    layer's own."""
+
+    def call(self, inputs, training=False):
+        if not keras.backend.is_float_dtype(inputs.dtype):
+            inputs = ops.cast(inputs, "float32")
+        return super().call(inputs, training=training)
+
+
+def _weighted(layer, spectral_norm: bool):
+    return SpectralNormalization(layer) if spectral_norm else layer
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SelfAttention(layers.Layer):
+    """x + gamma * o(softmax(f(x) g(x)^T) h(x)), over the feature map's positions.
+
+    f, g are 1x1 convolutions to C/8 channels, h to C/2 and o back to C (BigGAN's sizes);
+    g and h are max-pooled 2x2 first, so attention costs a quarter of the full map's. gamma
+    starts at 0: the block begins as the identity and learns how much to attend.
+    ``spectral_norm`` wraps the four convolutions (SAGAN and BigGAN do, in G and D).
+    """
+
+    def __init__(self, spectral_norm: bool = False, kernel_initializer="glorot_uniform",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.spectral_norm = spectral_norm
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels < 8:
+            raise ValueError(f"self-attention needs at least 8 channels, got {channels}")
+
+        def conv(filters):
+            return _weighted(layers.Conv2D(filters, 1, use_bias=False,
+                                           kernel_initializer=self.kernel_initializer,
+                                           dtype=self.dtype_policy), self.spectral_norm)
+
+        self.f, self.g = conv(channels // 8), conv(channels // 8)
+        self.h, self.o = conv(channels // 2), conv(channels)
+        self.pool = layers.MaxPooling2D(2, dtype=self.dtype_policy)
+        self.gamma = self.add_weight(name="gamma", shape=(), initializer="zeros")
+        height, width = input_shape[1], input_shape[2]
+        self.f.build(input_shape)
+        self.g.build(input_shape)
+        self.h.build(input_shape)
+        self.o.build((None, height, width, channels // 2))
+
+    def call(self, x, training=None):
+        batch = ops.shape(x)[0]
+        height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+        positions, pooled = height * width, (height // 2) * (width // 2)
+        query = ops.reshape(self.f(x, training=training), (batch, positions, channels // 8))
+        key = ops.reshape(self.pool(self.g(x, training=training)),
+                          (batch, pooled, channels // 8))
+        value = ops.reshape(self.pool(self.h(x, training=training)),
+                            (batch, pooled, channels // 2))
+        # The softmax in float32 under mixed precision: its sums are over every position.
+        scores = ops.cast(ops.matmul(query, ops.transpose(key, (0, 2, 1))), "float32")
+        attention = ops.cast(ops.softmax(scores, axis=-1), x.dtype)
+        attended = ops.reshape(ops.matmul(attention, value),
+                               (batch, height, width, channels // 2))
+        return x + ops.cast(self.gamma, x.dtype) * self.o(attended, training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "spectral_norm": self.spectral_norm,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GlobalSumPooling2D(layers.Layer):
+    """(batch, H, W, C) -> (batch, C): the sum over positions."""
+
+    def call(self, x):
+        return ops.sum(x, axis=(1, 2))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])

@@ -1,0 +1,209 @@
+"""ResNet GANs: the ``resnet`` architecture (SNGAN, Miyato et al. 2018; BigGAN, Brock et al.
+2019) and the ``sngan`` recipe.
+
+G: z -> a dense layer to a 4x4 map -> residual up-blocks (BatchNorm, ReLU, 2x nearest
+upsampling, 3x3 convolution, BatchNorm, ReLU, 3x3 convolution; a 1x1 convolution on the
+upsampled shortcut) -> BatchNorm, ReLU, 3x3 convolution, tanh. D: residual down-blocks
+(ReLU, 3x3 convolution, ReLU, 3x3 convolution, 2x2 average pooling; the shortcut a 1x1
+convolution then pooling), the first one SNGAN's "optimized" block (no ReLU before its first
+convolution, the shortcut pooled first), then ReLU, the sum over positions and a dense layer
+to one logit. Spectral normalization on every layer of D by default.
+
+Channels are ``width`` times BigGAN's multipliers for the image side (32: 4, 4, 4 in G and
+4, 4, 4, 4 in D, SNGAN's CIFAR-10 networks at width 64; 64 and 128: BigGAN's). ``depth``
+blocks per resolution (the first one resamples); ``attention=SIDE`` adds SAGAN's
+self-attention after the blocks at that side, in G and D.
+
+Conditional (``--conditional``): G's BatchNorms are class-conditional (a per-class gain and
+bias from embeddings, as SNGAN's and BigGAN's), D a projection discriminator (Miyato &
+Koyama 2018): logit = w . phi(x) + embed(y) . phi(x).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+import ganflow
+from ganflow.layers import GlobalSumPooling2D, SelfAttention, SpectralNormalization
+
+# Per image side: (G's channels at 4x4, then after each up-block), (D's after each block),
+# (whether each D block downsamples), all in units of ``width``: BigGAN's arch tables.
+PLANS = {
+    32: ((4, 4, 4, 4), (4, 4, 4, 4), (True, True, False, False)),
+    64: ((16, 16, 8, 4, 2), (1, 2, 4, 8, 16), (True, True, True, True, False)),
+    128: ((16, 16, 8, 4, 2, 1), (1, 2, 4, 8, 16, 16), (True, True, True, True, True, False)),
+}
+INITIALIZERS = {"glorot": "glorot_uniform", "orthogonal": "orthogonal"}
+
+SETTINGS = {
+    "width": ganflow.Setting(16, "channels unit: each block has width times BigGAN's "
+                             "multiplier (SNGAN's CIFAR-10 networks are width 64)", minimum=1),
+    "depth": ganflow.Setting(1, "residual blocks per resolution (the first one resamples)",
+                             minimum=1),
+    "sn": ganflow.Setting(True, "spectral normalization on every layer of D"),
+    "g_sn": ganflow.Setting(False, "spectral normalization on G's convolutions and dense "
+                            "layer too (BigGAN)"),
+    "attention": ganflow.Setting(0, "add self-attention (SAGAN) after the blocks at this "
+                                 "side, in G and D (0: none)", minimum=0),
+    "init": ganflow.Setting("glorot", "weight initialisation: glorot (Keras's default, as "
+                            "SNGAN) or orthogonal (BigGAN)", choices=tuple(INITIALIZERS)),
+}
+
+
+class ResNet:
+    def __init__(self, width=16, depth=1, sn=True, g_sn=False, attention=0, init="glorot"):
+        self.width, self.depth, self.attention = width, depth, attention
+        self.d_sn, self.g_sn = sn, g_sn
+        self.init = INITIALIZERS[init]
+
+    # -- the pieces -------------------------------------------------------------------------
+
+    def _plan(self, spec: ganflow.DataSpec):
+        if not spec.is_image:
+            raise ganflow.UsageError(
+                f"architecture resnet needs images (height, width, channels); the dataset's "
+                f"examples have shape {spec.shape}: use an architecture for points")
+        side, other, _ = spec.shape
+        if side != other or side not in PLANS:
+            raise ganflow.UsageError(
+                f"architecture resnet needs square images of side 32, 64 or 128, got "
+                f"{side}x{other}: pass --image-size 32 (or 64, 128)")
+        if self.attention and (self.attention not in (8, 16, 32, 64, 128)
+                               or self.attention > side):
+            raise ganflow.UsageError(
+                f"--arch resnet:attention={self.attention}: the side of a feature map where "
+                f"attention goes, a power of 2 from 8 to {side} (or 0 for none)")
+        return PLANS[side]
+
+    def _conv(self, filters, size, sn, **kwargs):
+        layer = layers.Conv2D(filters, size, padding="same", kernel_initializer=self.init,
+                              **kwargs)
+        return SpectralNormalization(layer) if sn else layer
+
+    def _dense(self, units, sn, **kwargs):
+        layer = layers.Dense(units, kernel_initializer=self.init, **kwargs)
+        return SpectralNormalization(layer) if sn else layer
+
+    def _norm(self, x, label, num_classes):
+        """BatchNorm; class-conditional (gain 1 + and bias from embeddings) with a label."""
+        synchronized = ganflow.replicas() > 1  # the global batch's statistics
+        if label is None:
+            return layers.BatchNormalization(synchronized=synchronized)(x)
+        x = layers.BatchNormalization(synchronized=synchronized, center=False, scale=False)(x)
+        channels = x.shape[-1]
+        gain = layers.Embedding(num_classes, channels, embeddings_initializer="ones")(label)
+        bias = layers.Embedding(num_classes, channels, embeddings_initializer="zeros")(label)
+        gain = layers.Reshape((1, 1, channels))(gain)
+        bias = layers.Reshape((1, 1, channels))(bias)
+        return layers.Add()([layers.Multiply()([x, gain]), bias])
+
+    def _up_block(self, x, channels, label, num_classes, upsample):
+        # No biases: every one would be cancelled by the BatchNorm that follows (the next
+        # block's, or the last one's), and Adam would still move them on rounding noise.
+        h = layers.ReLU()(self._norm(x, label, num_classes))
+        if upsample:
+            h = layers.UpSampling2D(2)(h)
+        h = self._conv(channels, 3, self.g_sn, use_bias=False)(h)
+        h = layers.ReLU()(self._norm(h, label, num_classes))
+        h = self._conv(channels, 3, self.g_sn, use_bias=False)(h)
+        shortcut = layers.UpSampling2D(2)(x) if upsample else x
+        if upsample or x.shape[-1] != channels:
+            shortcut = self._conv(channels, 1, self.g_sn, use_bias=False)(shortcut)
+        return layers.Add()([h, shortcut])
+
+    def _down_block(self, x, channels, downsample, first):
+        h = x if first else layers.ReLU()(x)
+        h = self._conv(channels, 3, self.d_sn)(h)
+        h = self._conv(channels, 3, self.d_sn)(layers.ReLU()(h))
+        if downsample:
+            h = layers.AveragePooling2D(2)(h)
+        shortcut = x
+        if first:  # pooled, then projected: the optimized block's cheaper order
+            shortcut = self._conv(channels, 1, self.d_sn)(
+                layers.AveragePooling2D(2)(x) if downsample else x)
+        elif downsample or x.shape[-1] != channels:
+            shortcut = self._conv(channels, 1, self.d_sn)(x)
+            if downsample:
+                shortcut = layers.AveragePooling2D(2)(shortcut)
+        return layers.Add()([h, shortcut])
+
+    def _attend(self, x, side, sn):
+        if self.attention == side:
+            x = SelfAttention(spectral_norm=sn, kernel_initializer=self.init)(x)
+        return x
+
+    # -- the networks -----------------------------------------------------------------------
+
+    def build_generator(self, spec, latent_dim, num_classes=None):
+        g_channels, _, _ = self._plan(spec)
+        z = keras.Input((latent_dim,), name="z")
+        label = keras.Input((), dtype="int32", name="label") if num_classes else None
+        side, channels = 4, self.width * g_channels[0]
+        x = self._dense(side * side * channels, self.g_sn, use_bias=False)(z)
+        x = layers.Reshape((side, side, channels))(x)
+        for multiplier in g_channels[1:]:
+            side *= 2
+            for block in range(self.depth):
+                x = self._up_block(x, self.width * multiplier, label, num_classes,
+                                   upsample=block == 0)
+            x = self._attend(x, side, self.g_sn)
+        x = layers.ReLU()(self._norm(x, None, None))
+        x = self._conv(spec.shape[-1], 3, self.g_sn)(x)
+        out = layers.Activation("tanh", dtype="float32")(x)
+        inputs = z if label is None else [z, label]
+        return keras.Model(inputs, out, name="generator")
+
+    def build_discriminator(self, spec, num_classes=None):
+        _, d_channels, downsamples = self._plan(spec)
+        image = keras.Input(spec.shape, name="x")
+        x, side = image, spec.shape[0]
+        for i, (multiplier, downsample) in enumerate(zip(d_channels, downsamples)):
+            for block in range(self.depth):
+                x = self._down_block(x, self.width * multiplier, downsample and block == 0,
+                                     first=i == 0 and block == 0)
+            side //= 2 if downsample else 1
+            x = self._attend(x, side, self.d_sn)
+        phi = GlobalSumPooling2D()(layers.ReLU()(x))
+        score = self._dense(1, self.d_sn, dtype="float32")(phi)
+        if num_classes is None:
+            return keras.Model(image, score, name="discriminator")
+        label = keras.Input((), dtype="int32", name="label")
+        embedding = layers.Embedding(num_classes, phi.shape[-1], embeddings_initializer=self.init)
+        embedded = SpectralNormalization(embedding)(label) if self.d_sn else \
+            embedding(label)
+        projection = layers.Dot(axes=1)([layers.Activation("linear", dtype="float32")(embedded),
+                                         layers.Activation("linear", dtype="float32")(phi)])
+        logit = layers.Add(dtype="float32")([score, projection])
+        return keras.Model([image, label], logit, name="discriminator")
+
+
+@ganflow.hookimpl
+def ganflow_register_architectures(register):
+    register("resnet", ResNet, "residual G and D (SNGAN, BigGAN) for 32, 64 and 128 px: "
+             "spectral norm in D, optional self-attention and conditional BN/projection",
+             settings=SETTINGS)
+
+
+# SNGAN as mimicry trains it on CIFAR-10 (Lee & Town 2020): the hinge loss, 5 D updates per
+# G update, Adam 2e-4 with beta1 0 and beta2 0.9, spectral norm in D, batch 64, z of 128.
+SNGAN_RECIPE = {
+    "arch": "resnet",
+    "loss": "hinge",
+    "dataset": "digits",
+    "epochs": 100,
+    "batch_size": 64,
+    "d_steps": 5,
+    "latent_dim": 128,
+    "lr_g": 2e-4,
+    "lr_d": 2e-4,
+    "optimizer": "adam:beta1=0.0,beta2=0.9",
+    "eval_every": 25,
+    "precision": "auto",
+}
+
+
+@ganflow.hookimpl
+def ganflow_register_recipes(register):
+    register("sngan", SNGAN_RECIPE, "SNGAN: a ResNet with spectral norm in D, the hinge loss "
+             "and 5 D steps per G step (mimicry's settings), on the digits")

@@ -35,6 +35,7 @@ def main():
     parser.add_argument("--plugin", default="dcgan", help="recipe")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--d-steps", type=int)
+    parser.add_argument("--arch", help="the recipe's architecture replaced (resnet:width=8)")
     parser.add_argument("--steps", type=int, default=50, help="steps per timed window")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=5, help="timed windows per variant")
@@ -55,7 +56,8 @@ def main():
     from ganflow.resolve import configure, resolve
 
     plugins = load_plugins()
-    flags = {"batch_size": args.batch_size, "d_steps": args.d_steps, "eval_every": 0}
+    flags = {"batch_size": args.batch_size, "d_steps": args.d_steps, "arch": args.arch,
+             "eval_every": 0}
     variants = {}
     # Each policy once: `auto` is one of the others on any machine.
     for precision in dict.fromkeys(resolve_precision(p) for p in args.precision):

@@ -1,4 +1,5 @@
-"""Gradient regularizers of the discriminator: R1, R2 and the gradient penalty.
+"""Regularizers: R1, R2 and the gradient penalty on D's gradient; orthogonality of G's
+kernels.
 
 - R1 = gamma / 2 * E_data[||grad_x D(x)||^2] penalizes D's gradient on real data, R2 the same on
   generated data (Mescheder et al. 2018): both push D towards the equilibrium where it is flat
@@ -10,6 +11,11 @@
   in; ``--regularizer gp`` adds it to any other loss (Fedus et al. 2018).
 
 Gradients are of D's logit, taken with D as the update calls it (training mode).
+
+- orthogonal = beta / 2 * sum_W ||W W^T * (1 - I)||_F^2 over G's kernels, each W a kernel's
+  filters as rows (Brock et al. 2019, BigGAN's variant: only the filters' cosines, not their
+  norms); its gradient, 2 beta (W W^T * (1 - I)) W, is the update BigGAN adds. On G:
+  ``--regularizer orthogonal:beta=1e-4``.
 """
 
 import keras
@@ -74,6 +80,26 @@ class R2(R1):
         return 0.5 * self.gamma * ops.mean(gradient_norm_squared(step, step.fake))
 
 
+class Orthogonal(ganflow.Regularizer):
+    """beta / 2 * sum over G's kernels of ||W W^T * (1 - I)||_F^2, W: (filters, fan-in)."""
+
+    network = "generator"
+
+    def __init__(self, beta):
+        self.beta = beta
+
+    def __call__(self, step):
+        total = 0.0
+        for variable in step.generator.trainable_weights:
+            if not variable.path.endswith("kernel") or len(variable.shape) < 2:
+                continue  # biases, BatchNorm's and embeddings' weights are left alone
+            w = ops.reshape(ops.cast(variable, "float32"), (-1, variable.shape[-1]))
+            gram = ops.matmul(ops.transpose(w), w)  # (filters, filters)
+            off_diagonal = gram * (1.0 - ops.eye(variable.shape[-1]))
+            total = total + ops.sum(ops.square(off_diagonal))
+        return 0.5 * self.beta * total
+
+
 GAMMA = {"gamma": ganflow.Setting(10.0, "the penalty's weight", minimum=0.0)}
 PENALTY = {
     "weight": ganflow.Setting(10.0, "the penalty's weight (WGAN-GP's lambda)", minimum=0.0),
@@ -87,5 +113,8 @@ def ganflow_register_regularizers(register):
     register("r1", R1, "gamma/2 E_data ||grad D(x)||^2 on real data (Mescheder et al. 2018)",
              settings=GAMMA)
     register("r2", R2, "gamma/2 E_G ||grad D(G(z))||^2 on generated data", settings=GAMMA)
+    register("orthogonal", Orthogonal, "on G: beta/2 sum ||W W^T (1 - I)||^2 over its "
+             "kernels, BigGAN's orthogonal regularization",
+             settings={"beta": ganflow.Setting(1e-4, "the penalty's weight", minimum=0.0)})
     register("gp", GradientPenalty, "weight E(||grad D(x_hat)|| - 1)^2 at real/fake "
              "interpolates (WGAN-GP)", settings=PENALTY)

@@ -48,14 +48,23 @@ SETTINGS = {
                                  "side, in G and D (0: none)", minimum=0),
     "init": ganflow.Setting("glorot", "weight initialisation: glorot (Keras's default, as "
                             "SNGAN) or orthogonal (BigGAN)", choices=tuple(INITIALIZERS)),
+    "shared": ganflow.Setting(0, "conditional runs: one class embedding of this size shared "
+                              "by G's BatchNorms, each taking its gain and bias from it by a "
+                              "dense layer (BigGAN); 0: a gain and bias per class in each",
+                              minimum=0),
+    "hierarchical": ganflow.Setting(False, "split z into one chunk for the 4x4 map and one per "
+                                    "resolution, given to that resolution's BatchNorms "
+                                    "(BigGAN's hierarchical latent)"),
 }
 
 
 class ResNet:
-    def __init__(self, width=16, depth=1, sn=True, g_sn=False, attention=0, init="glorot"):
+    def __init__(self, width=16, depth=1, sn=True, g_sn=False, attention=0, init="glorot",
+                 shared=0, hierarchical=False):
         self.width, self.depth, self.attention = width, depth, attention
         self.d_sn, self.g_sn = sn, g_sn
         self.init = INITIALIZERS[init]
+        self.shared, self.hierarchical = shared, hierarchical
 
     # -- the pieces -------------------------------------------------------------------------
 
@@ -85,32 +94,63 @@ class ResNet:
         layer = layers.Dense(units, kernel_initializer=self.init, **kwargs)
         return SpectralNormalization(layer) if sn else layer
 
-    def _norm(self, x, label, num_classes):
-        """BatchNorm; class-conditional (gain 1 + and bias from embeddings) with a label."""
+    def _norm(self, x, condition, num_classes=None):
+        """BatchNorm, conditional on ``condition``: None (plain), integer labels (a gain and a
+        bias per class, from embeddings: SNGAN) or a vector per example (gain and bias from
+        dense layers: BigGAN's shared embedding and latent chunk)."""
         synchronized = ganflow.replicas() > 1  # the global batch's statistics
-        if label is None:
+        if condition is None:
             return layers.BatchNormalization(synchronized=synchronized)(x)
         x = layers.BatchNormalization(synchronized=synchronized, center=False, scale=False)(x)
         channels = x.shape[-1]
-        gain = layers.Embedding(num_classes, channels, embeddings_initializer="ones")(label)
-        bias = layers.Embedding(num_classes, channels, embeddings_initializer="zeros")(label)
+        if "int" in str(condition.dtype):
+            gain = layers.Embedding(num_classes, channels,
+                                    embeddings_initializer="ones")(condition)
+            bias = layers.Embedding(num_classes, channels,
+                                    embeddings_initializer="zeros")(condition)
+        else:  # the gain's dense layer starts at 1: its bias is initialised to ones
+            gain = self._dense(channels, self.g_sn, bias_initializer="ones")(condition)
+            bias = self._dense(channels, self.g_sn)(condition)
         gain = layers.Reshape((1, 1, channels))(gain)
         bias = layers.Reshape((1, 1, channels))(bias)
         return layers.Add()([layers.Multiply()([x, gain]), bias])
 
-    def _up_block(self, x, channels, label, num_classes, upsample):
+    def _up_block(self, x, channels, condition, num_classes, upsample):
         # No biases: every one would be cancelled by the BatchNorm that follows (the next
         # block's, or the last one's), and Adam would still move them on rounding noise.
-        h = layers.ReLU()(self._norm(x, label, num_classes))
+        h = layers.ReLU()(self._norm(x, condition, num_classes))
         if upsample:
             h = layers.UpSampling2D(2)(h)
         h = self._conv(channels, 3, self.g_sn, use_bias=False)(h)
-        h = layers.ReLU()(self._norm(h, label, num_classes))
+        h = layers.ReLU()(self._norm(h, condition, num_classes))
         h = self._conv(channels, 3, self.g_sn, use_bias=False)(h)
         shortcut = layers.UpSampling2D(2)(x) if upsample else x
         if upsample or x.shape[-1] != channels:
             shortcut = self._conv(channels, 1, self.g_sn, use_bias=False)(shortcut)
         return layers.Add()([h, shortcut])
+
+    def _conditions(self, z, label, num_classes, stages: int):
+        """What G starts from and each stage's BatchNorm condition (see ``_norm``)."""
+        if label is not None and self.hierarchical and not self.shared:
+            raise ganflow.UsageError(
+                "--arch resnet:hierarchical=true with --conditional needs a shared class "
+                "embedding: add shared=N (BigGAN's is 128)")
+        embedded = None
+        if label is not None and self.shared:
+            embedded = layers.Embedding(num_classes, self.shared,
+                                        embeddings_initializer=self.init)(label)
+        if not self.hierarchical:
+            return z, [embedded if embedded is not None else label] * stages
+        latent = z.shape[-1]
+        if latent < stages + 1:
+            raise ganflow.UsageError(
+                f"--arch resnet:hierarchical=true splits z into {stages + 1} chunks, and "
+                f"--latent-dim is {latent}: raise it to at least {stages + 1}")
+        bounds = [round(i * latent / (stages + 1)) for i in range(stages + 2)]
+        chunks = [z[:, a:b] for a, b in zip(bounds, bounds[1:])]
+        if embedded is None:
+            return chunks[0], chunks[1:]
+        return chunks[0], [layers.Concatenate()([embedded, c]) for c in chunks[1:]]
 
     def _down_block(self, x, channels, downsample, first):
         h = x if first else layers.ReLU()(x)
@@ -139,16 +179,17 @@ class ResNet:
         g_channels, _, _ = self._plan(spec)
         z = keras.Input((latent_dim,), name="z")
         label = keras.Input((), dtype="int32", name="label") if num_classes else None
+        start, conditions = self._conditions(z, label, num_classes, len(g_channels) - 1)
         side, channels = 4, self.width * g_channels[0]
-        x = self._dense(side * side * channels, self.g_sn, use_bias=False)(z)
+        x = self._dense(side * side * channels, self.g_sn, use_bias=False)(start)
         x = layers.Reshape((side, side, channels))(x)
-        for multiplier in g_channels[1:]:
+        for multiplier, condition in zip(g_channels[1:], conditions):
             side *= 2
             for block in range(self.depth):
-                x = self._up_block(x, self.width * multiplier, label, num_classes,
+                x = self._up_block(x, self.width * multiplier, condition, num_classes,
                                    upsample=block == 0)
             x = self._attend(x, side, self.g_sn)
-        x = layers.ReLU()(self._norm(x, None, None))
+        x = layers.ReLU()(self._norm(x, None))
         x = self._conv(spec.shape[-1], 3, self.g_sn)(x)
         out = layers.Activation("tanh", dtype="float32")(x)
         inputs = z if label is None else [z, label]
@@ -206,7 +247,27 @@ SNGAN_RECIPE = {
 }
 
 
+# BigGAN (Brock et al. 2019), conditional, at the digits' scale: spectral norm in G and D,
+# orthogonal initialisation and regularization, a shared class embedding and the
+# hierarchical latent, G's lr 1e-4 against D's 4e-4 with Adam's beta1 0 and beta2 0.999,
+# 2 D updates per G update (BigGAN's 128 px setting; StudioGAN's CIFAR-10 one has 4), an EMA
+# of G. The same width and batch as the sngan recipe; 2 D steps make a step cheaper.
+BIGGAN_RECIPE = {
+    **SNGAN_RECIPE,
+    "arch": "resnet:width=8,g_sn=true,init=orthogonal,shared=32,hierarchical=true",
+    "conditional": True,
+    "d_steps": 2,
+    "lr_g": 1e-4,
+    "lr_d": 4e-4,
+    "optimizer": "adam:beta1=0.0,beta2=0.999",
+    "regularizers": ["orthogonal:beta=1e-4"],
+    "ema": 0.999,
+}
+
+
 @ganflow.hookimpl
 def ganflow_register_recipes(register):
     register("sngan", SNGAN_RECIPE, "SNGAN: a ResNet with spectral norm in D, the hinge loss "
              "and 5 D steps per G step (mimicry's settings), on the digits")
+    register("biggan", BIGGAN_RECIPE, "conditional BigGAN: shared embedding, hierarchical z, "
+             "spectral norm in G and D, orthogonal regularization, EMA of G; on the digits")

@@ -159,15 +159,14 @@ def bad(cli, *args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: cdcgan, dcgan, gmm-mle, toy, toy-grid, "
-                           "toy1d "
-                           "(did you mean 'dcgan'?)"),
+    (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: biggan, cdcgan, dcgan, gmm-mle, sngan, "
+                           "toy, toy-grid, toy1d (did you mean 'dcgan'?)"),
     (["--loss", "minmax"], "unknown loss 'minmax'; known: hinge, lsgan, minimax, "
                            "non-saturating, wgan (did you mean 'minimax'?)"),
     (["--dataset", "digit"], "unknown dataset 'digit'; known: digits, folder, gauss1d, grid25, "
                              "prepared, ring8, tfds "
                              "(did you mean 'digits'?)"),
-    (["--arch", "dcgn"], "unknown architecture 'dcgn'; known: dcgan, gmm, mlp "
+    (["--arch", "dcgn"], "unknown architecture 'dcgn'; known: dcgan, gmm, mlp, resnet "
                          "(did you mean 'dcgan'?)"),
     (["--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["--d-steps", "0"], "--d-steps must be at least 1, got 0"),

@@ -197,3 +197,77 @@ def test_sngan_trains_registers_and_samples(cli, workdir):
     assert out.exit_code == 0, out.output
     samples = np.load(workdir / "s.npz")["samples"]
     assert samples.shape == (6, 32, 32, 1) and np.isfinite(samples).all()
+
+
+def test_biggan_generator_takes_a_shared_embedding_and_a_hierarchical_latent(tmp_path):
+    arch = ResNet(width=4, g_sn=True, init="orthogonal", shared=8, hierarchical=True)
+    g = arch.build_generator(spec(32, 1), 20, num_classes=10)
+    # One shared class embedding, not one per BatchNorm.
+    assert sum(isinstance(layer, keras.layers.Embedding) for layer in g.layers) == 1
+    z = tf.random.normal((2, 20), seed=7)
+    labels = tf.constant([2, 2])
+    out = g([z, labels], training=False).numpy()
+    # z is split into 4 chunks of 5 (the 4x4 map's and one per resolution): the last
+    # resolution's chunk alone changes the image, and so does the label.
+    last = z.numpy().copy()
+    last[:, 15:] += 1.0
+    assert np.abs(g([tf.constant(last), labels], training=False).numpy() - out).max() > 1e-4
+    assert np.abs(g([z, tf.constant([5, 5])], training=False).numpy() - out).max() > 1e-4
+    g.save(tmp_path / "g.keras")  # the latent's slices and the dense gains load back
+    loaded = keras.saving.load_model(tmp_path / "g.keras")
+    np.testing.assert_allclose(loaded([z, labels], training=False), out, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch, latent, message", [
+    (ResNet(hierarchical=True), 64, "hierarchical=true with --conditional needs a shared "
+                                    "class embedding: add shared=N"),
+    (ResNet(hierarchical=True, shared=8), 3, "splits z into 4 chunks, and --latent-dim is 3"),
+])
+def test_biggan_settings_that_cannot_work_are_refused(arch, latent, message):
+    with pytest.raises(ganflow.UsageError, match=message):
+        arch.build_generator(spec(32, 1), latent, num_classes=10)
+
+
+def test_the_orthogonal_regularizer_against_a_hand_computation(plugins):
+    from types import SimpleNamespace
+
+    regularizer = plugins.component(plugins.regularizers, "orthogonal:beta=0.5",
+                                    "--regularizer").build()
+    assert regularizer.network == "generator"
+    dense = keras.layers.Dense(3)
+    conv = keras.layers.Conv2D(2, 2)
+    g = keras.Sequential([keras.Input((2,)), dense, keras.layers.Reshape((1, 1, 3)),
+                          keras.layers.UpSampling2D(2), conv])
+    w = np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0]], np.float32)  # (fan-in 2, 3 filters)
+    dense.kernel.assign(w)
+    k = np.arange(24, dtype=np.float32).reshape(2, 2, 3, 2) / 10  # (2, 2, in 3, 2 filters)
+    conv.kernel.assign(k)
+
+    def off_diagonal(m):  # m: (fan-in, filters)
+        gram = m.T @ m
+        return np.sum((gram * (1 - np.eye(len(gram)))) ** 2)
+
+    expected = 0.5 * 0.5 * (off_diagonal(w) + off_diagonal(k.reshape(-1, 2)))
+    value = float(regularizer(SimpleNamespace(generator=g)))
+    assert value == pytest.approx(expected, rel=1e-5)
+    assert off_diagonal(w) == pytest.approx(2 * 2**2 + 2 * 3**2)  # filters 0-1 and 1-2 meet
+    dense.kernel.assign(np.eye(2, 3, dtype=np.float32))  # orthogonal filters: nothing left
+    conv.kernel.assign(np.zeros((2, 2, 3, 2), np.float32))
+    assert float(regularizer(SimpleNamespace(generator=g))) == 0.0
+
+
+@pytest.mark.slow
+def test_biggan_trains_registers_and_samples_a_class(cli, workdir):
+    result = cli("run", "--plugin", "biggan", *TINY)
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    params, metrics = run.data.params, run.data.metrics
+    assert params["conditional"] == "True" and params["ema"] == "0.999"
+    assert params["arch.shared"] == "32" and params["arch.hierarchical"] == "True"
+    assert params["regularizer.orthogonal.beta"] == "0.0001"
+    assert metrics["reg/orthogonal"] > 0 and np.isfinite(metrics["eval/fid"])
+    out = cli("sample", "models:/biggan-generator@latest", "--class", "3", "-n", "4", "--npz",
+              "-o", "three.npz")
+    assert out.exit_code == 0, out.output
+    arrays = np.load(workdir / "three.npz")
+    assert arrays["samples"].shape == (4, 32, 32, 1) and list(arrays["labels"]) == [3] * 4

@@ -188,7 +188,11 @@ def test_sigterm_checkpoints_logs_and_says_how_to_resume(tmp_path, stepped, stop
     assert f"resume:  ganflow resume {run_id}" in out
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")  # runs:/ URIs resolve by it
     try:
-        assert MlflowClient().list_artifacts(run_id, "generator")  # logged, not registered
+        # One stop logs the generator (not registered). A second signal before it is logged
+        # (0.1 s later here; whether that is before depends on the machine's load) means
+        # "wait for nothing": the generator then waits for the resume, which logs it.
+        if len(stops) == 1:
+            assert MlflowClient().list_artifacts(run_id, "generator")
         assert MlflowClient().search_registered_models() == []
     finally:
         mlflow.set_tracking_uri(None)
@@ -198,6 +202,11 @@ def test_sigterm_checkpoints_logs_and_says_how_to_resume(tmp_path, stepped, stop
     assert "WARNING:tensorflow" not in resumed.stderr  # it restored exactly what was saved
     (run,) = the_run(tmp_path)
     assert run.info.status == "FINISHED" and logged_steps(tmp_path, run_id) == list(range(1, 25))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")  # runs:/ URIs resolve by it
+    try:
+        assert MlflowClient().list_artifacts(run_id, "generator")  # logged now, at the latest
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 def run_ending(workdir, proc, steps, timeout=300):
@@ -252,19 +261,28 @@ def test_a_stop_before_the_first_step_ends_the_run_killed_and_resume_starts_it(t
 @pytest.mark.parametrize("stops", [["SIGINT"], ["SIGHUP"], ["SIGINT", "SIGINT"],
                                    ["SIGTERM", "SIGTERM"]])
 def test_a_stop_as_the_run_ends_resumes_to_the_uninterrupted_run_s_end(tmp_path, stepped, stops):
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    whole.mkdir(), broken.mkdir()
+    whole = tmp_path / "whole"
+    whole.mkdir()
     args = ["run", "--plugin-module", stepped, "--loss", "stepped", *EXACT]
     done = ganflow(*args, workdir=whole, pause=0.001)
     assert done.returncode == 0, done.stderr
     (reference,) = the_run(whole)
 
-    proc = ganflow(*args, workdir=broken, pause=0.2, wait=False)
-    run_id = run_ending(broken, proc, 24)
-    for stop in stops:  # Ctrl-C twice: the second cuts the waiting short, not the stop
-        proc.send_signal(getattr(signal, stop))
-        time.sleep(0.2)
-    out, err = proc.communicate(timeout=300)
+    # The stop must come between the last checkpoint and the end of the run, a window of a
+    # second or two: on a loaded machine this test may see the checkpoint too late, and a stop
+    # after the run has ended changes nothing (the run FINISHED, exit 0). Then it tries again.
+    for attempt in range(3):
+        broken = tmp_path / f"broken{attempt}"
+        broken.mkdir()
+        proc = ganflow(*args, workdir=broken, pause=0.2, wait=False)
+        run_id = run_ending(broken, proc, 24)
+        for stop in stops:  # Ctrl-C twice: the second cuts the waiting short, not the stop
+            proc.send_signal(getattr(signal, stop))
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            break
+        assert the_run(broken)[0].info.status == "FINISHED"
     assert proc.returncode == 130, err
     (run,) = the_run(broken)
     assert run.info.status == "KILLED" and run.data.tags["ganflow.interrupted"] == stops[0], err

@@ -157,7 +157,9 @@ def test_plugins_lists_settings(cli):
     adam = next(e for e in listed["optimizers"] if e["name"] == "adam[:SETTINGS]")
     assert adam["settings"]["beta1"] == {"type": "float", "default": 0.5,
                                          "help": "decay of the first-moment average"}
-    assert [e["name"] for e in listed["regularizers"]] == ["gp[:SETTINGS]", "r1[:SETTINGS]",
+    assert [e["name"] for e in listed["regularizers"]] == ["gp[:SETTINGS]",
+                                                           "orthogonal[:SETTINGS]",
+                                                           "r1[:SETTINGS]",
                                                            "r2[:SETTINGS]"]
     text = cli("plugins").stdout
     assert "      gamma: float >= 0, default 10.0: the penalty's weight" in text

@@ -238,8 +238,8 @@ def test_a_run_killed_while_the_server_is_away_loses_nothing_it_logged(server, w
     server.kill()
     folder = workdir / "ganflow-runs" / run_id
     deadline = time.monotonic() + 300
-    while json.loads((folder / "checkpoints" / "progress.json").read_text())[
-            "steps_done"] < 25:
+    progress = folder / "checkpoints" / "progress.json"  # written with the first checkpoint
+    while not progress.exists() or json.loads(progress.read_text())["steps_done"] < 25:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)

@@ -20,16 +20,36 @@ PACKAGE = "ganflow"
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SpectralNormalization(layers.SpectralNormalization):
     """Keras's ``SpectralNormalization`` (Miyato et al. 2018: the weight divided by its
-    largest singular value, estimated by a power iteration a training call), which casts its
-    output to its input's dtype: wrapped around an ``Embedding``, integer labels made every
-    embedded value an integer, 0 for the small ones. Here integer inputs are given to the
-    wrapped layer as float32 (an ``Embedding`` casts them back), so the output stays the
-    layer's own."""
+    largest singular value, estimated by a power iteration a training call), with two things
+    mended for mixed precision and labels:
+
+    - Keras's computes the normalized weight inside the wrapper's autocast, so under a
+      bfloat16 policy it rounded D's float32 weights to bfloat16 at every training call (Adam's
+      smaller updates lost); here the wrapper does not autocast (the wrapped layer still
+      computes in the policy's dtype).
+    - Keras's casts the output to the input's dtype: a float32 logit layer wrapped after
+      bfloat16 features gave a bfloat16 logit, and an ``Embedding`` of integer labels gave
+      integers (0 for the small values, so a projection discriminator ignored the label).
+      Here the output is the wrapped layer's own, and integer inputs reach it as float32 (an
+      ``Embedding`` casts them back).
+    """
+
+    def __init__(self, layer, power_iterations=1, **kwargs):
+        kwargs.setdefault("autocast", False)
+        super().__init__(layer, power_iterations=power_iterations, **kwargs)
 
     def call(self, inputs, training=False):
+        if training:  # as Keras's: one power iteration, the normalized weight written back
+            new_vector_u, new_kernel = ops.cond(
+                ops.all(ops.equal(self.kernel.value, 0)),
+                lambda: (self.vector_u.value, self.kernel.value),
+                self.normalized_weights,
+            )
+            self.vector_u.assign(new_vector_u)
+            self.kernel.assign(new_kernel)
         if not keras.backend.is_float_dtype(inputs.dtype):
             inputs = ops.cast(inputs, "float32")
-        return super().call(inputs, training=training)
+        return self.layer(inputs)
 
 
 def _weighted(layer, spectral_norm: bool):
@@ -50,7 +70,10 @@ class SelfAttention(layers.Layer):
                  **kwargs):
         super().__init__(**kwargs)
         self.spectral_norm = spectral_norm
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # Kept as its config: one unseeded initializer object gives the same values at every
+        # call in Keras 3, which would start f and g (same shape) equal.
+        self.kernel_initializer = keras.initializers.serialize(
+            keras.initializers.get(kernel_initializer))
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -59,7 +82,8 @@ class SelfAttention(layers.Layer):
 
         def conv(filters):
             return _weighted(layers.Conv2D(filters, 1, use_bias=False,
-                                           kernel_initializer=self.kernel_initializer,
+                                           kernel_initializer=keras.initializers.get(
+                                               self.kernel_initializer),
                                            dtype=self.dtype_policy), self.spectral_norm)
 
         self.f, self.g = conv(channels // 8), conv(channels // 8)
@@ -90,7 +114,7 @@ class SelfAttention(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "spectral_norm": self.spectral_norm,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+                "kernel_initializer": self.kernel_initializer}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

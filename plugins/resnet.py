@@ -10,7 +10,8 @@ convolution, the shortcut pooled first), then ReLU, the sum over positions and a
 to one logit. Spectral normalization on every layer of D by default.
 
 Channels are ``width`` times BigGAN's multipliers for the image side (32: 4, 4, 4 in G and
-4, 4, 4, 4 in D, SNGAN's CIFAR-10 networks at width 64; 64 and 128: BigGAN's). ``depth``
+4, 4, 4, 4 in D, so at width 64 G is SNGAN's CIFAR-10 generator and D has 256 channels
+where SNGAN's has 128; 64 and 128: BigGAN's). ``depth``
 blocks per resolution (the first one resamples); ``attention=SIDE`` adds SAGAN's
 self-attention after the blocks at that side, in G and D.
 
@@ -38,7 +39,7 @@ INITIALIZERS = {"glorot": "glorot_uniform", "orthogonal": "orthogonal"}
 
 SETTINGS = {
     "width": ganflow.Setting(16, "channels unit: each block has width times BigGAN's "
-                             "multiplier (SNGAN's CIFAR-10 networks are width 64)", minimum=1),
+                             "multiplier (SNGAN's CIFAR-10 G is width 64)", minimum=1),
     "depth": ganflow.Setting(1, "residual blocks per resolution (the first one resamples)",
                              minimum=1),
     "sn": ganflow.Setting(True, "spectral normalization on every layer of D"),
@@ -78,11 +79,10 @@ class ResNet:
             raise ganflow.UsageError(
                 f"architecture resnet needs square images of side 32, 64 or 128, got "
                 f"{side}x{other}: pass --image-size 32 (or 64, 128)")
-        if self.attention and (self.attention not in (8, 16, 32, 64, 128)
-                               or self.attention > side):
+        if self.attention and (self.attention not in (8, 16, 32, 64) or self.attention >= side):
             raise ganflow.UsageError(
                 f"--arch resnet:attention={self.attention}: the side of a feature map where "
-                f"attention goes, a power of 2 from 8 to {side} (or 0 for none)")
+                f"attention goes, a power of 2 from 8 to {side // 2} (or 0 for none)")
         return PLANS[side]
 
     def _conv(self, filters, size, sn, **kwargs):
@@ -168,10 +168,12 @@ class ResNet:
                 shortcut = layers.AveragePooling2D(2)(shortcut)
         return layers.Add()([h, shortcut])
 
-    def _attend(self, x, side, sn):
-        if self.attention == side:
-            x = SelfAttention(spectral_norm=sn, kernel_initializer=self.init)(x)
-        return x
+    def _attend(self, x, side, sn, done):
+        """Self-attention after the first stage whose maps are ``attention`` wide (D keeps
+        its last side for several stages): ``done`` says whether it is already there."""
+        if self.attention == side and not done:
+            return SelfAttention(spectral_norm=sn, kernel_initializer=self.init)(x), True
+        return x, done
 
     # -- the networks -----------------------------------------------------------------------
 
@@ -188,7 +190,7 @@ class ResNet:
             for block in range(self.depth):
                 x = self._up_block(x, self.width * multiplier, condition, num_classes,
                                    upsample=block == 0)
-            x = self._attend(x, side, self.g_sn)
+            x, _ = self._attend(x, side, self.g_sn, False)
         x = layers.ReLU()(self._norm(x, None))
         x = self._conv(spec.shape[-1], 3, self.g_sn)(x)
         out = layers.Activation("tanh", dtype="float32")(x)
@@ -198,13 +200,13 @@ class ResNet:
     def build_discriminator(self, spec, num_classes=None):
         _, d_channels, downsamples = self._plan(spec)
         image = keras.Input(spec.shape, name="x")
-        x, side = image, spec.shape[0]
+        x, side, attended = image, spec.shape[0], False
         for i, (multiplier, downsample) in enumerate(zip(d_channels, downsamples)):
             for block in range(self.depth):
                 x = self._down_block(x, self.width * multiplier, downsample and block == 0,
                                      first=i == 0 and block == 0)
             side //= 2 if downsample else 1
-            x = self._attend(x, side, self.d_sn)
+            x, attended = self._attend(x, side, self.d_sn, attended)
         phi = GlobalSumPooling2D()(layers.ReLU()(x))
         score = self._dense(1, self.d_sn, dtype="float32")(phi)
         if num_classes is None:

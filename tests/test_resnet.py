@@ -44,6 +44,13 @@ def test_networks_fit_every_supported_side(side, num_classes):
     assert sum(isinstance(layer, SelfAttention) for layer in g.layers + d.layers) == 2
 
 
+def test_attention_goes_once_into_each_network():
+    # At 32 px D's maps are 16, 8, 8, 8 wide: attention at 8 follows the first of them only.
+    arch = ResNet(width=4, attention=8)
+    for network in (arch.build_generator(spec(32), 8), arch.build_discriminator(spec(32))):
+        assert sum(isinstance(layer, SelfAttention) for layer in network.layers) == 1
+
+
 def test_conditional_networks_depend_on_the_label():
     arch = ResNet(width=4)
     g, d = arch.build_generator(spec(32), 8, 10), arch.build_discriminator(spec(32), 10)
@@ -67,7 +74,7 @@ def test_conditional_networks_depend_on_the_label():
                             "--image-size 32"),
     ((2,), ResNet(), "needs images"),
     ((32, 32, 1), ResNet(attention=12), "attention=12: the side of a feature map"),
-    ((32, 32, 1), ResNet(attention=64), "a power of 2 from 8 to 32"),
+    ((32, 32, 1), ResNet(attention=32), "a power of 2 from 8 to 16"),
 ])
 def test_what_the_architecture_cannot_build_is_refused(shape, arch, message):
     with pytest.raises(ganflow.UsageError, match=message):
@@ -90,9 +97,11 @@ def test_spectral_norm_holds_every_layer_of_d_at_unit_largest_singular_value():
 
 
 def test_self_attention_starts_as_the_identity_and_attends_once_gamma_moves():
-    layer = SelfAttention()
+    layer = SelfAttention(kernel_initializer="orthogonal")
     x = tf.random.normal((2, 8, 8, 16), seed=5)
     np.testing.assert_array_equal(layer(x).numpy(), x.numpy())
+    # Query and key start apart (one unseeded initializer object would start them equal).
+    assert np.abs(layer.f.kernel.numpy() - layer.g.kernel.numpy()).max() > 1e-3
     layer.gamma.assign(1.0)
     moved = layer(x).numpy() - x.numpy()
     assert np.abs(moved).max() > 1e-2
@@ -129,12 +138,13 @@ def fitted(plugins, flags, steps=3):
 
 
 @pytest.mark.parametrize("flags", [
-    {"arch": "resnet:width=4,attention=16,g_sn=true,init=orthogonal"},
-    {"arch": "resnet:width=4,depth=2", "conditional": True},
-], ids=["attention-sn-orthogonal", "conditional-depth2"])
+    {"arch": "resnet:width=4,attention=16,sn=false,init=orthogonal"},
+    {"arch": "resnet:width=4,depth=2,sn=false,shared=8,hierarchical=true", "conditional": True},
+], ids=["attention-orthogonal", "conditional-hierarchical-depth2"])
 def test_every_trainable_variable_gets_a_gradient_through_the_training_step(plugins, flags):
-    # Three steps: self-attention's gamma starts at 0, so its convolutions get no gradient
-    # until the first step has moved it.
+    # Without spectral norm, which rewrites every kernel it wraps at each training call, so
+    # that a weight moves only by its gradient. Three steps: self-attention's gamma starts at
+    # 0, so its convolutions get no gradient until the first step has moved it.
     variables, before, history = fitted(plugins, {**flags, "d_steps": 2}, steps=3)
     still = [v.path for v, b in zip(variables, before) if np.array_equal(v.numpy(), b)]
     assert still == []
@@ -151,9 +161,16 @@ def test_resnet_trains_in_mixed_bfloat16(plugins):
     history = gan.fit(batches, epochs=1, steps_per_epoch=2, verbose=0).history
     conv = next(layer for layer in gan.generator.layers if isinstance(layer, keras.layers.Conv2D))
     out = gan.generator(tf.zeros((1, 128)))
+    logit = gan.discriminator(tf.zeros((1, 32, 32, 1)))
+    # D's spectrally normalized weights stay float32 numbers, not bfloat16 ones written back.
+    kernels = [layer.kernel.numpy() for layer in gan.discriminator._flatten_layers()
+               if isinstance(layer, keras.layers.SpectralNormalization)]
+    rounded = [tf.cast(tf.cast(k, tf.bfloat16), tf.float32).numpy() for k in kernels]
+    exact = np.mean(np.concatenate([(k == r).ravel() for k, r in zip(kernels, rounded)]))
     assert all(np.isfinite(history[k][-1]) for k in ("d_loss", "g_loss"))
     assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
-    assert out.dtype == "float32"
+    assert out.dtype == "float32" and logit.dtype == "float32"
+    assert exact < 0.1  # about 1 in 65,536 float32 values is a bfloat16 one
 
 
 @pytest.mark.slow

@@ -5,8 +5,8 @@ every registered generator is loaded with this module imported.
 - ``SelfAttention``: SAGAN's non-local block (Zhang et al. 2019), as BigGAN uses it.
 - ``GlobalSumPooling2D``: the sum over positions that ends SNGAN's and BigGAN's
   discriminators (a mean would scale the last layer's Lipschitz constant by 1/(H*W)).
-- ``SpectralNormalization``: Keras's, but usable on an ``Embedding`` of integer labels
-  (a projection discriminator's class embedding).
+- ``SpectralNormalization``: Keras's, mended for mixed precision and integer labels;
+  ``spectral_norm(layer, on)`` wraps a layer in it when ``on``.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ class SpectralNormalization(layers.SpectralNormalization):
         return self.layer(inputs)
 
 
-def _weighted(layer, spectral_norm: bool):
-    return SpectralNormalization(layer) if spectral_norm else layer
+def spectral_norm(layer, on: bool = True):
+    """``layer`` wrapped in ``SpectralNormalization`` when ``on``, else as it is."""
+    return SpectralNormalization(layer) if on else layer
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -81,7 +82,7 @@ class SelfAttention(layers.Layer):
             raise ValueError(f"self-attention needs at least 8 channels, got {channels}")
 
         def conv(filters):
-            return _weighted(layers.Conv2D(filters, 1, use_bias=False,
+            return spectral_norm(layers.Conv2D(filters, 1, use_bias=False,
                                            kernel_initializer=keras.initializers.get(
                                                self.kernel_initializer),
                                            dtype=self.dtype_policy), self.spectral_norm)

@@ -180,11 +180,11 @@ class Plugins:
         ``NAME:ARGUMENT`` for the kinds that take an argument; ``option`` names the flag in
         errors."""
         registry = self.registry(kind)
-        if registry.spec.argument and not registry.get(spec.partition(":")[0]).settings:
+        entry = registry.get(spec.partition(":")[0].strip())
+        if registry.spec.argument and not entry.settings:
             entry, argument = self._lookup(registry, option, spec)
             return Component(entry, argument=argument)
         name, values = split_spec(spec)
-        entry = registry.get(name)
         engine = {key: convert(setting, values.pop(key, setting.default),
                                f"{option} {name}: setting {key}")
                   for key, setting in registry.spec.engine_settings.items()}

@@ -19,7 +19,7 @@ import keras
 from keras import layers
 
 import ganflow
-from ganflow.layers import SpectralNormalization
+from ganflow.layers import spectral_norm
 
 MIN_START = 4  # the smallest map G starts from
 
@@ -43,7 +43,7 @@ class DCGAN:
         return cls(spectral_norm=True)
 
     def _weighted(self, layer):
-        return SpectralNormalization(layer) if self.spectral_norm else layer
+        return spectral_norm(layer, self.spectral_norm)
 
     def _plan(self, spec: ganflow.DataSpec) -> tuple[int, int]:
         """(doublings, starting side) for the dataset's image size."""

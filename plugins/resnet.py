@@ -26,7 +26,7 @@ import keras
 from keras import layers
 
 import ganflow
-from ganflow.layers import GlobalSumPooling2D, SelfAttention, SpectralNormalization
+from ganflow.layers import GlobalSumPooling2D, SelfAttention, spectral_norm
 
 # Per image side: (G's channels at 4x4, then after each up-block), (D's after each block),
 # (whether each D block downsamples), all in units of ``width``: BigGAN's arch tables.
@@ -88,11 +88,11 @@ class ResNet:
     def _conv(self, filters, size, sn, **kwargs):
         layer = layers.Conv2D(filters, size, padding="same", kernel_initializer=self.init,
                               **kwargs)
-        return SpectralNormalization(layer) if sn else layer
+        return spectral_norm(layer, sn)
 
     def _dense(self, units, sn, **kwargs):
         layer = layers.Dense(units, kernel_initializer=self.init, **kwargs)
-        return SpectralNormalization(layer) if sn else layer
+        return spectral_norm(layer, sn)
 
     def _norm(self, x, condition, num_classes=None):
         """BatchNorm, conditional on ``condition``: None (plain), integer labels (a gain and a
@@ -213,8 +213,7 @@ class ResNet:
             return keras.Model(image, score, name="discriminator")
         label = keras.Input((), dtype="int32", name="label")
         embedding = layers.Embedding(num_classes, phi.shape[-1], embeddings_initializer=self.init)
-        embedded = SpectralNormalization(embedding)(label) if self.d_sn else \
-            embedding(label)
+        embedded = spectral_norm(embedding, self.d_sn)(label)
         projection = layers.Dot(axes=1)([layers.Activation("linear", dtype="float32")(embedded),
                                          layers.Activation("linear", dtype="float32")(phi)])
         logit = layers.Add(dtype="float32")([score, projection])

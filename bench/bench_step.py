@@ -5,6 +5,14 @@ and XLA setting.
     python bench/bench_step.py --batch-size 64 --d-steps 2 --repeats 7
     python bench/bench_step.py --precision float32 mixed_bfloat16 --jit off
     python bench/bench_step.py --precision auto --jit off --augment none ada diffaugment
+    python bench/bench_step.py --plugin stylegan2 --jit off --flops
+
+With ``--flops``, each variant's step is also counted: TensorFlow's own count of the floating
+point operations of the traced ``GAN.train_step`` (``tf.compat.v1.profiler``'s
+``float_operation``: the ops with a registered cost, convolutions, matmuls and their
+gradients; not the branches of a lazy regularizer's ``tf.cond``, which run every N-th step),
+and the achieved GFLOP per CPU-second beside this machine's practical peak, a 4096^3 matmul
+in the variant's compute dtype, timed in the same run.
 
 Each variant is built from the same resolved settings (the real plugins, pipeline and
 GAN.train_step), warmed up (tracing and XLA compilation excluded), then timed over --repeats
@@ -45,6 +53,8 @@ def main():
     parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--augment", nargs="+", default=["none"], choices=list(AUGMENTS),
                         help="augmentations of D's inputs to time (none: the recipe's)")
+    parser.add_argument("--flops", action="store_true",
+                        help="also count each step's FLOPs and compare with a matmul's peak")
     args = parser.parse_args()
 
     import keras
@@ -96,6 +106,48 @@ def main():
               f"| {statistics.median(times[first]) / median:.2f} | {median_cpu:.1f} "
               f"({min(cpu[name]):.1f}-{max(cpu[name]):.1f}) "
               f"| {statistics.median(cpu[first]) / median_cpu:.2f} |")
+    if args.flops:
+        print()
+        print("| variant | GFLOP/step | GFLOP per CPU-s | matmul peak, GFLOP per CPU-s | "
+              "share of peak |")
+        print("|---|---|---|---|---|")
+        peaks = {}
+        for name, (gan, pipeline, prepared) in variants.items():
+            dtype = prepared.gan.generator.compute_dtype
+            if dtype not in peaks:
+                peaks[dtype] = matmul_peak(dtype)
+            flops = step_flops(gan, pipeline) / 1e9
+            achieved = flops / (statistics.median(cpu[name]) / 1000)
+            print(f"| {name} | {flops:.2f} | {achieved:.1f} | {peaks[dtype]:.1f} "
+                  f"| {achieved / peaks[dtype]:.2f} |")
+
+
+def step_flops(gan, pipeline) -> float:
+    """TensorFlow's count of the floating point operations of one traced training step."""
+    import tensorflow as tf
+
+    batch = next(iter(pipeline))
+    spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), batch)
+    graph = tf.function(gan.train_step).get_concrete_function(spec).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return float(tf.compat.v1.profiler.profile(graph, options=options).total_float_ops)
+
+
+def matmul_peak(dtype: str, n: int = 4096, repeats: int = 5) -> float:
+    """GFLOP per CPU-second of an n^3 matmul in ``dtype`` (the best of ``repeats``)."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.normal((n, n), seed=1), dtype)
+    b = tf.cast(tf.random.normal((n, n), seed=2), dtype)
+    product = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), "float32")))
+    product()
+    best = 0.0
+    for _ in range(repeats):
+        started = time.process_time()
+        product().numpy()
+        best = max(best, 2 * n ** 3 / 1e9 / (time.process_time() - started))
+    return best
 
 
 if __name__ == "__main__":

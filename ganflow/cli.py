@@ -315,11 +315,14 @@ def settings(recipe, plugin_modules, disable_plugins):
 @click.option("--class", "label", type=click.IntRange(min=0), metavar="N",
               help="a conditional generator's class to sample (default: every class, one "
                    "row of the grid each)")
+@click.option("--truncation", type=click.FloatRange(0.0, 1.0), metavar="PSI",
+              help="the truncation trick: w pulled towards the mean latent, w_avg + PSI (w - "
+                   "w_avg) (1: none, 0: the mean latent's image); stylegan2 generators")
 @click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")
 @plugin_options
 @reports_errors
-def sample(model_uri, count, seed, output, npz, label, tracking_uri, plugin_modules,
-           disable_plugins):
+def sample(model_uri, count, seed, output, npz, label, truncation, tracking_uri,
+           plugin_modules, disable_plugins):
     """Sample a logged generator: MODEL_URI is any models:/ or runs:/ URI."""
     import numpy as np
 
@@ -337,7 +340,7 @@ def sample(model_uri, count, seed, output, npz, label, tracking_uri, plugin_modu
     tracking.use_tracking_uri(tracking_uri, must_exist=True)
     if plugin_modules:  # a plugin's layers, registered with Keras as it loads
         loaded(plugin_modules, disable_plugins)
-    samples, z, labels = models.sample(model_uri, count, seed, label)
+    samples, z, labels = models.sample(model_uri, count, seed, label, truncation)
     if npz:
         np.savez(output, samples=samples, z=z, **({} if labels is None else {"labels": labels}))
     elif samples.ndim == 4:

@@ -7,12 +7,15 @@ every registered generator is loaded with this module imported.
   discriminators (a mean would scale the last layer's Lipschitz constant by 1/(H*W)).
 - ``SpectralNormalization``: Keras's, mended for mixed precision and integer labels;
   ``spectral_norm(layer, on)`` wraps a layer in it when ``on``.
+- StyleGAN2's layers, in ``ganflow.style`` (imported here so that they are registered too).
 """
 
 from __future__ import annotations
 
 import keras
 from keras import layers, ops
+
+import ganflow.style  # noqa: F401  registers StyleGAN2's layers with Keras
 
 PACKAGE = "ganflow"
 

@@ -19,8 +19,10 @@ from mlflow.models import infer_signature
 from ganflow import noise
 from ganflow.data import memory_bytes
 from ganflow.errors import UsageError, first_line
+from ganflow.style import mean_latents
 
 GENERATOR_ARTIFACT = "generator"
+TRUNCATION = "truncation"  # the inference parameter of generators with a mean latent
 # Explicit: inferring requirements re-imports the model and costs seconds.
 PIP_REQUIREMENTS = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
 
@@ -49,6 +51,9 @@ def log_generator(generator, latent_dim: int, num_classes: int | None = None,
         example = {"z": z, "label": np.arange(2, dtype=np.int32) % num_classes}
         metadata["ganflow_num_classes"] = int(num_classes)
     out = keras.ops.convert_to_numpy(model(example, training=False))
+    # A generator with a mean latent (StyleGAN2's) takes the truncation trick's psi as an
+    # inference parameter: predict(z, params={"truncation": 0.7}); the input stays z.
+    params = {TRUNCATION: 1.0} if mean_latents(generator) else None
     with quiet_keras():  # MLflow tries the example with model.predict: no progress bar
         info = mlflow.models.Model.log(
             artifact_path=None,
@@ -56,7 +61,7 @@ def log_generator(generator, latent_dim: int, num_classes: int | None = None,
             flavor=_KerasFlavor,
             flavor_name="mlflow.keras",
             model=model,
-            signature=infer_signature(example, out),
+            signature=infer_signature(example, out, params=params),
             input_example=example,
             pip_requirements=PIP_REQUIREMENTS,
             metadata=metadata,
@@ -87,7 +92,7 @@ class _KerasFlavor:
 
 
 def describe_model(name: str, recipe: str, shape, latent_dim: int,
-                   num_classes: int | None) -> str:
+                   num_classes: int | None, truncates: bool = False) -> str:
     """A registered generator's description (Markdown): what it makes, what it takes, and
     how to sample it, on the command line and in Python."""
     shape = tuple(int(d) for d in shape)
@@ -109,7 +114,10 @@ def describe_model(name: str, recipe: str, shape, latent_dim: int,
         f"    g = mlflow.pyfunc.load_model(\"models:/{name}@champion\")\n"
         f"    z = np.random.default_rng(0).standard_normal((16, {latent_dim})).astype(\"float32\")\n"
         f"    x = {call}\n\n"
-        "`@champion` is the version with the best FID; `@latest` the newest.")
+        + (f"It has a mean latent: `--truncation 0.7` (in Python, `params={{\"truncation\": "
+           f"0.7}}`) pulls w towards it, trading variety for typical samples.\n\n"
+           if truncates else "")
+        + "`@champion` is the version with the best FID; `@latest` the newest.")
 
 
 @dataclass
@@ -119,18 +127,27 @@ class Sampler:
     model: Any  # the pyfunc model
     latent_dim: int
     num_classes: int | None = None  # a conditional generator's classes, else None
+    truncation: float | None = None  # psi of the truncation trick (None: the model's own)
 
     @property
     def shape(self) -> tuple[int, ...]:
         """One sample's shape, from the output signature."""
         return tuple(int(d) for d in self.model.metadata.get_output_schema().inputs[0].shape[1:])
 
+    @property
+    def truncates(self) -> bool:
+        """Whether the generator takes the truncation trick's psi (has a mean latent)."""
+        schema = self.model.metadata.get_params_schema()
+        return schema is not None and TRUNCATION in {p.name for p in schema.params}
+
     def __call__(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        params = None if self.truncation is None else {TRUNCATION: float(self.truncation)}
         if self.num_classes:
             if labels is None:
                 raise UsageError("this generator is conditional: it needs a label per sample")
-            return predict_quietly(self.model, {"z": z, "label": np.asarray(labels, np.int32)})
-        return predict_quietly(self.model, z)
+            return predict_quietly(self.model, {"z": z, "label": np.asarray(labels, np.int32)},
+                                   params)
+        return predict_quietly(self.model, z, params)
 
 
 def load_sampler(model_uri: str) -> Sampler:
@@ -188,11 +205,18 @@ def check_safe(model_uri: str, flavors: dict) -> None:
                      "Keras's .keras format, as ganflow run logs them")
 
 
-def sample(model_uri: str, count: int, seed: int, label: int | None = None):
+def sample(model_uri: str, count: int, seed: int, label: int | None = None,
+           truncation: float | None = None):
     """(samples, z, labels): ``count`` samples of the generator at ``model_uri``, noise from
     ``seed``. A conditional one makes ``label``, or every class in turn (``noise.class_rows``;
-    labels is then the classes asked for, else None)."""
+    labels is then the classes asked for, else None). ``truncation``: psi of the truncation
+    trick, for a generator with a mean latent."""
     sampler = load_sampler(model_uri)
+    if truncation is not None:
+        if not sampler.truncates:
+            raise UsageError(f"--truncation {truncation}: {model_uri} has no mean latent to "
+                             "truncate towards (a stylegan2 generator has)")
+        sampler.truncation = truncation
     need = 4 * count * (int(np.prod(sampler.shape)) + sampler.latent_dim)
     if need > memory_bytes() // 2:
         raise UsageError(f"{count:,} samples of shape {sampler.shape} need {need / 2**30:.1f} "
@@ -213,11 +237,11 @@ def sample(model_uri: str, count: int, seed: int, label: int | None = None):
 
 
 
-def predict_quietly(model, inputs) -> np.ndarray:
+def predict_quietly(model, inputs, params=None) -> np.ndarray:
     """A loaded pyfunc generator's samples for ``inputs``, without Keras's progress bar on
     stdout (the Keras flavor's pyfunc calls model.predict)."""
     with quiet_keras():
-        return np.asarray(model.predict(inputs))
+        return np.asarray(model.predict(inputs, params=params))
 
 
 @contextmanager

@@ -50,6 +50,7 @@ DEFAULT_PLUGINS = (
     "ganflow_plugins.datasets",
     "ganflow_plugins.dcgan",
     "ganflow_plugins.resnet",
+    "ganflow_plugins.stylegan2",
     "ganflow_plugins.toy",
     "ganflow_plugins.gmm",
     "ganflow_plugins.features",

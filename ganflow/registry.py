@@ -148,7 +148,8 @@ def register_generator(generator, latent_dim: int, shape, *, run_id: str, name: 
     tags = version_tags(metrics, made_by, measured_with)
     version = register(model_uri, name, tags,
                        description=describe_version(run_id, made_by, trained, tags),
-                       model_description=models.describe_model(name, recipe, shape,
-                                                               latent_dim, num_classes))
+                       model_description=models.describe_model(
+                           name, recipe, shape, latent_dim, num_classes,
+                           truncates=bool(models.mean_latents(generator))))
     champion = promote_champion(name, version) if measured_with else None
     return Registered(f"models:/{name}/{version}", name, version, champion)

@@ -24,7 +24,9 @@ CHUNK = 1000  # samples per forward pass
 class Generator:
     """What ``mlflow.pyfunc.load_model`` returns inside its PyFuncModel for a ganflow
     generator: ``predict(z)``, or ``predict({"z": z, "label": labels})`` for a conditional
-    one."""
+    one; a generator with a mean latent (StyleGAN2's) also takes
+    ``params={"truncation": psi}``, the truncation trick (declared in its signature, so MLflow
+    passes it)."""
 
     def __init__(self, model, num_classes: int | None = None):
         self.model = model
@@ -35,6 +37,18 @@ class Generator:
 
     def predict(self, data, params=None):
         inputs = self._inputs(data)
+        psi = (params or {}).get("truncation")
+        if psi is None:
+            return self._generate(inputs)
+        from ganflow.style import truncation
+
+        psi = float(psi)
+        if not np.isfinite(psi):
+            _refuse(f"truncation must be a finite number, got {psi}")
+        with truncation(self.model, psi):
+            return self._generate(inputs)
+
+    def _generate(self, inputs):
         z = inputs["z"] if self.num_classes else inputs
         out = [np.asarray(self.model(self._take(inputs, i), training=False))
                for i in range(0, len(z), CHUNK)]

@@ -113,6 +113,9 @@ def test_run_tracks_registers_and_samples_end_to_end(cli, workdir):
     assert "more than half this machine's memory" in line and line.endswith("ask for fewer (-n)")
     assert bad(cli, "sample", "models:/dcgan-generator/1", "-n", "20000") == (
         2, "Error: -n 20,000: a picture shows at most 10,000 samples; write more with --npz")
+    assert bad(cli, "sample", "models:/dcgan-generator/1", "--truncation", "0.7") == (
+        2, "Error: --truncation 0.7: models:/dcgan-generator/1 has no mean latent to truncate "
+           "towards (a stylegan2 generator has)")
     assert bad(cli, "sample", "models:/dcgan-generator/1", "-o", "a.npz/grid.png") == (
         2, "Error: -o a.npz: a.npz is a file, not a folder")
     grid = cli("sample", "models:/dcgan-generator/1", "-n", "6", "-o", "grid.png")
@@ -160,14 +163,14 @@ def bad(cli, *args):
 
 @pytest.mark.parametrize("args, message", [
     (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: biggan, cdcgan, dcgan, gmm-mle, sngan, "
-                           "toy, toy-grid, toy1d (did you mean 'dcgan'?)"),
+                           "stylegan2, toy, toy-grid, toy1d (did you mean 'dcgan'?)"),
     (["--loss", "minmax"], "unknown loss 'minmax'; known: hinge, lsgan, minimax, "
                            "non-saturating, wgan (did you mean 'minimax'?)"),
     (["--dataset", "digit"], "unknown dataset 'digit'; known: digits, folder, gauss1d, grid25, "
                              "prepared, ring8, tfds "
                              "(did you mean 'digits'?)"),
-    (["--arch", "dcgn"], "unknown architecture 'dcgn'; known: dcgan, gmm, mlp, resnet "
-                         "(did you mean 'dcgan'?)"),
+    (["--arch", "dcgn"], "unknown architecture 'dcgn'; known: dcgan, gmm, mlp, resnet, "
+                         "stylegan2 (did you mean 'dcgan'?)"),
     (["--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["--d-steps", "0"], "--d-steps must be at least 1, got 0"),
     (["--tracking-timeout", "0"], "--tracking-timeout must be at least 1, got 0.0"),

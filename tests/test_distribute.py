@@ -64,6 +64,7 @@ SAME_AS_ONE_DEVICE = textwrap.dedent("""
     # The distributed run first: MultiWorkerMirroredStrategy starts before anything else.
     two, two_weights, two_logs, moved = train(strategy)
     one, one_weights, one_logs, _ = train("default")
+    networks = len(one.generator.weights + one.discriminator.weights)  # the weights list's head
     if len(sys.argv) > 3:  # one file per worker
         index = json.loads(os.environ.get("TF_CONFIG", '{"task": {"index": 0}}'))["task"]["index"]
         np.savez(f"{sys.argv[3]}.{index}.npz", *two_weights)
@@ -71,6 +72,8 @@ SAME_AS_ONE_DEVICE = textwrap.dedent("""
         "replicas": two.distribute_strategy.num_replicas_in_sync,
         "weights": len(one_weights),
         "max_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(one_weights, two_weights)),
+        "networks_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(
+            one_weights[:networks], two_weights[:networks])),
         "moved": moved,
         "steps_done": int(two.steps_done.numpy()),
         "logs": [one_logs, two_logs],

@@ -44,7 +44,8 @@ def test_builtins_are_registered_by_their_modules(plugins):
         for name in ("hinge", "lsgan", "minimax", "non-saturating", "wgan")
     }
     assert {e.name: e.plugin for e in plugins.regularizers} == {
-        name: "ganflow_plugins.regularizers" for name in ("gp", "orthogonal", "r1", "r2")
+        **{name: "ganflow_plugins.regularizers" for name in ("gp", "orthogonal", "r1", "r2")},
+        "pl": "ganflow_plugins.stylegan2",
     }
     assert {e.name: e.plugin for e in plugins.recipes} == {
         "dcgan": "ganflow_plugins.dcgan", "cdcgan": "ganflow_plugins.dcgan",
@@ -52,6 +53,7 @@ def test_builtins_are_registered_by_their_modules(plugins):
         "toy": "ganflow_plugins.toy", "toy1d": "ganflow_plugins.toy",
         "toy-grid": "ganflow_plugins.toy",
         "sngan": "ganflow_plugins.resnet", "biggan": "ganflow_plugins.resnet",
+        "stylegan2": "ganflow_plugins.stylegan2",
     }
     assert {e.name: e.usage for e in plugins.datasets} == {
         "digits": "digits", "folder": "folder:PATH", "tfds": "tfds:NAME",
@@ -60,7 +62,7 @@ def test_builtins_are_registered_by_their_modules(plugins):
     }
     assert {e.name: e.usage for e in plugins.architectures} == {
         "dcgan": "dcgan[:sn]", "mlp": "mlp[:SIZES]", "gmm": "gmm[:K]",
-        "resnet": "resnet[:SETTINGS]",
+        "resnet": "resnet[:SETTINGS]", "stylegan2": "stylegan2[:SETTINGS]",
     }
     assert [p for p in DEFAULT_PLUGINS if not plugins.pm.has_plugin(p)] == []
 
@@ -152,7 +154,8 @@ def test_a_built_in_recipe_whose_parts_are_switched_off_goes_with_them(cli, work
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.stdout)
     assert rows["regularizers"] == []
-    # dcgan, cdcgan and toy-grid use R1, biggan the orthogonal regularizer; the others stay.
+    # dcgan, cdcgan, stylegan2 and toy-grid use R1, biggan the orthogonal regularizer; the
+    # others stay.
     assert [row["name"] for row in rows["recipes"]] == ["gmm-mle", "sngan", "toy", "toy1d"]
     result = cli("run", "--disable-plugin", "ganflow_plugins.regularizers", "-q")
     assert result.exit_code == 2

@@ -159,6 +159,7 @@ def test_plugins_lists_settings(cli):
                                          "help": "decay of the first-moment average"}
     assert [e["name"] for e in listed["regularizers"]] == ["gp[:SETTINGS]",
                                                            "orthogonal[:SETTINGS]",
+                                                           "pl[:SETTINGS]",
                                                            "r1[:SETTINGS]",
                                                            "r2[:SETTINGS]"]
     text = cli("plugins").stdout

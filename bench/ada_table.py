@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(__file__))
 
 # method -> ganflow run flags on top of the recipe's.
 METHODS = {
@@ -64,43 +61,22 @@ def main():
 
     import mlflow
 
+    from cells import experiment_id, mean_std, run_cell
+
     mlflow.set_tracking_uri(args.tracking_uri)
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(EXPERIMENT) or client.get_experiment(
-        client.create_experiment(EXPERIMENT))
+    experiment = client.get_experiment(experiment_id(client, EXPERIMENT))
     cells = [(f, m, s) for f in args.fractions for m in args.methods for s in args.seeds]
     for fraction, method, seed in [] if args.table_only else cells:
         if cell_run(client, experiment.experiment_id, method, fraction, seed):
             continue
-        command = [sys.executable, "-m", "ganflow", "run", "--plugin", "dcgan", *METHODS[method],
-                   "--seed", str(seed), "--epochs", str(EPOCHS), "--steps-per-epoch",
-                   str(STEPS_PER_EPOCH), "--eval-every", str(EVAL_EVERY), "--no-register", "-q",
-                   "--tracking-uri", args.tracking_uri, "--experiment", EXPERIMENT,
-                   *(["--data-fraction", str(fraction)] if fraction < 1 else [])]
-        started = time.perf_counter()
-        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        proc = subprocess.run(command, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime +
-                                                            cpu_before.ru_stime)
-        if proc.returncode:
-            print(f"{method} {fraction:g} seed {seed}: failed\n{proc.stderr[-2000:]}",
-                  file=sys.stderr)
-            continue
-        run_id = proc.stdout.split("Run ", 1)[1].split()[0]
-        client.set_tag(run_id, "ada_table_key", key(method, fraction, seed))
-        client.set_tag(run_id, "ada_table_seconds", f"{seconds:.0f}")
-        client.set_tag(run_id, "ada_table_cpu_seconds", f"{cpu:.0f}")
-        fid = client.get_run(run_id).data.metrics.get("eval/fid")
-        print(f"{method}, {fraction:g}, seed {seed}: FID {fid:.2f} in {seconds:.0f} s "
-              f"({cpu:.0f} CPU-s)", flush=True)
-
-    def mean_std(values, digits=2):
-        if not values:
-            return "-"
-        spread = f" ({statistics.stdev(values):.{digits}f})" if len(values) > 1 else ""
-        return f"{statistics.mean(values):.{digits}f}{spread}"
+        run_cell(client, ["--plugin", "dcgan", *METHODS[method], "--seed", str(seed),
+                          "--epochs", str(EPOCHS), "--steps-per-epoch", str(STEPS_PER_EPOCH),
+                          "--eval-every", str(EVAL_EVERY),
+                          *(["--data-fraction", str(fraction)] if fraction < 1 else [])],
+                 tracking_uri=args.tracking_uri, experiment=EXPERIMENT, prefix="ada_table",
+                 tags={"ada_table_key": key(method, fraction, seed)},
+                 label=f"{method}, {fraction:g}, seed {seed}")
 
     print(f"\ndcgan on a share of the digits, {EPOCHS} epochs of {STEPS_PER_EPOCH} steps, "
           f"seeds {', '.join(map(str, args.seeds))}: mean (std) after the last epoch\n")

@@ -42,10 +42,9 @@ def key(method: str, fraction: float, seed: int) -> str:
 
 
 def cell_run(client, experiment_id, method: str, fraction: float, seed: int):
-    runs = client.search_runs([experiment_id],
-                              f"tags.ada_table_key = '{key(method, fraction, seed)}' and "
-                              "attributes.status = 'FINISHED'")
-    return runs[0] if runs else None
+    from cells import finished_run
+
+    return finished_run(client, experiment_id, "ada_table_key", key(method, fraction, seed))
 
 
 def main():

@@ -28,10 +28,9 @@ EXPERIMENT = "ganflow-arch-table"
 
 
 def cell_run(client, experiment_id: str, recipe: str, seed: int):
-    runs = client.search_runs([experiment_id],
-                              f"tags.arch_table_key = '{recipe}|{seed}' and "
-                              "attributes.status = 'FINISHED'")
-    return runs[0] if runs else None
+    from cells import finished_run
+
+    return finished_run(client, experiment_id, "arch_table_key", f"{recipe}|{seed}")
 
 
 def main():

@@ -17,6 +17,13 @@ def experiment_id(client, name: str) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
+def finished_run(client, experiment_id: str, tag: str, value: str):
+    """The finished run of ``experiment_id`` tagged ``tag = value`` (a table's cell), or None."""
+    runs = client.search_runs([experiment_id], f"tags.{tag} = '{value}' and "
+                              "attributes.status = 'FINISHED'")
+    return runs[0] if runs else None
+
+
 def run_cell(client, flags: list[str], *, tracking_uri: str, experiment: str, prefix: str,
              tags: dict[str, str], label: str) -> str | None:
     """Run ``ganflow run FLAGS`` (unregistered, quiet) into ``experiment``; tag the run with

@@ -119,3 +119,21 @@ def image_steps(client, run_id, key="samples"):
     names = [a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, "images")]
     return sorted(int(name.split("+")[2]) for name in names
                   if name.startswith(f"{key}+step+") and name.endswith(".png"))
+
+
+def trained(plugins, recipe, flags, steps):
+    """A recipe's GAN as ``ganflow run`` builds it (float32, batch 8, no evaluation, ``flags``
+    on top), its trainable variables and their values, then the history of ``steps`` real
+    training steps on the recipe's own data: (gan, variables, values before, history)."""
+    from ganflow.prepare import prepare
+    from ganflow.resolve import configure, resolve
+
+    config = configure(plugins, recipe, {"precision": "float32", "batch_size": 8,
+                                         "eval_every": 0, **flags})
+    prepared = prepare(resolve(config, plugins))
+    gan = prepared.gan
+    variables = gan.generator.trainable_variables + gan.discriminator.trainable_variables
+    before = [v.numpy().copy() for v in variables]
+    batches = prepared.source.dataset().take(steps * prepared.per_step).batch(prepared.per_step)
+    history = gan.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0).history
+    return gan, variables, before, history

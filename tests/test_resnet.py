@@ -16,7 +16,7 @@ from ganflow.prepare import prepare
 from ganflow.resolve import configure, resolve
 from ganflow_plugins.resnet import ResNet
 
-from conftest import TINY
+from conftest import TINY, trained
 from test_distribute import SAME_AS_ONE_DEVICE, run_script
 
 
@@ -124,16 +124,8 @@ def test_a_generator_with_attention_saves_and_loads_as_keras_file(tmp_path):
 
 
 def fitted(plugins, flags, steps=3):
-    """The run's networks before and after ``steps`` real training steps of the sngan recipe
-    (as ``ganflow run`` builds them), at batch 8, from the recipe's own data."""
-    config = configure(plugins, "sngan", {"precision": "float32", "batch_size": 8,
-                                          "eval_every": 0, **flags})
-    prepared = prepare(resolve(config, plugins))
-    gan = prepared.gan
-    variables = gan.generator.trainable_variables + gan.discriminator.trainable_variables
-    before = [v.numpy().copy() for v in variables]
-    batches = prepared.source.dataset().take(steps * prepared.per_step).batch(prepared.per_step)
-    history = gan.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0).history
+    """The sngan recipe's networks before and after ``steps`` real training steps."""
+    _, variables, before, history = trained(plugins, "sngan", flags, steps)
     return variables, before, history
 
 

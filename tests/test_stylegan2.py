@@ -13,12 +13,10 @@ import pytest
 import tensorflow as tf
 
 import ganflow
-from ganflow.prepare import prepare
-from ganflow.resolve import configure, resolve
 from ganflow.style import MinibatchStddev, ModulatedConv2D, mean_latents, truncation
 from ganflow_plugins.stylegan2 import PathLength, StyleGAN2, path_lengths
 
-from conftest import TINY
+from conftest import TINY, trained
 from test_distribute import SAME_AS_ONE_DEVICE, run_script
 
 SMALL = dict(cbase=256, cmax=16, w_dim=16, mapping=2)
@@ -157,18 +155,6 @@ def test_the_mean_latent_is_tracked_saved_and_truncation_zero_gives_its_image(tm
             pass
 
 
-def fitted(plugins, flags, steps=2):
-    config = configure(plugins, "stylegan2", {"precision": "float32", "batch_size": 8,
-                                              "eval_every": 0, "ema": None, **flags})
-    prepared = prepare(resolve(config, plugins))
-    gan = prepared.gan
-    variables = gan.generator.trainable_variables + gan.discriminator.trainable_variables
-    before = [v.numpy().copy() for v in variables]
-    batches = prepared.source.dataset().take(steps * prepared.per_step).batch(prepared.per_step)
-    history = gan.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0).history
-    return gan, variables, before, history
-
-
 @pytest.mark.parametrize("flags", [
     {"regularizers": ["r1:gamma=1", "pl"]},
     {"regularizers": ["pl"], "conditional": True, "precision": "mixed_bfloat16"},
@@ -176,9 +162,9 @@ def fitted(plugins, flags, steps=2):
 def test_every_trainable_variable_gets_a_gradient_through_the_training_step(plugins, flags):
     # Two steps: the noise strengths start at 0, so their layers' weights see no noise in the
     # first; style mixing on, ADA off (its p starts at 0 anyway).
-    gan, variables, before, history = fitted(
-        plugins, {"arch": "stylegan2:cbase=256,cmax=16,w_dim=16,mapping=2", "augment": (),
-                  **flags})
+    gan, variables, before, history = trained(
+        plugins, "stylegan2", {"arch": "stylegan2:cbase=256,cmax=16,w_dim=16,mapping=2",
+                               "augment": (), "ema": None, **flags}, steps=2)
     still = [v.path for v, b in zip(variables, before) if np.array_equal(v.numpy(), b)]
     assert still == []
     assert all(np.isfinite(history[k][-1]) for k in ("d_loss", "g_loss", "reg/pl"))

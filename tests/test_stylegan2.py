@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import ganflow
+from ganflow import checkpoints
 from ganflow.style import MinibatchStddev, ModulatedConv2D, mean_latents, truncation
 from ganflow_plugins.stylegan2 import PathLength, StyleGAN2, path_lengths
 
@@ -159,7 +160,8 @@ def test_the_mean_latent_is_tracked_saved_and_truncation_zero_gives_its_image(tm
     {"regularizers": ["r1:gamma=1", "pl"]},
     {"regularizers": ["pl"], "conditional": True, "precision": "mixed_bfloat16"},
 ], ids=["pl-r1", "conditional-bfloat16"])
-def test_every_trainable_variable_gets_a_gradient_through_the_training_step(plugins, flags):
+def test_every_trainable_variable_gets_a_gradient_through_the_training_step(plugins, flags,
+                                                                           tmp_path):
     # Two steps: the noise strengths start at 0, so their layers' weights see no noise in the
     # first; style mixing on, ADA off (its p starts at 0 anyway).
     gan, variables, before, history = trained(
@@ -169,7 +171,18 @@ def test_every_trainable_variable_gets_a_gradient_through_the_training_step(plug
     assert still == []
     assert all(np.isfinite(history[k][-1]) for k in ("d_loss", "g_loss", "reg/pl"))
     assert history["pl/mean"][-1] > 0
-    assert np.abs(mean_latents(gan.generator)[0].w_avg.numpy()).max() > 0
+    w_avg = mean_latents(gan.generator)[0].w_avg
+    assert np.abs(w_avg.numpy()).max() > 0
+    # The mean latent and pl's moving mean are in the run's checkpoint, and come back.
+    pl_mean = next(v for k, v in gan.plugin_state.items() if k.endswith("pl_mean"))
+    kept = (w_avg.numpy().copy(), float(pl_mean.numpy()))
+    store = checkpoints.Checkpoints(gan, tmp_path, 1)
+    store.save()
+    w_avg.assign(np.zeros_like(kept[0]))
+    pl_mean.assign(0.0)
+    store.restore()
+    np.testing.assert_array_equal(w_avg.numpy(), kept[0])
+    assert float(pl_mean.numpy()) == kept[1] > 0
     if flags.get("precision") == "mixed_bfloat16":
         conv = next(layer for layer in gan.generator.get_layer("synthesis").layers
                     if isinstance(layer, ModulatedConv2D))

@@ -15,8 +15,9 @@ The public API, for users and plugin authors:
 - ``replicas()``: how many replicas the networks being built will have (``--strategy``);
   ``replica_sum(x)``: a statistic summed over a step's replicas (for plugin state).
 - ``Mixture``: a Gaussian mixture with a known density (toy data, fixed P_G's, exact JSD).
-- ``ganflow.layers`` (imported on its own: it imports Keras): layers for architecture
-  plugins, registered with Keras so that generators using them save and load.
+- ``ganflow.layers`` and ``ganflow.style`` (imported on their own: they import Keras): layers
+  for architecture plugins (StyleGAN2's in ``ganflow.style``), registered with Keras so that
+  generators using them save and load.
 - ``GanflowError``, ``UsageError``, ``PluginError``: errors a user can act on;
   ``GanflowDeprecationWarning``: what still works but will not always.
 """

@@ -26,8 +26,8 @@ DEFAULT_SAMPLES = 10_000
 CHUNK = 500
 # The order metrics are shown and logged in.
 METRIC_NAMES = ("fid", "kid", "kid_std", "precision", "recall", "class_coverage", "class_kl",
-                "class_accuracy")
-LOWER_IS_BETTER = {"fid", "kid", "class_kl"}
+                "class_accuracy", "modes_captured", "kl_to_uniform")
+LOWER_IS_BETTER = {"fid", "kid", "class_kl", "kl_to_uniform"}
 
 
 def cache_dir() -> Path:
@@ -61,6 +61,7 @@ class Evaluator:
     seed: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     provider: str = ""  # the plugin that registered the feature extractor
+    modes: bool = False  # Stacked-MNIST-like data: log modes_captured and kl_to_uniform
 
     def __post_init__(self):
         self.real_stats = metrics.statistics(self.real_features)
@@ -85,6 +86,8 @@ class Evaluator:
             out["class_kl"] = metrics.class_kl(histogram, self.data_histogram)
         if classes is not None and labels is not None:
             out["class_accuracy"] = float(np.mean(classes == np.asarray(labels)))
+        if classes is not None and self.modes:
+            out.update(mode_metrics(classes, len(self.data_histogram)))
         return out
 
     def labels(self, count: int, seed: int) -> np.ndarray:
@@ -121,8 +124,23 @@ def build(plugins, source, dataset: str, features: str | None = None,
         histogram = metrics.class_histogram(labels, source.spec.num_classes)
     if key:
         info["reference"] = key
+    modes = source.channel_source is not None and histogram is not None
+    if modes:  # the floor: real data's own numbers, measured the same way
+        real = np.concatenate([x for x, _ in source.dataset().take(real_examples).batch(
+            CHUNK).as_numpy_iterator()])
+        _, real_classes = extract(extractor, real)
+        info.update({f"real_{k}": round(v, 4) for k, v in
+                     mode_metrics(real_classes, len(histogram)).items()})
     return Evaluator(name, extractor, tuple(source.spec.shape), real_features, histogram,
-                     seed=seed, info=info, provider=entry.plugin)
+                     seed=seed, info=info, provider=entry.plugin, modes=modes)
+
+
+def mode_metrics(classes: np.ndarray, num_classes: int) -> dict[str, float]:
+    """``modes_captured``, the classes with at least one sample, and ``kl_to_uniform``,
+    KL(class histogram || uniform) in nats, as the Stacked MNIST papers count them."""
+    histogram = metrics.class_histogram(classes, num_classes)
+    return {"modes_captured": float(np.count_nonzero(histogram)),
+            "kl_to_uniform": metrics.class_kl(histogram, np.full(num_classes, 1 / num_classes))}
 
 
 def reference_features(source, extractor, name: str, info: dict, count: int, seed: int,

@@ -48,6 +48,7 @@ DEFAULT_PLUGINS = (
     "ganflow_plugins.optimizers",
     "ganflow_plugins.trainers",
     "ganflow_plugins.datasets",
+    "ganflow_plugins.stacked",
     "ganflow_plugins.dcgan",
     "ganflow_plugins.resnet",
     "ganflow_plugins.stylegan2",

@@ -51,7 +51,11 @@ class DataSource:
     facts worth logging (e.g. how many corrupt files were skipped); they become MLflow params.
     ``density``, for toy data whose distribution is known, is the ``ganflow.Mixture`` the
     examples were drawn from: runs on it then log exact toy metrics (modes captured, share of
-    high-quality samples, reverse KL of the mode histogram, JSD in 1-D).
+    high-quality samples, reverse KL of the mode histogram, JSD in 1-D). ``channel_source``,
+    for data whose channels are each an example of another labelled source (Stacked MNIST:
+    three digits as R, G and B, labelled 100a + 10b + c), is that source: the domain
+    classifier is trained on it and labels each channel, and runs log the modes captured and
+    the KL of the mode histogram to uniform.
     """
 
     def __init__(
@@ -62,12 +66,14 @@ class DataSource:
         labelled: bool = False,
         info: dict[str, Any] | None = None,
         density: Any = None,
+        channel_source: DataSource | None = None,
     ):
         self.spec = spec
         self._make_dataset = make_dataset
         self.labelled = labelled
         self.info = dict(info or {})
         self.density = density
+        self.channel_source = channel_source
 
     @classmethod
     def from_arrays(cls, x, y=None, *, num_classes=None, info=None, density=None) -> DataSource:
@@ -115,7 +121,7 @@ class DataSource:
         spec = DataSpec(self.spec.shape, count, self.spec.num_classes)
         return DataSource(spec, make, labelled=self.labelled,
                           info={**self.info, "fraction": fraction, "full_size": self.spec.size},
-                          density=self.density)
+                          density=self.density, channel_source=self.channel_source)
 
     @property
     def nbytes(self) -> int:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -115,8 +116,29 @@ def train_classifier(x, y, num_classes, log=print):
     return model, info
 
 
+class PerChannel:
+    """A channel source's classifier on each channel of a stacked example: the channels'
+    features side by side, and their classes as the digits of one class (100a + 10b + c)."""
+
+    def __init__(self, base: Classifier, channels: int, classes: int):
+        self.base, self.channels, self.classes = base, channels, classes
+        self.info = {**base.info, "classifier_channels": channels}
+
+    def extract(self, examples):
+        parts = [self.base.extract(examples[..., c : c + 1]) for c in range(self.channels)]
+        label = np.zeros(len(examples), np.int64)
+        for _, classes in parts:
+            label = label * self.classes + classes
+        return np.concatenate([features for features, _ in parts], axis=1), label
+
+
 def classifier_features(options: ganflow.FeatureOptions) -> Classifier:
     source = options.source
+    if source.channel_source is not None:  # Stacked MNIST: classify each channel
+        base = classifier_features(dataclasses.replace(
+            options, source=source.channel_source,
+            dataset=source.info.get("channels_of", f"{options.dataset} (a channel)")))
+        return PerChannel(base, source.spec.shape[-1], source.channel_source.spec.num_classes)
     if not source.labelled:
         raise ganflow.UsageError(
             f"--features classifier needs a labelled dataset and {options.dataset} has no "

@@ -57,7 +57,7 @@ def test_builtins_are_registered_by_their_modules(plugins):
     }
     assert {e.name: e.usage for e in plugins.datasets} == {
         "digits": "digits", "folder": "folder:PATH", "tfds": "tfds:NAME",
-        "prepared": "prepared:PATH",
+        "prepared": "prepared:PATH", "stacked-digits": "stacked-digits[:N]",
         "gauss1d": "gauss1d[:MIXTURE]", "ring8": "ring8", "grid25": "grid25",
     }
     assert {e.name: e.usage for e in plugins.architectures} == {

@@ -1,0 +1,79 @@
+"""Stacked MNIST on the bundled digits: the stacked-digits dataset (its triples, labels and
+fixed draw), the per-channel classifier, modes_captured and kl_to_uniform with real data's
+floor, and a run that logs them."""
+
+import math
+
+import mlflow
+import numpy as np
+import pytest
+
+import ganflow
+from ganflow import evaluation
+from ganflow_plugins.stacked import STACK_SEED
+
+from conftest import TINY
+
+
+def stacked(plugins, n):
+    return plugins.datasets.get("stacked-digits").obj(ganflow.DatasetOptions(argument=str(n)))
+
+
+def test_each_example_is_three_bundled_digits_labelled_by_their_classes(plugins):
+    source = stacked(plugins, 300)
+    digits = plugins.datasets.get("digits").obj(ganflow.DatasetOptions())
+    images, labels = next(digits.dataset().batch(2000).as_numpy_iterator())
+    x, y = next(source.dataset().batch(300).as_numpy_iterator())
+    triples = np.random.default_rng(STACK_SEED).integers(0, len(images), (300, 3))
+    assert source.spec.shape == (32, 32, 3) and source.spec.size == 300
+    assert source.spec.num_classes == 1000 and source.channel_source is not None
+    np.testing.assert_array_equal(x, np.concatenate([images[triples[:, c]] for c in range(3)],
+                                                    axis=-1))
+    np.testing.assert_array_equal(y, 100 * labels[triples[:, 0]] + 10 * labels[triples[:, 1]]
+                                  + labels[triples[:, 2]])
+    again, _ = next(stacked(plugins, 300).dataset().batch(300).as_numpy_iterator())
+    np.testing.assert_array_equal(again, x)  # the same set in every run
+    assert len(np.unique(y)) > 250  # 300 draws of 1,000 modes
+
+
+@pytest.mark.parametrize("argument", ["0", "many"])
+def test_a_count_that_is_not_a_whole_number_from_1_is_refused(plugins, argument):
+    with pytest.raises(ganflow.UsageError, match="whole number"):
+        stacked(plugins, argument)
+
+
+def test_mode_metrics_count_classes_and_measure_kl_to_uniform():
+    got = evaluation.mode_metrics(np.array([0, 0, 1, 2]), 4)
+    assert got["modes_captured"] == 3.0
+    assert got["kl_to_uniform"] == pytest.approx(0.5 * math.log(2.0))  # p = 1/2, 1/4, 1/4
+    assert evaluation.mode_metrics(np.zeros(10, int), 1000)["kl_to_uniform"] == \
+        pytest.approx(math.log(1000))
+
+
+def test_the_evaluation_classifies_each_channel_and_reports_real_data_s_floor(plugins):
+    source = stacked(plugins, 2000)
+    scorer = evaluation.build(plugins, source, "stacked-digits:2000", real_examples=1000,
+                              log=lambda line: None)
+    params = scorer.params
+    assert params["eval_classifier_channels"] == 3 and params["eval_feature_dim"] == 384
+    assert params["eval_classifier_test_accuracy"] > 0.97  # per channel, held-out digits
+    # 1,000 real examples: about 1000 (1 - e^-1) = 632 of the 1,000 modes have one.
+    assert 580 <= params["eval_real_modes_captured"] <= 680
+    x, _ = next(source.dataset().skip(1000).batch(1000).as_numpy_iterator())
+    real = scorer(x)
+    assert abs(real["modes_captured"] - params["eval_real_modes_captured"]) < 50
+    assert real["kl_to_uniform"] == pytest.approx(params["eval_real_kl_to_uniform"], abs=0.1)
+    collapsed = scorer(np.repeat(x[:1], 1000, axis=0))
+    assert collapsed["modes_captured"] == 1.0
+    assert collapsed["kl_to_uniform"] == pytest.approx(math.log(1000))
+
+
+def test_a_run_on_stacked_digits_logs_modes_and_kl_to_uniform(cli, workdir):
+    result = cli("run", "--dataset", "stacked-digits:512", *TINY)
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    metrics, params = run.data.metrics, run.data.params
+    assert 1 <= metrics["eval/modes_captured"] <= 1000
+    assert 0 <= metrics["eval/kl_to_uniform"] <= math.log(1000) + 1e-6
+    assert float(params["eval_real_modes_captured"]) > 100
+    assert params["dataset"] == "stacked-digits:512"

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -270,6 +271,9 @@ def start_run(config: RunConfig, extra_params: dict, tags: dict, resume_run_id: 
         yield run
 
 
+DATASET_ATTEMPTS = 3  # recording the run's dataset, when runs started together race
+
+
 def log_dataset(config: RunConfig, source) -> None:
     """What the run trains on, as MLflow's dataset record of the active run (the run page's
     Datasets section): its name, where it is, a digest, the examples' schema, and the
@@ -298,10 +302,20 @@ def log_dataset(config: RunConfig, source) -> None:
     digest = source.info.get("digest") or hashlib.sha256(json.dumps(
         [config.dataset, config.image_size, list(source.spec.shape), source.spec.size,
          config.data_fraction]).encode()).hexdigest()[:16]
-    mlflow.log_input(MetaDataset(where, name=config.dataset, digest=digest, schema=Schema(specs)),
-                     context="training",
-                     tags={"fraction": str(config.data_fraction or 1.0),
-                           "examples": str(source.spec.size)})
+    dataset = MetaDataset(where, name=config.dataset, digest=digest, schema=Schema(specs))
+    tags = {"fraction": str(config.data_fraction or 1.0), "examples": str(source.spec.size)}
+    for attempt in range(DATASET_ATTEMPTS):
+        try:
+            mlflow.log_input(dataset, context="training", tags=tags)
+            return
+        except mlflow.exceptions.MlflowException:
+            # Runs started together on one store record the same dataset at once: the first
+            # insert wins and the others break the store's uniqueness (an IntegrityError, a
+            # 400 from a server; seen with four runs on one server). The dataset is then
+            # there, and recording it again links it to the run.
+            if attempt == DATASET_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def end_run(status: str) -> None:

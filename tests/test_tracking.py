@@ -195,3 +195,29 @@ def test_a_run_records_what_it_trained_on_as_an_mlflow_dataset(cli, workdir):
     schema = json.loads(record.dataset.schema)["mlflow_colspec"]
     assert [(c["name"], c["tensor-spec"]["shape"]) for c in schema] == [
         ("example", [-1, 32, 32, 1]), ("label", [-1])]
+
+
+def test_recording_the_dataset_tries_again_when_a_run_started_together_won_the_insert(
+        plugins, workdir, monkeypatch):
+    # Four runs started together on one server: one's insert of the shared dataset broke the
+    # store's uniqueness (a 400) and ended the run. Recording it again links it.
+    import ganflow
+    from ganflow.resolve import configure
+    from ganflow.tracking import log_dataset
+
+    config = configure(plugins, "toy", {})
+    source = plugins.datasets.get("grid25").obj(ganflow.DatasetOptions())
+    real_log_input, calls = mlflow.log_input, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise mlflow.exceptions.MlflowException("UNIQUE constraint failed: datasets")
+        return real_log_input(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/m.db")
+    with mlflow.start_run() as run:
+        log_dataset(config, source)
+    inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert len(calls) == 2 and [i.dataset.name for i in inputs] == [config.dataset]

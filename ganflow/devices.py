@@ -266,6 +266,15 @@ def replica():
     return context.replica_id_in_sync_group, count
 
 
+def replica_share(draw, batch: int):
+    """This replica's ``batch`` of ``draw(n)``, a random draw of n examples: every replica
+    draws the global batch's from the same seed and keeps its own slice, so replicas get
+    different draws, those one device would make for the global batch."""
+    index, count = replica()
+    drawn = draw(batch * count)
+    return drawn if count == 1 else drawn[index * batch : (index + 1) * batch]
+
+
 def replica_sum(x):
     """``x`` summed over the replicas of the training step under way (itself with one
     replica, or outside a step): a statistic each replica then holds alike, so that plugin

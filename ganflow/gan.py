@@ -204,11 +204,8 @@ class GAN(keras.Model):
         with R replicas, every replica draws the global batch's R*m from the same seed and
         keeps its own slice: replicas get different z, and a step's z are those a single
         device would draw for the global batch."""
-        index, replicas = devices.replica()
-        if replicas == 1:
-            return keras.random.normal((m, self.latent_dim), seed=self.seed_generator)
-        z = keras.random.normal((m * replicas, self.latent_dim), seed=self.seed_generator)
-        return z[index * m : (index + 1) * m]
+        return devices.replica_share(
+            lambda n: keras.random.normal((n, self.latent_dim), seed=self.seed_generator), m)
 
     def train_step(self, data):
         real, labels, m = self.split(data)

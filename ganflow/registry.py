@@ -141,6 +141,7 @@ def register_generator(generator, latent_dim: int, shape, *, run_id: str, name: 
     sample it). A version whose sample quality was measured (``measured_with``) may become
     the ``champion``."""
     from ganflow import models
+    from ganflow.style import mean_latents
 
     model_uri = models.log_generator(generator, latent_dim, num_classes, step=step)
     if name is None:
@@ -150,6 +151,6 @@ def register_generator(generator, latent_dim: int, shape, *, run_id: str, name: 
                        description=describe_version(run_id, made_by, trained, tags),
                        model_description=models.describe_model(
                            name, recipe, shape, latent_dim, num_classes,
-                           truncates=bool(models.mean_latents(generator))))
+                           truncates=bool(mean_latents(generator))))
     champion = promote_champion(name, version) if measured_with else None
     return Registered(f"models:/{name}/{version}", name, version, champion)

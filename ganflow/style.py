@@ -43,14 +43,12 @@ def _activate(x, activation: str):
 
 
 def _per_example_normal(batch, tail, seed_generator, dtype):
-    """N(0, 1) of shape (batch, *tail). Under a tf.distribute strategy every replica draws the
-    global batch's from the same seed and keeps its own slice (as ``GAN.noise`` draws z): the
-    replicas' examples get different draws, those one device would make."""
-    from ganflow.devices import replica
+    """N(0, 1) of shape (batch, *tail): under a tf.distribute strategy, this replica's share
+    of one device's draw for the global batch (``ganflow.devices.replica_share``)."""
+    from ganflow.devices import replica_share
 
-    index, replicas = replica()
-    drawn = keras.random.normal((batch * replicas, *tail), seed=seed_generator, dtype=dtype)
-    return drawn if replicas == 1 else drawn[index * batch:(index + 1) * batch]
+    return replica_share(
+        lambda n: keras.random.normal((n, *tail), seed=seed_generator, dtype=dtype), batch)
 
 
 def _normal(scale=1.0):

@@ -61,27 +61,40 @@ def _handle(signum, frame):
 def terminate_as_interrupt():
     """Within the block, SIGINT, SIGTERM and SIGHUP raise ``Interrupted``, once (see the
     module's docstring). A SIGINT that the process was started ignoring (a job put in the
-    background by a shell) stays ignored."""
-    if threading.current_thread() is not threading.main_thread() or _state.depth:
-        _state.depth += 1
-        try:
-            yield
-        finally:
-            _state.depth -= 1
-        return
+    background by a shell) stays ignored. An ``Interrupted`` that C code swallowed into an
+    error of its own leaves the block as an ``Interrupted`` (``_resurface``)."""
+    outermost = threading.current_thread() is threading.main_thread() and not _state.depth
     previous = {}
-    for signum in STOPPING:
+    for signum in STOPPING if outermost else ():
         if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
             continue
         previous[signum] = signal.signal(signum, _handle)
     _state.depth += 1
     try:
         yield
+    except Exception as exc:
+        _resurface(exc)
+        raise
     finally:
         _state.depth -= 1
         for signum, before in previous.items():
             signal.signal(signum, before)
-        _state.__init__()  # the next run in this process (tests) starts afresh
+        if outermost:
+            _state.__init__()  # the next run in this process (tests) starts afresh
+
+
+def _resurface(error: Exception) -> None:
+    """Raise ``Interrupted`` if a signal's ``Interrupted`` is in ``error``'s chain. TensorFlow's
+    C++ can be running Python (an import inside ``tf.nest``) when the signal's handler raises:
+    it then fails in its own way, the ``Interrupted`` only the cause of a ``SystemError``
+    ("returned a result with an exception set") that a ``ValueError`` follows. That is the
+    stop, and must end the run as one."""
+    seen, link = set(), error
+    while link is not None and id(link) not in seen:
+        if isinstance(link, Interrupted):
+            raise Interrupted(link.signum) from error
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
 
 
 @contextmanager

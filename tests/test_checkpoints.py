@@ -257,6 +257,36 @@ def test_a_stop_before_the_first_step_ends_the_run_killed_and_resume_starts_it(t
     assert_whole(tmp_path, run.info.run_id)
 
 
+def _swallowed_by_c_code():
+    """What TensorFlow's C++ did with a SIGTERM that came during an import inside tf.nest: the
+    handler's Interrupted became the cause of a SystemError, and a ValueError followed."""
+    try:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        except KeyboardInterrupt as stop:
+            raise SystemError("<built-in function __import__> returned a result with an "
+                              "exception set") from stop
+    except SystemError:
+        raise ValueError("Could not pack sequence. Argument `structure` had 2 elements")
+
+
+def test_a_stop_that_c_code_turned_into_another_error_still_stops_the_run():
+    from ganflow import signals
+
+    with pytest.raises(signals.Interrupted) as stopped:
+        with signals.terminate_as_interrupt():
+            with signals.terminate_as_interrupt():  # fitting's, inside the runner's
+                _swallowed_by_c_code()
+    assert stopped.value.signum == signal.SIGTERM
+    assert isinstance(stopped.value.__cause__, ValueError)
+    # An error with no stop behind it stays what it is, and the next run starts afresh.
+    with pytest.raises(ValueError, match="not a stop"):
+        with signals.terminate_as_interrupt():
+            raise ValueError("not a stop") from SystemError("C code")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stops", [["SIGINT"], ["SIGHUP"], ["SIGINT", "SIGINT"],
                                    ["SIGTERM", "SIGTERM"]])

@@ -7,6 +7,7 @@ every registered generator is loaded with this module imported.
   discriminators (a mean would scale the last layer's Lipschitz constant by 1/(H*W)).
 - ``SpectralNormalization``: Keras's, mended for mixed precision and integer labels;
   ``spectral_norm(layer, on)`` wraps a layer in it when ``on``.
+- ``packed(discriminator, pack)``: PacGAN's discriminator of packs (Lin et al. 2018).
 - StyleGAN2's layers, in ``ganflow.style`` (imported here so that they are registered too).
 """
 
@@ -35,29 +36,75 @@ class SpectralNormalization(layers.SpectralNormalization):
       integers (0 for the small values, so a projection discriminator ignored the label).
       Here the output is the wrapped layer's own, and integer inputs reach it as float32 (an
       ``Embedding`` casts them back).
+
+    ``sigma_grad``: the paper's reparametrization instead of Keras's update. Keras's writes
+    W / sigma(W) back into W at every training call, so the gradient is taken at the
+    normalized weight and nothing flows through sigma; with ``sigma_grad`` W stays as the
+    optimizer moves it and the layer computes with W / sigma(W), differentiated through sigma
+    (u and v held constant, as Miyato et al.), which takes from the gradient its part along
+    the top singular direction.
     """
 
-    def __init__(self, layer, power_iterations=1, **kwargs):
+    def __init__(self, layer, power_iterations=1, sigma_grad=False, **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(layer, power_iterations=power_iterations, **kwargs)
+        self.sigma_grad = sigma_grad
+
+    def _normalized(self):
+        """(u after one more power iteration, W / sigma(W)); W itself for an all-zero W."""
+        return ops.cond(ops.all(ops.equal(self.kernel.value, 0)),
+                        lambda: (self.vector_u.value, self.kernel.value),
+                        self.normalized_weights)
 
     def call(self, inputs, training=False):
-        if training:  # as Keras's: one power iteration, the normalized weight written back
-            new_vector_u, new_kernel = ops.cond(
-                ops.all(ops.equal(self.kernel.value, 0)),
-                lambda: (self.vector_u.value, self.kernel.value),
-                self.normalized_weights,
-            )
-            self.vector_u.assign(new_vector_u)
-            self.kernel.assign(new_kernel)
         if not keras.backend.is_float_dtype(inputs.dtype):
             inputs = ops.cast(inputs, "float32")
+        if not (training or self.sigma_grad):  # Keras's W is W / sigma(W) since training
+            return self.layer(inputs)
+        new_vector_u, new_kernel = self._normalized()
+        if training:
+            self.vector_u.assign(new_vector_u)
+        if self.sigma_grad:  # the paper's: W stays; the layer computes with W / sigma(W)
+            with keras.StatelessScope(state_mapping=[(self.kernel, new_kernel)]):
+                return self.layer(inputs)
+        self.kernel.assign(new_kernel)  # Keras's: W / sigma(W) written back into W
         return self.layer(inputs)
 
+    def get_config(self):
+        return {**super().get_config(), "sigma_grad": self.sigma_grad}
 
-def spectral_norm(layer, on: bool = True):
+
+class Packed(keras.Model):
+    """``inner`` scores packs of ``pack`` consecutive examples, concatenated along the last
+    axis (a point's coordinates, an image's channels), with one logit each; every example
+    gets its pack's logit. A batch whose size is not a multiple of ``pack`` is padded by
+    repeating its own examples."""
+
+    def __init__(self, inner, pack: int, **kwargs):
+        super().__init__(**kwargs)
+        self.inner, self.pack = inner, pack
+
+    def call(self, x, training=False):
+        n, rest = ops.shape(x)[0], tuple(x.shape[1:])
+        padded = n + (-n) % self.pack
+        x = ops.tile(x, (self.pack,) + (1,) * len(rest))[:padded]
+        packs = ops.moveaxis(ops.reshape(x, (-1, self.pack, *rest)), 1, -2)
+        logits = self.inner(ops.reshape(packs, (-1, *rest[:-1], self.pack * rest[-1])),
+                            training=training)
+        return ops.repeat(logits, self.pack, axis=0)[:n]
+
+
+def packed(discriminator, pack: int):
+    """``discriminator`` (which takes ``pack`` examples concatenated along the last axis)
+    judging packs of ``pack`` examples (PacGAN); itself when ``pack`` is 1. A generator that
+    drops modes makes packs less varied than real ones, which D can see and a per-example D
+    cannot."""
+    return Packed(discriminator, pack, name="discriminator") if pack > 1 else discriminator
+
+
+def spectral_norm(layer, on: bool = True, sigma_grad: bool = False):
     """``layer`` wrapped in ``SpectralNormalization`` when ``on``, else as it is."""
-    return SpectralNormalization(layer) if on else layer
+    return SpectralNormalization(layer, sigma_grad=sigma_grad) if on else layer
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -56,15 +56,21 @@ class Setting:
         return f"{text}: {self.help}" if self.help else text
 
 
+class Bare(str):
+    """A setting named without a value (``dcgan:sn``): ``true`` for a bool setting, a mistake
+    for any other."""
+
+
 def split_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``"wgan:gp=10,one_sided=true"`` -> ``("wgan", {"gp": "10", "one_sided": "true"})``."""
+    """``"wgan:gp=10,one_sided=true"`` -> ``("wgan", {"gp": "10", "one_sided": "true"})``;
+    ``"dcgan:sn"`` -> ``("dcgan", {"sn": Bare("true")})``."""
     name, sep, rest = spec.partition(":")
     values: dict[str, str] = {}
     if sep:
         for item in rest.split(","):
             key, eq, value = item.partition("=")
-            key, value = key.strip(), value.strip()
-            if not eq or not key:
+            key, value = key.strip(), value.strip() if eq else Bare("true")
+            if not key:
                 raise UsageError(f"{spec!r}: write settings as {name}:key=value,key=value")
             if key in values:
                 raise UsageError(f"{spec!r}: {key} is given twice")
@@ -94,6 +100,8 @@ def convert(setting: Setting, value: Any, what: str) -> Any:
     """``value`` (text from a flag, or a typed value from a config file) as the setting's type."""
     kind = setting.kind
     given = value
+    if isinstance(value, Bare) and kind is not bool:
+        raise UsageError(f"{what} needs a value: write it as key=value")
     try:
         if kind is bool:
             if isinstance(value, str):

@@ -6,9 +6,11 @@ the side and halving the channels, BatchNorm and ReLU between, tanh out. D mirro
 stride-2 convolutions and LeakyReLU(0.2), ending in one logit. A side of 28 starts from 7x7
 (two doublings), 32 from 4x4 (three), 64 from 4x4 (four).
 
-``--arch dcgan:sn`` wraps every layer of D with weights in spectral normalization (Miyato et
-al. 2018; ``ganflow.layers.SpectralNormalization``, Keras's made fit for the label
-embedding). Conditional (``--conditional``): G embeds the label and concatenates it
+Settings (``--arch dcgan:sn,pack=2``): ``sn`` wraps every layer of D with weights in spectral
+normalization (Miyato et al. 2018; ``ganflow.layers.SpectralNormalization``, Keras's made fit
+for mixed precision and the label embedding), ``sigma_grad`` takes it as the paper's
+reparametrization; ``pack`` makes D judge packs of images stacked along the channels
+(PacGAN); ``width`` is D's first and G's last channel count. Conditional (``--conditional``): G embeds the label and concatenates it
 with z; D is a projection discriminator (Miyato & Koyama 2018): logit = w . phi(x) +
 embed(y) . phi(x), phi(x) D's last features.
 """
@@ -19,7 +21,7 @@ import keras
 from keras import layers
 
 import ganflow
-from ganflow.layers import spectral_norm
+from ganflow.layers import packed, spectral_norm
 
 MIN_START = 4  # the smallest map G starts from
 
@@ -27,23 +29,26 @@ MIN_START = 4  # the smallest map G starts from
 EMBEDDING = 32  # size of G's label embedding
 
 
-class DCGAN:
-    def __init__(self, width: int = 32, spectral_norm: bool = False):
-        self.width = width  # channels of D's first and G's last hidden layer
-        self.spectral_norm = spectral_norm
+SETTINGS = {
+    "width": ganflow.Setting(32, "channels of D's first and G's last hidden layer, doubling "
+                             "(halving) at each resolution", minimum=1),
+    "sn": ganflow.Setting(False, "spectral normalization on every layer of D"),
+    "sigma_grad": ganflow.Setting(False, "spectral norm as the paper's reparametrization: "
+                                  "differentiate through sigma(W) instead of writing "
+                                  "W/sigma(W) back into W (Keras's)"),
+    "pack": ganflow.Setting(1, "D judges packs of this many images, stacked along the "
+                            "channels (PacGAN); 1: each image alone", minimum=1),
+}
 
-    @classmethod
-    def from_argument(cls, argument: str | None) -> DCGAN:
-        """``None`` or ``sn`` (spectral normalization in D)."""
-        if argument is None:
-            return cls()
-        if argument != "sn":
-            raise ganflow.UsageError(f"--arch dcgan:{argument}: the only option is sn "
-                                     "(spectral normalization in D): --arch dcgan:sn")
-        return cls(spectral_norm=True)
+
+class DCGAN:
+    def __init__(self, width: int = 32, sn: bool = False, sigma_grad: bool = False,
+                 pack: int = 1):
+        self.width = width  # channels of D's first and G's last hidden layer
+        self.spectral_norm, self.sigma_grad, self.pack = sn, sigma_grad, pack
 
     def _weighted(self, layer):
-        return spectral_norm(layer, self.spectral_norm)
+        return spectral_norm(layer, self.spectral_norm, self.sigma_grad)
 
     def _plan(self, spec: ganflow.DataSpec) -> tuple[int, int]:
         """(doublings, starting side) for the dataset's image size."""
@@ -90,6 +95,10 @@ class DCGAN:
 
     def build_discriminator(self, spec, num_classes=None):
         doublings, _ = self._plan(spec)
+        if self.pack > 1 and num_classes is not None:
+            raise ganflow.UsageError(f"--arch dcgan:pack={self.pack} packs unlabelled images "
+                                     "(PacGAN); a conditional run's D judges each image with "
+                                     "its label: drop pack or --conditional")
         features = []
         for i in range(doublings):
             features += [self._weighted(layers.Conv2D(self.width * 2**i, 4, strides=2,
@@ -98,8 +107,10 @@ class DCGAN:
         features.append(layers.Flatten())
         score = self._weighted(layers.Dense(1, dtype="float32"))
         if num_classes is None:
-            return keras.Sequential([keras.Input(spec.shape), *features, score],
-                                    name="discriminator")
+            height, width, channels = spec.shape
+            return packed(keras.Sequential([keras.Input((height, width, self.pack * channels)),
+                                            *features, score], name="discriminator"),
+                          self.pack)
         image = keras.Input(spec.shape, name="x")
         label = keras.Input((), dtype="int32", name="label")
         phi = image
@@ -114,9 +125,9 @@ class DCGAN:
 
 @ganflow.hookimpl
 def ganflow_register_architectures(register):
-    register("dcgan", DCGAN.from_argument, "strided (transposed) convolutions sized from the "
-             "image size; dcgan:sn adds spectral normalization to D", argument="sn",
-             argument_optional=True)
+    register("dcgan", DCGAN, "strided (transposed) convolutions sized from the image size; "
+             "dcgan:sn adds spectral normalization to D, dcgan:pack=2 packs D's inputs (PacGAN)",
+             settings=SETTINGS)
 
 
 DCGAN_RECIPE = {

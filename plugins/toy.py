@@ -155,7 +155,9 @@ class MLP:
                 d.add(keras.layers.Dense(size))
                 d.add(keras.layers.LeakyReLU(0.2))
         d.add(keras.layers.Dense(1, dtype="float32"))
-        return packed(d, self.pack) if self.pack > 1 else d
+        from ganflow.layers import packed
+
+        return packed(d, self.pack)
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -195,29 +197,6 @@ def maxout_layer():
 
     _MAXOUT.append(Maxout)
     return Maxout
-
-
-def packed(discriminator, pack: int):
-    """A discriminator that scores packs of ``pack`` consecutive examples with one logit each.
-
-    A batch whose size is not a multiple of ``pack`` is padded by repeating its own examples.
-    """
-    import keras
-    from keras import ops
-
-    class Packed(keras.Model):
-        def __init__(self, inner, pack, **kwargs):
-            super().__init__(**kwargs)
-            self.inner, self.pack = inner, pack
-
-        def call(self, x, training=False):
-            n = ops.shape(x)[0]
-            padded = ops.shape(x)[0] + (-n) % self.pack
-            x = ops.tile(x, (self.pack, 1))[:padded]
-            logits = self.inner(ops.reshape(x, (-1, self.pack * x.shape[-1])), training=training)
-            return ops.repeat(logits, self.pack, axis=0)[:n]
-
-    return Packed(discriminator, pack, name="discriminator")
 
 
 @ganflow.hookimpl

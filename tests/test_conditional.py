@@ -85,7 +85,7 @@ def test_the_conditional_dcgan_uses_its_label(spectral_norm):
     # With spectral norm, Keras's wrapper cast the label embedding to the labels' int32, which
     # made the projection 0 for every class (ganflow.layers.SpectralNormalization fixes it).
     spec = ganflow.DataSpec((32, 32, 1), 100, num_classes=10)
-    arch = DCGAN(spectral_norm=spectral_norm)
+    arch = DCGAN(sn=spectral_norm)
     keras.utils.set_random_seed(0)
     g, d = arch.build_generator(spec, 8, num_classes=10), arch.build_discriminator(spec, 10)
     z = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)

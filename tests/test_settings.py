@@ -19,7 +19,13 @@ def test_split_spec():
     assert split_spec("adam") == ("adam", {})
     assert split_spec("adam:beta1=0.0, beta2=0.9") == ("adam", {"beta1": "0.0", "beta2": "0.9"})
     with pytest.raises(UsageError, match=r"write settings as adam:key=value,key=value"):
-        split_spec("adam:beta1")
+        split_spec("adam:=0.5")
+    name, values = split_spec("dcgan:sn")  # a bool setting named alone is true
+    assert (name, values) == ("dcgan", {"sn": "true"})
+    assert resolve({"sn": Setting(False)}, values, "dcgan") == {"sn": True}
+    with pytest.raises(UsageError, match="adam setting beta1 needs a value: write it as "
+                                         "key=value"):
+        resolve({"beta1": Setting(0.5)}, split_spec("adam:beta1")[1], "adam")
     with pytest.raises(UsageError, match="beta1 is given twice"):
         split_spec("adam:beta1=0,beta1=1")
 

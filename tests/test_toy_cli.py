@@ -56,8 +56,9 @@ def test_toy1d_logs_the_jsd_to_the_data(workdir, cli):
     (["--dataset", "ring8"], "architecture dcgan needs images"),
     (["--dataset", "gauss1d:means=1,2/stds=1,2,3"], "a mixture of 2 components needs 1 or 2 stds"),
     (["--arch", "gmm:x"], "--arch gmm:x: give the number of components"),
-    (["--arch", "dcgan:3"], "--arch dcgan:3: the only option is sn (spectral normalization in "
-                            "D): --arch dcgan:sn"),
+    (["--arch", "dcgan:3"], "--arch dcgan: architecture 'dcgan' has no setting '3'; its "
+                            "settings: width, sn, sigma_grad, pack"),
+    (["--arch", "dcgan:pack=2", "--conditional"], "--arch dcgan:pack=2 packs unlabelled images"),
     (["--ema", "1.5"], "--ema must be in (0, 1), e.g. 0.999, got 1.5"),
 ])
 def test_bad_toy_input_is_one_line_and_exit_2(workdir, cli, args, message):

@@ -133,22 +133,27 @@ def resume(run_id, epochs, lr_g, lr_d, tracking_uri, output_dir, plugin_modules,
               show_default=True, metavar="N", help="images per shard")
 @click.option("--workers", type=click.IntRange(min=1), metavar="N",
               help="processes decoding images (default: one per core)")
+@click.option("--data-dir", metavar="DIR", help="tensorflow-datasets' data folder, for "
+              "SOURCE tfds:NAME (default: tfds's)")
 @reports_errors
-def prepare_dataset(source, dest, resolution, channels, crop, background, shard_size, workers):
-    """Prepare the images of SOURCE (a folder or a zip) once, into DEST, for training with
-    --dataset prepared:DEST: decoded, converted, cropped and resized, in TFRecord shards with
-    a manifest. Run it again after an interrupt to finish."""
+def prepare_dataset(source, dest, resolution, channels, crop, background, shard_size, workers,
+                    data_dir):
+    """Prepare the images of SOURCE (a folder, a zip, or tfds:NAME[SLICE] of a train split)
+    once, into DEST, for training with --dataset prepared:DEST: decoded, converted, cropped
+    and resized, in TFRecord shards with a manifest. Run it again after an interrupt to
+    finish."""
     import time
 
     from ganflow import dataset_tool
 
     options = dataset_tool.Options(resolution, channels, crop, background, shard_size)
     started = time.perf_counter()
-    files = dataset_tool.Source(source).names  # a mistake in SOURCE before the bar
+    files = dataset_tool.open_source(source, data_dir).names  # a mistake before the bar
     try:
         with click.progressbar(length=len(files), label="Preparing", show_eta=True,
                                show_pos=True, file=sys.stderr) as bar:
-            manifest, skipped = dataset_tool.prepare(source, dest, options, workers, bar.update)
+            manifest, skipped = dataset_tool.prepare(source, dest, options, workers, bar.update,
+                                                     data_dir)
     except KeyboardInterrupt as exc:
         from ganflow.signals import name_of
 

@@ -1,5 +1,6 @@
-"""``ganflow prepare SOURCE DEST``: a folder or zip of images, once, into a prepared dataset
-(``ganflow.shards``) that training streams with bounded memory.
+"""``ganflow prepare SOURCE DEST``: a folder or zip of images, or a tensorflow-datasets split
+(``ganflow.tfds_source``), once, into a prepared dataset (``ganflow.shards``) that training
+streams with bounded memory.
 
 Every file is decoded with Pillow, turned upright by its EXIF orientation, its first frame
 taken when it has several, brought to the chosen channels (grayscale, RGB, CMYK, palette and
@@ -91,6 +92,15 @@ class Source:
                 h.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return h.hexdigest()[:16]
 
+    @property
+    def location(self) -> str:
+        return str(self.path.resolve())
+
+    def labels(self) -> tuple[list[int] | None, list[str] | None]:
+        """(label of each file, label names), or (None, None) for unlabelled data: from
+        ``dataset.json``, else from first-level subfolders."""
+        return plan_labels(self)
+
     def labels_file(self) -> dict | None:
         """``dataset.json`` at the source's top, if there is one."""
         if self.zip:
@@ -174,9 +184,12 @@ def _to_mode(image, mode: str, background: int):
 
 
 def colour_mode(source: Source, options: Options) -> str:
-    """"L" or "RGB": ``--channels``, or under auto RGB if any image is in a colour mode."""
+    """"L" or "RGB": ``--channels``, or under auto RGB if any image is in a colour mode (a
+    tfds dataset's: its image feature's)."""
     if options.channels != "auto":
         return "L" if options.channels == "1" else "RGB"
+    if getattr(source, "channels", None):
+        return "L" if source.channels == 1 else "RGB"
     import io
 
     from PIL import Image
@@ -194,8 +207,9 @@ def colour_mode(source: Source, options: Options) -> str:
 def _shard_job(job):
     """In a worker process: decode one shard's files. Returns (index, images, labels, notes,
     skipped) with notes and skipped as (name, why) pairs."""
-    index, source_text, names, labels, options, mode = job
-    source = _SOURCES.get(source_text) or _SOURCES.setdefault(source_text, Source(source_text))
+    index, source, names, labels, options, mode = job
+    if isinstance(source, str):  # a folder's or zip's path: its listing made once a process
+        source = _SOURCES.get(source) or _SOURCES.setdefault(source, Source(source))
     images, kept_labels, notes, skipped = [], [], [], []
     for name, label in zip(names, labels):
         try:
@@ -218,23 +232,33 @@ def _shard_job(job):
 _SOURCES: dict[str, Source] = {}  # per worker process: the source's listing, made once
 
 
+def open_source(text: str, data_dir: str | None = None):
+    """The images of SOURCE: ``tfds:NAME[SLICE]`` (``data_dir``: tfds's), a folder or a zip."""
+    if text.startswith("tfds:"):
+        from ganflow.tfds_source import TfdsImages
+
+        return TfdsImages(text, data_dir)
+    return Source(text)
+
+
 def prepare(source_text: str, dest: str, options: Options, workers: int | None = None,
-            progress=None) -> tuple[shards.Manifest, dict]:
+            progress=None, data_dir: str | None = None) -> tuple[shards.Manifest, dict]:
     """Prepare ``source_text`` into ``dest`` (see the module docstring). ``progress(n)`` is
     told of each n images done. Returns the manifest and the reasons files were skipped,
     counted."""
     from multiprocessing import get_context
 
-    source = Source(source_text)
+    source = open_source(source_text, data_dir)
     folder = Path(dest).expanduser()
-    labels, label_names = plan_labels(source)
+    labels, label_names = source.labels()
     mode = colour_mode(source, options)
     plan = {"source_digest": source.digest(), "options": options.__dict__, "mode": mode,
             "names": source.names, "labels": labels}
     _start(folder, plan)
     count = len(source.names)
     per = options.shard_size
-    jobs = [(i, source.text, source.names[s:s + per],
+    sent = source.text if isinstance(source, Source) else source  # each worker opens it
+    jobs = [(i, sent, source.names[s:s + per],
              (labels or [0] * count)[s:s + per], options, mode)
             for i, s in enumerate(range(0, count, per))]
     done = {j[0] for j in jobs if (folder / _shard_name(j[0])).exists()}
@@ -263,7 +287,7 @@ def prepare(source_text: str, dest: str, options: Options, workers: int | None =
         count=kept, resolution=options.resolution, channels=1 if mode == "L" else 3,
         shards=[{"file": _shard_name(j[0]), "count": log[str(j[0])]["count"]} for j in jobs
                 if log[str(j[0])]["count"]],
-        label_names=label_names, source=str(source.path.resolve()),
+        label_names=label_names, source=source.location,
         source_digest=plan["source_digest"], options=options.__dict__, skipped=len(skipped),
         ganflow=__version__)
     for j in jobs:  # shards left empty by skipped files are not part of the dataset

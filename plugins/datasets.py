@@ -14,8 +14,6 @@ import ganflow
 
 DIGITS_SIZE = 32
 FOLDER_DEFAULT_SIZE = 64
-# Where tensorflow-datasets downloads prepared data from first.
-TFDS_HOST = ("storage.googleapis.com", 443)
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -40,31 +38,12 @@ def load_tfds(options: ganflow.DatasetOptions) -> ganflow.DataSource:
     """A tensorflow-datasets image dataset's train split, or a slice of it in tfds's split
     syntax: tfds:mnist, tfds:cifar10, tfds:mnist[:10%], tfds:mnist[1000:2000]."""
     import tensorflow as tf
-    import tensorflow_datasets as tfds
 
-    name, bracket, rest = options.argument.partition("[")
-    split = f"train[{rest}" if bracket else "train"
-    if bracket and not rest.endswith("]"):
-        raise ganflow.UsageError(f"tfds:{options.argument}: a slice is NAME[FROM:TO], e.g. "
-                                 "tfds:mnist[:10%]")
-    try:
-        builder = tfds.builder(name, data_dir=options.data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise ganflow.UsageError(
-            f"tensorflow-datasets has no dataset {name!r}: see `tfds.list_builders()`"
-        ) from None
-    if not builder.is_prepared():
-        if not ganflow.reachable(*TFDS_HOST):
-            raise ganflow.UsageError(
-                f"tfds:{name} is not prepared in {builder.data_dir} and the network is "
-                f"unreachable: run `tfds build {name} --data_dir DIR` on a connected machine, "
-                "copy DIR here and pass --data-dir DIR"
-            )
-        builder.download_and_prepare()
+    from ganflow.tfds_source import open_split
 
+    builder, split = open_split(options.argument, options.data_dir)
+    name = options.argument.partition("[")[0]
     features = builder.info.features
-    if "image" not in features:
-        raise ganflow.UsageError(f"tfds:{name} has no 'image' feature: it is not an image dataset")
     height, width, channels = features["image"].shape
     size = options.image_size or height
     if height is None or (height != width and not options.image_size):
@@ -72,10 +51,7 @@ def load_tfds(options: ganflow.DatasetOptions) -> ganflow.DataSource:
                                  "pass --image-size N")
     has_labels = "label" in features and hasattr(features["label"], "num_classes")
 
-    try:
-        count = builder.info.splits[split].num_examples
-    except (ValueError, KeyError) as exc:
-        raise ganflow.UsageError(f"tfds:{options.argument}: {exc}") from None
+    count = builder.info.splits[split].num_examples
 
     def make():
         ds = builder.as_dataset(split=split, shuffle_files=False)

@@ -200,6 +200,50 @@ def test_a_run_streams_a_prepared_dataset_without_caching_it(cli, workdir, photo
     assert json.loads(record.dataset.source)["uri"] == dest.resolve().as_uri()
 
 
+def test_a_tfds_split_prepares_in_parallel_with_its_labels_and_slice(cli, workdir, offline):
+    import tensorflow_datasets as tfds
+
+    class GanflowShades(tfds.core.GeneratorBasedBuilder):
+        """A real tfds builder, no download: 30 flat 28x28 images, shade 8 i, 3 named classes."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(28, 28, 1)),
+                "label": tfds.features.ClassLabel(names=["dark", "mid", "light"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(30):
+                yield i, {"image": np.full((28, 28, 1), 8 * i, np.uint8), "label": i % 3}
+
+    GanflowShades(data_dir=str(workdir / "tfds")).download_and_prepare()
+    dest = workdir / "shades"
+    # Workers are separate processes, where this test's builder class is not defined: they
+    # read the prepared data from its folder.
+    result = cli("prepare", "tfds:ganflow_shades[5:25]", dest, "--resolution", "32",
+                 "--data-dir", workdir / "tfds", "--shard-size", "8", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert "Prepared 20 images of 32x32x1, 3 labels in 3 shards" in result.output
+    source, pairs = images_of(dest)
+    manifest = shards.read_manifest(dest)
+    assert (manifest.label_names, manifest.source) == (["dark", "mid", "light"],
+                                                       "tfds:ganflow_shades[5:25]")
+    # tfds's own order of the slice (it shuffles examples once, when it prepares them)
+    shades = [int(e["image"][0, 0, 0]) // 8 for e in tfds.as_numpy(tfds.builder(
+        "ganflow_shades", data_dir=str(workdir / "tfds")).as_dataset(split="train[5:25]"))]
+    assert len(set(shades)) == 20 and shades != sorted(shades)
+    assert [label for _, label in pairs] == [i % 3 for i in shades]
+    np.testing.assert_allclose([x.mean() for x, _ in pairs],
+                               [8 * i / 127.5 - 1 for i in shades], atol=0.01)
+    assert source.spec == ganflow.DataSpec((32, 32, 1), 20, 3)
+    missing = cli("prepare", "tfds:mnist", workdir / "m", "--data-dir", workdir / "empty")
+    assert missing.exit_code == 2 and "tfds:mnist is not prepared in" in missing.stderr
+
+
 def test_what_is_not_prepared_or_not_a_source_is_one_line(cli, workdir):
     (workdir / "empty").mkdir()
     with pytest.raises(UsageError, match=r"empty: no image files"):

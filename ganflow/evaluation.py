@@ -22,6 +22,9 @@ from ganflow.errors import UsageError
 from ganflow.types import DatasetOptions, FeatureOptions
 
 DEFAULT_SAMPLES = 10_000
+# Precision and recall compare every sample with every real example (k nearest neighbours):
+# beyond this many of each, both use the first this many (the rest still count for the others).
+PR_MAX = 10_000
 # Examples per forward pass when generating or extracting features.
 CHUNK = 500
 # The order metrics are shown and logged in.
@@ -77,7 +80,7 @@ class Evaluator:
         fake, classes = extract(self.extractor, samples)
         fid = metrics.frechet_distance(*self.real_stats, *metrics.statistics(fake))
         kid, kid_std = metrics.kid(self.real_features, fake, seed=self.seed)
-        precision, recall = metrics.precision_recall(self.real_features, fake)
+        precision, recall = metrics.precision_recall(self.real_features[:PR_MAX], fake[:PR_MAX])
         out = {"fid": fid, "kid": kid, "kid_std": kid_std, "precision": precision,
                "recall": recall}
         if classes is not None and self.data_histogram is not None:

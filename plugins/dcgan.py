@@ -10,7 +10,8 @@ Settings (``--arch dcgan:sn,pack=2``): ``sn`` wraps every layer of D with weight
 normalization (Miyato et al. 2018; ``ganflow.layers.SpectralNormalization``, Keras's made fit
 for mixed precision and the label embedding), ``sigma_grad`` takes it as the paper's
 reparametrization; ``pack`` makes D judge packs of images stacked along the channels
-(PacGAN); ``width`` is D's first and G's last channel count. Conditional (``--conditional``): G embeds the label and concatenates it
+(PacGAN); ``width`` is G's last and D's first channel count, ``d_width`` D's alone.
+Conditional (``--conditional``): G embeds the label and concatenates it
 with z; D is a projection discriminator (Miyato & Koyama 2018): logit = w . phi(x) +
 embed(y) . phi(x), phi(x) D's last features.
 """
@@ -32,6 +33,9 @@ EMBEDDING = 32  # size of G's label embedding
 SETTINGS = {
     "width": ganflow.Setting(32, "channels of D's first and G's last hidden layer, doubling "
                              "(halving) at each resolution", minimum=1),
+    "d_width": ganflow.Setting(0, "channels of D's first layer, doubling at each resolution; "
+                               "0: width (PacGAN's Table 3 setting gives D a quarter of G's)",
+                               minimum=0),
     "sn": ganflow.Setting(False, "spectral normalization on every layer of D"),
     "sigma_grad": ganflow.Setting(False, "spectral norm as the paper's reparametrization: "
                                   "differentiate through sigma(W) instead of writing "
@@ -42,9 +46,10 @@ SETTINGS = {
 
 
 class DCGAN:
-    def __init__(self, width: int = 32, sn: bool = False, sigma_grad: bool = False,
-                 pack: int = 1):
-        self.width = width  # channels of D's first and G's last hidden layer
+    def __init__(self, width: int = 32, d_width: int = 0, sn: bool = False,
+                 sigma_grad: bool = False, pack: int = 1):
+        self.width = width  # channels of G's last hidden layer
+        self.d_width = d_width or width  # channels of D's first layer
         self.spectral_norm, self.sigma_grad, self.pack = sn, sigma_grad, pack
 
     def _weighted(self, layer):
@@ -101,7 +106,7 @@ class DCGAN:
                                      "its label: drop pack or --conditional")
         features = []
         for i in range(doublings):
-            features += [self._weighted(layers.Conv2D(self.width * 2**i, 4, strides=2,
+            features += [self._weighted(layers.Conv2D(self.d_width * 2**i, 4, strides=2,
                                                       padding="same")),
                          layers.LeakyReLU(0.2)]
         features.append(layers.Flatten())

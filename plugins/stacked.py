@@ -5,9 +5,9 @@ Each example is three digits drawn independently and uniformly from the 1,797 bu
 (each brought to 32x32 as the ``digits`` dataset does), stacked as the R, G and B channels:
 1,000 modes, labelled 100a + 10b + c. The dataset is a fixed set of N such triples, drawn once
 with a fixed seed (the same in every run, whatever its ``--seed``), so an epoch is one pass
-over the N examples as in the papers: 128,000 by default (VEEGAN's and PacGAN's Table 2
-setting), ``stacked-digits:25600`` for PacGAN's Table 3 setting. Only the N index triples are
-held; the images are gathered from the digits as the pipeline reads them.
+over the N examples as in PacGAN's Table 2 code: 128,000 by default (VEEGAN's and PacGAN's
+Table 2 training set). Only the N index triples are held; the images are gathered from the
+digits as the pipeline reads them.
 
 Its ``channel_source`` is the digits: the domain classifier is the digits' one, applied to
 each channel, and runs log ``modes_captured`` and ``kl_to_uniform`` (``ganflow.evaluation``).

@@ -18,6 +18,17 @@ def test_networks_fit_the_image_size(side, channels, doublings):
     assert sum("conv2d_transpose" in layer.name for layer in g.layers) == doublings
 
 
+def test_d_can_be_narrower_than_g():
+    from keras import layers
+
+    spec = ganflow.DataSpec(shape=(32, 32, 3), size=100)
+    arch = DCGAN(width=16, d_width=4)  # PacGAN's Table 3: D a quarter of G
+    g, d = arch.build_generator(spec, 8), arch.build_discriminator(spec)
+    assert [l.filters for l in d.layers if isinstance(l, layers.Conv2D)] == [4, 8, 16]
+    assert [l.filters for l in g.layers if isinstance(l, layers.Conv2DTranspose)] == [32, 16, 3]
+    assert tuple(d(g(np.zeros((2, 8), np.float32))).shape) == (2, 1)
+
+
 @pytest.mark.parametrize("shape, message", [
     ((30, 20, 1), "needs square images with an even side of at least 8, got 30x20"),
     ((7, 7, 1), "got 7x7"),

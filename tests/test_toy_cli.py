@@ -57,7 +57,7 @@ def test_toy1d_logs_the_jsd_to_the_data(workdir, cli):
     (["--dataset", "gauss1d:means=1,2/stds=1,2,3"], "a mixture of 2 components needs 1 or 2 stds"),
     (["--arch", "gmm:x"], "--arch gmm:x: give the number of components"),
     (["--arch", "dcgan:3"], "--arch dcgan: architecture 'dcgan' has no setting '3'; its "
-                            "settings: width, sn, sigma_grad, pack"),
+                            "settings: width, d_width, sn, sigma_grad, pack"),
     (["--arch", "dcgan:pack=2", "--conditional"], "--arch dcgan:pack=2 packs unlabelled images"),
     (["--ema", "1.5"], "--ema must be in (0, 1), e.g. 0.999, got 1.5"),
 ])

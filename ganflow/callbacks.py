@@ -182,6 +182,45 @@ class TrackingWatch(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class InputWatch(keras.callbacks.Callback):
+    """Says once, on ``say`` and as the run's tag ``ganflow.input_bound``, when training takes
+    real examples faster than half the rate its input pipeline gives them alone
+    (``input_rate``, examples/s, measured before training): its steps then wait on data.
+    Timed over ``steps`` steps after the first ``skip`` (tracing, warm-up)."""
+
+    MARGIN = 2.0  # the pipeline alone should give at least this many times what training takes
+
+    def __init__(self, outbox, input_rate: float, per_step: int, say, skip: int = 5,
+                 steps: int = 20):
+        super().__init__()
+        self.outbox, self.say = outbox, say
+        self.input_rate, self.per_step = input_rate, per_step
+        self.skip, self.steps = skip, steps
+        self.consumed: float | None = None  # examples/s training took
+        self._start: tuple[int, float] | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        import time
+
+        if self.consumed is not None:
+            return
+        step, now = steps_done(self.model), time.perf_counter()
+        if self._start is None:
+            if step >= self.skip:
+                self._start = (step, now)
+            return
+        if step - self._start[0] < self.steps:
+            return
+        self.consumed = self.per_step * (step - self._start[0]) / (now - self._start[1])
+        if self.consumed * self.MARGIN > self.input_rate:
+            line = (f"training is input-bound: the data pipeline gives {self.input_rate:,.0f} "
+                    f"examples/s alone and training took {self.consumed:,.0f}/s (less than "
+                    f"{self.MARGIN:g}x): keep the examples in memory (--cache memory) if they "
+                    "fit, or prepare them at a lower resolution")
+            self.say(f"Warning: {line}")
+            self.outbox.set_tags({"ganflow.input_bound": line})
+
+
 class EvaluationLogger(keras.callbacks.Callback):
     """Logs sample-quality metrics (``ganflow.evaluation``) every ``every`` epochs and after
     the last, at the step of that epoch's last generator update; the evaluation before

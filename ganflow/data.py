@@ -48,6 +48,22 @@ def training_pipeline(source: DataSource, per_step: int, seed: int, cache: str =
     )
 
 
+def input_rate(pipeline, per_step: int, seconds: float = 2.0, warm: int = 3) -> float:
+    """Examples per second ``pipeline`` (batches of ``per_step``) gives with nothing else
+    running: timed after ``warm`` batches (the shuffle buffer's first fill), for about
+    ``seconds`` (at least one batch)."""
+    import time
+
+    batches = iter(pipeline)
+    for _ in range(warm):
+        next(batches)
+    started, count = time.perf_counter(), 0
+    while count == 0 or time.perf_counter() - started < seconds:
+        next(batches)
+        count += 1
+    return count * per_step / (time.perf_counter() - started)
+
+
 def caches(source: DataSource, cache: str) -> bool:
     """Whether ``--cache cache`` keeps ``source``'s examples in memory."""
     if cache == "auto":

@@ -37,10 +37,11 @@ class Callbacks:
     saver: checkpoints.CheckpointCallback
     watch: callbacks.TrackingWatch | None = None
     evaluations: callbacks.EvaluationLogger | None = None
+    input_watch: callbacks.InputWatch | None = None
 
     def __iter__(self):
-        return iter(c for c in (self.guard, self.logger, self.watch, self.evaluations,
-                                self.saver) if c is not None)
+        return iter(c for c in (self.guard, self.logger, self.input_watch, self.watch,
+                                self.evaluations, self.saver) if c is not None)
 
     @property
     def diverged(self) -> tuple[str, int] | None:
@@ -55,10 +56,11 @@ class Callbacks:
 
 def callbacks_for(prepared, store: checkpoints.Checkpoints, samples_dir: Path, *,
                   outbox=None, restored_metrics: dict | None = None, logged_until: int = -1,
-                  report=None) -> Callbacks:
+                  report=None, say=None) -> Callbacks:
     """The callbacks of ``prepared``'s run, checkpointing into ``store``. With ``outbox`` (the
     chief's ``ganflow.outbox.Outbox``) they log, draw samples, watch the tracking store and
-    evaluate; without, they only keep in step. ``restored_metrics``: a checkpoint's running
+    evaluate, and, for data streamed from its source, time the input pipeline alone now and
+    tell ``say`` if training turns out input-bound; without, they only keep in step. ``restored_metrics``: a checkpoint's running
     metrics, when it was taken mid-epoch; nothing at or before ``logged_until`` is logged
     again (a resumed run)."""
     from ganflow import views
@@ -77,6 +79,7 @@ def callbacks_for(prepared, store: checkpoints.Checkpoints, samples_dir: Path, *
             store, per_epoch if config.checkpoint_every is None else config.checkpoint_every,
             per_epoch),
         watch=callbacks.TrackingWatch(outbox, config.tracking_timeout) if tracked else None,
+        input_watch=_input_watch(prepared, outbox, say) if tracked and say else None,
         evaluations=None if evaluator is None else callbacks.EvaluationLogger(
             outbox, evaluator, config.eval_every, per_epoch,
             noise.latent(config.eval_samples, config.latent_dim, config.seed, "eval"), report,
@@ -84,19 +87,39 @@ def callbacks_for(prepared, store: checkpoints.Checkpoints, samples_dir: Path, *
             logged_until=logged_until, epochs=config.epochs))
 
 
+def _input_watch(prepared, outbox, say) -> callbacks.InputWatch | None:
+    """An ``InputWatch`` for data that streams from its source every pass (not cached), with
+    the rate its pipeline gives alone, measured now (the run's tag
+    ``ganflow.input_examples_per_s``)."""
+    from ganflow.data import caches, input_rate
+
+    config = prepared.config
+    if caches(prepared.source, config.cache):
+        return None
+    rate = input_rate(_pipeline(prepared)(0), prepared.per_step)
+    outbox.set_tags({"ganflow.input_examples_per_s": f"{rate:.0f}"})
+    return callbacks.InputWatch(outbox, rate, prepared.per_step, say)
+
+
+def _pipeline(prepared):
+    """The run's stream of real batches from a number of steps on."""
+    from ganflow.data import training_pipeline
+
+    config = prepared.config
+    return lambda skip: training_pipeline(prepared.source, prepared.per_step, config.seed,
+                                          config.cache, config.shuffle_buffer_mb).skip(skip)
+
+
 def fit(prepared, run_callbacks: Callbacks, done: int, verbose) -> Any:
     """Train ``prepared.gan`` from ``done`` training steps to the run's last, SIGTERM
     stopping it as Ctrl-C does (a ``KeyboardInterrupt`` between two calls into TensorFlow).
     Returns the last ``fit`` call's history (None when there was nothing left to train)."""
     from ganflow import signals
-    from ganflow.data import training_pipeline
 
     config = prepared.config
     with signals.terminate_as_interrupt():
         return fit_from(
-            prepared.gan,
-            lambda skip: training_pipeline(prepared.source, prepared.per_step, config.seed,
-                                           config.cache, config.shuffle_buffer_mb).skip(skip),
+            prepared.gan, _pipeline(prepared),
             done, prepared.steps_per_epoch, config.epochs, list(run_callbacks), verbose,
             lambda at: steps_per_call(config, prepared.steps_per_epoch, at))
 

@@ -142,7 +142,7 @@ class TrackedRun:
         self.callbacks = fitting.callbacks_for(
             prepared, self.store, folder / "samples", outbox=self.outbox, report=report,
             restored_metrics=_mid_epoch(restored, prepared.steps_per_epoch),
-            logged_until=logged_until)
+            logged_until=logged_until, say=_say)
 
     def fit(self, verbose) -> Trained:
         """Train to the end or to a stop, then save the last checkpoint and the samples'

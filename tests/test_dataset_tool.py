@@ -244,6 +244,61 @@ def test_a_tfds_split_prepares_in_parallel_with_its_labels_and_slice(cli, workdi
     assert missing.exit_code == 2 and "tfds:mnist is not prepared in" in missing.stderr
 
 
+SLOW_SOURCE = """
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import ganflow
+
+
+def load(options):
+    def slowly(x):  # a source that takes 20 ms an example, as a slow disk or decoder would
+        time.sleep(0.02)
+        return x
+
+    x = np.random.default_rng(0).uniform(-1, 1, (256, 16, 16, 1)).astype(np.float32)
+    return ganflow.DataSource(
+        ganflow.DataSpec((16, 16, 1), len(x)),
+        lambda: tf.data.Dataset.from_tensor_slices(x).map(
+            lambda e: tf.ensure_shape(tf.numpy_function(slowly, [e], tf.float32), e.shape)))
+
+
+@ganflow.hookimpl
+def ganflow_register_datasets(register):
+    register("slow", load)
+"""
+
+
+def test_a_run_whose_steps_wait_on_data_says_so_and_one_that_does_not_stays_quiet(cli,
+                                                                                  workdir):
+    from conftest import write_plugin
+
+    plugin = write_plugin(workdir / "slow.py", SLOW_SOURCE)
+    common = ["--epochs", "1", "--steps-per-epoch", "30", "--batch-size", "16",
+              "--eval-every", "0", "--no-register", "-q"]
+    slow = cli("run", "--plugin-module", plugin, "--dataset", "slow", "--cache", "none",
+               *common)
+    assert slow.exit_code == 0, slow.output
+    fast = cli("run", "--dataset", "digits", "--cache", "none", *common)
+    assert fast.exit_code == 0, fast.output
+    assert cli("run", "--dataset", "digits", *common).exit_code == 0  # cached: auto
+    runs = {r.data.params["dataset"] + r.data.params["cache"]: r for r in
+            mlflow.search_runs(experiment_names=["ganflow"], output_format="list")}
+    slow_rate = float(runs["slownone"].data.tags["ganflow.input_examples_per_s"])
+    assert 20 < slow_rate < 55  # 50 examples/s at most, one at a time
+    warning = [line for line in slow.stderr.splitlines() if "input-bound" in line]
+    assert len(warning) == 1 and warning[0].startswith("Warning: training is input-bound: "
+                                                       "the data pipeline gives ")
+    assert runs["slownone"].data.tags["ganflow.input_bound"] in warning[0]
+    # The digits in memory give thousands a second: no warning, and, cached, nothing timed.
+    assert float(runs["digitsnone"].data.tags["ganflow.input_examples_per_s"]) > 1000
+    assert "ganflow.input_bound" not in runs["digitsnone"].data.tags
+    assert "input-bound" not in fast.stderr
+    assert "ganflow.input_examples_per_s" not in runs["digitsauto"].data.tags
+
+
 def test_what_is_not_prepared_or_not_a_source_is_one_line(cli, workdir):
     (workdir / "empty").mkdir()
     with pytest.raises(UsageError, match=r"empty: no image files"):

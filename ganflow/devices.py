@@ -69,6 +69,16 @@ def worker(strategy: str) -> Worker | None:
     return Worker(kind, index, count, chief)
 
 
+def cluster_size() -> int:
+    """The processes of ``TF_CONFIG``'s cluster: 1 without one (or with one that does not
+    parse, which ``worker`` refuses)."""
+    try:
+        return max(1, len(_addresses(json.loads(os.environ.get("TF_CONFIG") or "{}")
+                                     .get("cluster", {}))))
+    except (ValueError, AttributeError, TypeError):
+        return 1
+
+
 def _addresses(cluster: dict) -> list[tuple[str, str]]:
     """("worker 1", "host:port") for every task of a cluster spec."""
     return [(f"{kind} {i}", str(address)) for kind in ("chief", "worker")

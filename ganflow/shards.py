@@ -22,6 +22,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ganflow import devices
 from ganflow.errors import UsageError
 
 MANIFEST = "manifest.json"
@@ -108,11 +109,19 @@ def reader(folder: str | Path, manifest: Manifest):
         image = tf.cast(image, tf.float32) / 127.5 - 1.0
         return (image, example["label"]) if labelled else image
 
+    # Under --strategy multiworker each worker reads its own shards; with fewer shards than
+    # workers (tf.data's file sharding then fails mid-run), each reads all and keeps its share.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.FILE if len(files) >= devices.cluster_size()
+        else tf.data.experimental.AutoShardPolicy.DATA)
+
     def make():
         return (tf.data.Dataset.from_tensor_slices(files)
                 .interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+                .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .with_options(options))
 
     return make
 

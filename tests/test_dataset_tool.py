@@ -299,6 +299,48 @@ def test_a_run_whose_steps_wait_on_data_says_so_and_one_that_does_not_stays_quie
     assert "ganflow.input_examples_per_s" not in runs["digitsauto"].data.tags
 
 
+@pytest.mark.parametrize("count, by_file", [(4, True), (1, False)], ids=["4 shards", "1 shard"])
+def test_each_worker_of_a_multiworker_run_reads_its_own_shards(workdir, monkeypatch, count,
+                                                               by_file):
+    # What MultiWorkerMirroredStrategy does to the run's pipeline on each worker (tf.data's
+    # auto-shard rewrite, with the policy the pipeline asks for), applied here as worker 0
+    # and 1 of a cluster of 2.
+    from tensorflow.python.data.experimental.ops.distribute import _AutoShardDataset
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker",
+                                                                        "index": 0}}))
+
+    from ganflow.data import training_pipeline
+
+    dest = workdir / "shades"
+    dest.mkdir()
+    shard_size = 8
+    for shard in range(count):  # shard k's image i is all of shade 10 k + i
+        shards.write_shard(dest / f"shard-{shard:05d}.tfrecord",
+                           np.broadcast_to(10 * shard + np.arange(shard_size, dtype=np.uint8)
+                                           [:, None, None, None], (shard_size, 4, 4, 1)),
+                           np.zeros(shard_size, np.int64))
+    shards.Manifest(count=count * shard_size, resolution=4, channels=1,
+                    shards=[{"file": f"shard-{k:05d}.tfrecord", "count": shard_size}
+                            for k in range(count)],
+                    label_names=None, source="test", source_digest="0", options={}, skipped=0,
+                    ganflow=ganflow.__version__).write(dest)
+    pipeline = training_pipeline(ganflow.prepared(dest), 4, seed=0, cache="none")
+    shades = []
+    for worker in (0, 1):
+        batches = _AutoShardDataset(pipeline, num_workers=2, index=worker).take(12 if by_file
+                                                                                else 1)
+        shades.append([round((float(x.numpy().flat[0]) + 1) * 127.5)
+                       for batch in batches for x in batch])
+    if by_file:  # each its own files, half of them
+        assert [{s // 10 for s in seen} for seen in shades] == [{0, 2}, {1, 3}]
+    else:  # fewer files than workers: each reads them all and keeps its share (tf.data's
+        # file sharding would stop the run with "the dataset only has 1 file(s)")
+        assert [len(seen) for seen in shades] == [4, 4]
+        assert set(shades[0] + shades[1]) <= set(range(8))
+
+
 def test_what_is_not_prepared_or_not_a_source_is_one_line(cli, workdir):
     (workdir / "empty").mkdir()
     with pytest.raises(UsageError, match=r"empty: no image files"):

@@ -1,5 +1,6 @@
-"""Stacked MNIST (Metz et al. 2017, "Unrolled GANs"; VEEGAN; PacGAN) on the bundled digits: the
-``stacked-digits`` dataset.
+"""Stacked MNIST (Metz et al. 2017, "Unrolled GANs"; VEEGAN; PacGAN) on the bundled digits, the
+``stacked-digits`` dataset, and on MNIST, ``stacked-mnist`` (tensorflow-datasets' ``mnist``
+train split, its 60,000 digits at 28x28, where tfds has it prepared or can download it).
 
 Each example is three digits drawn independently and uniformly from the 1,797 bundled ones
 (each brought to 32x32 as the ``digits`` dataset does), stacked as the R, G and B channels:
@@ -9,8 +10,9 @@ over the N examples as in PacGAN's Table 2 code: 128,000 by default (VEEGAN's an
 Table 2 training set). Only the N index triples are held; the images are gathered from the
 digits as the pipeline reads them.
 
-Its ``channel_source`` is the digits: the domain classifier is the digits' one, applied to
-each channel, and runs log ``modes_captured`` and ``kl_to_uniform`` (``ganflow.evaluation``).
+Its ``channel_source`` is the single-digit dataset: the domain classifier is that one's,
+applied to each channel, and runs log ``modes_captured`` and ``kl_to_uniform``
+(``ganflow.evaluation``).
 """
 
 from __future__ import annotations
@@ -24,40 +26,62 @@ CHANNELS = 3
 STACK_SEED = 0  # the set of triples: fixed, so every run trains on the same dataset
 
 
-def load_stacked_digits(options: ganflow.DatasetOptions) -> ganflow.DataSource:
+def _count(options: ganflow.DatasetOptions, name: str) -> int:
+    """N of ``NAME:N``, or the default."""
+    if not options.argument:
+        return DEFAULT_COUNT
+    try:
+        count = int(options.argument.replace("_", ""))
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ganflow.UsageError(f"--dataset {name}:{options.argument}: the number of stacked "
+                                 "examples, a whole number from 1 (e.g. 50000)")
+    return count
+
+
+def stacked(base: ganflow.DataSource, count: int, base_name: str) -> ganflow.DataSource:
+    """``count`` fixed triples of ``base``'s (single-channel, labelled) images as R, G, B."""
     import tensorflow as tf
 
-    from ganflow_plugins.datasets import load_digits
-
-    count = DEFAULT_COUNT
-    if options.argument:
-        try:
-            count = int(options.argument.replace("_", ""))
-        except ValueError:
-            count = 0
-        if count < 1:
-            raise ganflow.UsageError(f"--dataset stacked-digits:{options.argument}: the number "
-                                     "of stacked examples, a whole number from 1 (e.g. 25600)")
-    digits = load_digits(ganflow.DatasetOptions(image_size=options.image_size))
     images, labels = (np.concatenate(part) for part in zip(
-        *digits.dataset().batch(4096).as_numpy_iterator()))
+        *base.dataset().batch(4096).as_numpy_iterator()))
     triples = np.random.default_rng(STACK_SEED).integers(0, len(images), (count, CHANNELS))
-    stacked_labels = (labels[triples] * np.array([100, 10, 1])).sum(axis=1)
+    classes = base.spec.num_classes
+    stacked_labels = (labels[triples] * classes ** np.arange(CHANNELS)[::-1]).sum(axis=1)
     side = images.shape[1]
 
     def make():
-        base = tf.constant(images[..., 0])  # (1797, side, side)
+        channels = tf.constant(images[..., 0])  # (examples, side, side)
 
         def stack(triple, label):
-            return tf.transpose(tf.gather(base, triple), (1, 2, 0)), label
+            return tf.transpose(tf.gather(channels, triple), (1, 2, 0)), label
 
         return tf.data.Dataset.from_tensor_slices(
             (triples.astype(np.int32), stacked_labels)).map(
             stack, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    spec = ganflow.DataSpec(shape=(side, side, CHANNELS), size=count, num_classes=10 ** CHANNELS)
-    return ganflow.DataSource(spec, make, labelled=True, channel_source=digits,
-                              info={"stacked_count": count, "channels_of": "digits"})
+    spec = ganflow.DataSpec(shape=(side, side, CHANNELS), size=count,
+                            num_classes=classes ** CHANNELS)
+    return ganflow.DataSource(spec, make, labelled=True, channel_source=base,
+                              info={"stacked_count": count, "channels_of": base_name})
+
+
+def load_stacked_digits(options: ganflow.DatasetOptions) -> ganflow.DataSource:
+    from ganflow_plugins.datasets import load_digits
+
+    count = _count(options, "stacked-digits")
+    return stacked(load_digits(ganflow.DatasetOptions(image_size=options.image_size)), count,
+                   "digits")
+
+
+def load_stacked_mnist(options: ganflow.DatasetOptions) -> ganflow.DataSource:
+    from ganflow_plugins.datasets import load_tfds
+
+    count = _count(options, "stacked-mnist")
+    mnist = load_tfds(ganflow.DatasetOptions(argument="mnist", data_dir=options.data_dir,
+                                             image_size=options.image_size))
+    return stacked(mnist, count, "tfds:mnist")
 
 
 @ganflow.hookimpl
@@ -65,3 +89,6 @@ def ganflow_register_datasets(register):
     register("stacked-digits", load_stacked_digits, "Stacked MNIST on the bundled digits: "
              "three digits as R, G, B, 1,000 modes; N fixed examples (default 128,000)",
              argument="N", argument_optional=True)
+    register("stacked-mnist", load_stacked_mnist, "Stacked MNIST on tfds:mnist's train split "
+             "(prepared, or downloadable): as stacked-digits, 28x28", argument="N",
+             argument_optional=True)

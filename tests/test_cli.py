@@ -167,7 +167,7 @@ def bad(cli, *args):
     (["--loss", "minmax"], "unknown loss 'minmax'; known: hinge, lsgan, minimax, "
                            "non-saturating, wgan (did you mean 'minimax'?)"),
     (["--dataset", "digit"], "unknown dataset 'digit'; known: digits, folder, gauss1d, grid25, "
-                             "prepared, ring8, stacked-digits, tfds "
+                             "prepared, ring8, stacked-digits, stacked-mnist, tfds "
                              "(did you mean 'digits'?)"),
     (["--arch", "dcgn"], "unknown architecture 'dcgn'; known: dcgan, gmm, mlp, resnet, "
                          "stylegan2 (did you mean 'dcgan'?)"),

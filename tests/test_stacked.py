@@ -77,3 +77,37 @@ def test_a_run_on_stacked_digits_logs_modes_and_kl_to_uniform(cli, workdir):
     assert 0 <= metrics["eval/kl_to_uniform"] <= math.log(1000) + 1e-6
     assert float(params["eval_real_modes_captured"]) > 100
     assert params["dataset"] == "stacked-digits:512"
+
+
+def test_stacked_mnist_stacks_tfds_mnist_where_it_is_prepared(plugins, tmp_path, offline):
+    import tensorflow_datasets as tfds
+
+    class LocalMnist(tfds.image_classification.MNIST, skip_registration=True):
+        """tfds's MNIST, prepared from 50 local digits instead of downloaded ones."""
+
+        name = "mnist"
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._local(50), "test": self._local(10)}
+
+        def _local(self, n):
+            for i in range(n):
+                yield i, {"image": np.full((28, 28, 1), 5 * i, np.uint8), "label": i % 10}
+
+    load = plugins.datasets.get("stacked-mnist").obj
+    with pytest.raises(ganflow.UsageError, match=r"tfds:mnist is not prepared in .*"
+                                                  r"`tfds build mnist --data_dir DIR`"):
+        load(ganflow.DatasetOptions(argument="40", data_dir=str(tmp_path)))
+    LocalMnist(data_dir=str(tmp_path)).download_and_prepare()
+    source = load(ganflow.DatasetOptions(argument="40", data_dir=str(tmp_path)))
+    assert source.spec == ganflow.DataSpec((28, 28, 3), 40, 1000)
+    assert source.info["channels_of"] == "tfds:mnist" and source.channel_source.spec.size == 50
+    x, y = next(source.dataset().batch(40).as_numpy_iterator())
+    shades = np.rint((x[:, 0, 0, :] + 1) * 127.5 / 5).astype(int)  # each channel: digit i's 5 i
+    np.testing.assert_array_equal(y, shades[:, 0] % 10 * 100 + shades[:, 1] % 10 * 10
+                                  + shades[:, 2] % 10)
+    triples = np.random.default_rng(STACK_SEED).integers(0, 50, (40, 3))
+    base = np.array([int(v) for v in np.rint((next(source.channel_source.dataset().batch(50)
+                                                    .as_numpy_iterator())[0][:, 0, 0, 0] + 1)
+                                                  * 127.5 / 5)])
+    np.testing.assert_array_equal(shades, base[triples])  # tfds's order, the fixed triples

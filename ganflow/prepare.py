@@ -217,17 +217,18 @@ def steps_per_call(config, steps_per_epoch: int, done: int) -> int:
     every call's last step only, so a call must end wherever one of them acts (a metric
     window, a step checkpoint, an epoch's end). By default the most steps, up to
     ``MOST_STEPS_PER_CALL``, that fit between those; a given ``--steps-per-execution`` must
-    fit there too. Under ``--strategy multiworker``, one step per call."""
+    fit there too. Under ``--strategy mirrored`` and ``multiworker``, one step per call."""
     wanted = config.steps_per_execution
-    if config.strategy == "multiworker":
+    if config.strategy in ("mirrored", "multiworker"):
         # Keras 3.15's loop of several steps per call (multi_step_on_iterator: a tf.while_loop
-        # whose body runs the step inside a tf.cond) fails across workers: "You must feed a
-        # value for placeholder tensor 'while/body/_1/while/cond/...'", in float32 as in
-        # bfloat16 (measured December 2026; Keras 3 has no test of it, keras-team/keras#20585).
+        # whose body runs the step inside a tf.cond) fails under a strategy of several
+        # replicas, across workers as on 2 CPU devices of one: "You must feed a value for
+        # placeholder tensor 'while/body/_1/while/cond/...'", in float32 as in bfloat16
+        # (measured December 2026; Keras 3 has no test of it, keras-team/keras#20585).
         if wanted not in (None, 1):
-            raise UsageError(f"--steps-per-execution {wanted} with --strategy multiworker: "
-                             "Keras 3.15 cannot run several steps per call across workers; "
-                             "leave it out (1 step per call there)")
+            raise UsageError(f"--steps-per-execution {wanted} with --strategy "
+                             f"{config.strategy}: Keras 3.15 cannot run several steps per "
+                             "call across replicas; leave it out (1 step per call there)")
         return 1
     ends = [config.log_every, steps_per_epoch, done % steps_per_epoch]
     if config.checkpoint_every:

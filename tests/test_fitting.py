@@ -83,11 +83,13 @@ def test_steps_per_call_fit_between_windows_checkpoints_and_epoch_ends(plugins):
         per_call(steps_per_execution=4)
     with pytest.raises(UsageError, match="--steps-per-execution must be at least 1, got 0"):
         per_call(steps_per_execution=0)
-    # Across workers, one: Keras 3.15's loop of several steps per call fails there.
-    assert per_call(strategy="multiworker", checkpoint_every=0) == 1
-    with pytest.raises(UsageError, match=r"^--steps-per-execution 2 with --strategy multiworker: "
-                                         r"Keras 3.15 cannot run several steps per call"):
-        per_call(strategy="multiworker", steps_per_execution=2)
+    # Across replicas, one: Keras 3.15's loop of several steps per call fails there.
+    for strategy in ("mirrored", "multiworker"):
+        assert per_call(strategy=strategy, checkpoint_every=0) == 1
+        with pytest.raises(UsageError, match=rf"^--steps-per-execution 2 with --strategy "
+                                             rf"{strategy}: Keras 3.15 cannot run several "
+                                             r"steps per call"):
+            per_call(strategy=strategy, steps_per_execution=2)
 
 
 def test_a_worker_s_callbacks_keep_in_step_and_log_nowhere(plugins, workdir):

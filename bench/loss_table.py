@@ -106,8 +106,8 @@ def main():
 
     print(f"\n{args.recipe} on the digits, {args.precision}, {args.epochs} epochs, seeds "
           f"{', '.join(map(str, args.seeds))}: mean (std) after the last epoch\n")
-    print("| loss | " + " | ".join(METRICS) + " | runs |")
-    print("|---" * (len(METRICS) + 2) + "|")
+    print("| loss | " + " | ".join(METRICS) + " | D's loss, last epoch | runs |")
+    print("|---" * (len(METRICS) + 3) + "|")
     for row in args.rows:
         runs = [r for seed in args.seeds
                 for r in cell_runs(client, experiment.experiment_id, row, seed, args.epochs,
@@ -121,6 +121,11 @@ def main():
                 continue
             spread = f" ({statistics.stdev(values):.2f})" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.2f}{spread}")
+        # D's loss where it cannot tell real from fake: 2 ln 2 = 1.39 (the saturating losses)
+        d_loss = [r.data.metrics["epoch/mean_d_loss"] for r in runs
+                  if "epoch/mean_d_loss" in r.data.metrics]
+        spread = f" ({statistics.stdev(d_loss):.2f})" if len(d_loss) > 1 else ""
+        cells.append(f"{statistics.mean(d_loss):.2f}{spread}" if d_loss else "-")
         print(f"| {row} | " + " | ".join(cells) + f" | {len(runs)} |")
 
 

@@ -332,7 +332,8 @@ def render(rows, args) -> str:
         for _, metric, digits, scale in COLUMNS:
             mean, se = mean_se([r.data.metrics.get(metric, math.nan) * scale for r in runs])
             cells.append(fmt(mean, se, digits))
-        cells.append(f"{100 * min(r.data.metrics.get('toy/pacgan_hq', math.nan) for r in runs):.1f}")
+        worst = min(r.data.metrics.get("toy/pacgan_hq", math.nan) for r in runs)
+        cells.append(f"{100 * worst:.1f}")
         seconds, _ = mean_se([r.data.metrics.get(SECONDS, math.nan) for r in runs])
         label = f"`{recipe}` recipe" if method in RECIPES else LABELS[method]
         lines.append(f"| {label} | {dataset} | " + " | ".join(cells)

@@ -60,9 +60,9 @@ def callbacks_for(prepared, store: checkpoints.Checkpoints, samples_dir: Path, *
     """The callbacks of ``prepared``'s run, checkpointing into ``store``. With ``outbox`` (the
     chief's ``ganflow.outbox.Outbox``) they log, draw samples, watch the tracking store and
     evaluate, and, for data streamed from its source, time the input pipeline alone now and
-    tell ``say`` if training turns out input-bound; without, they only keep in step. ``restored_metrics``: a checkpoint's running
-    metrics, when it was taken mid-epoch; nothing at or before ``logged_until`` is logged
-    again (a resumed run)."""
+    tell ``say`` if training turns out input-bound; without, they only keep in step.
+    ``restored_metrics``: a checkpoint's running metrics, when it was taken mid-epoch; nothing
+    at or before ``logged_until`` is logged again (a resumed run)."""
     from ganflow import views
 
     config, gan, per_epoch = prepared.config, prepared.gan, prepared.steps_per_epoch

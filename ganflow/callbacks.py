@@ -186,7 +186,8 @@ class InputWatch(keras.callbacks.Callback):
     """Says once, on ``say`` and as the run's tag ``ganflow.input_bound``, when training takes
     real examples faster than half the rate its input pipeline gives them alone
     (``input_rate``, examples/s, measured before training): its steps then wait on data.
-    Timed over ``steps`` steps after the first ``skip`` (tracing, warm-up)."""
+    Timed over ``steps`` steps after the first ``skip`` (tracing, warm-up); the rate training
+    took is the tag ``ganflow.train_examples_per_s``."""
 
     MARGIN = 2.0  # the pipeline alone should give at least this many times what training takes
 
@@ -212,6 +213,7 @@ class InputWatch(keras.callbacks.Callback):
         if step - self._start[0] < self.steps:
             return
         self.consumed = self.per_step * (step - self._start[0]) / (now - self._start[1])
+        self.outbox.set_tags({"ganflow.train_examples_per_s": f"{self.consumed:.0f}"})
         if self.consumed * self.MARGIN > self.input_rate:
             line = (f"training is input-bound: the data pipeline gives {self.input_rate:,.0f} "
                     f"examples/s alone and training took {self.consumed:,.0f}/s (less than "

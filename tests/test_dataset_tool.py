@@ -294,6 +294,8 @@ def test_a_run_whose_steps_wait_on_data_says_so_and_one_that_does_not_stays_quie
     assert runs["slownone"].data.tags["ganflow.input_bound"] in warning[0]
     # The digits in memory give thousands a second: no warning, and, cached, nothing timed.
     assert float(runs["digitsnone"].data.tags["ganflow.input_examples_per_s"]) > 1000
+    assert 0 < float(runs["digitsnone"].data.tags["ganflow.train_examples_per_s"]) < \
+        float(runs["digitsnone"].data.tags["ganflow.input_examples_per_s"]) / 2
     assert "ganflow.input_bound" not in runs["digitsnone"].data.tags
     assert "input-bound" not in fast.stderr
     assert "ganflow.input_examples_per_s" not in runs["digitsauto"].data.tags

@@ -7,13 +7,12 @@ stride-2 convolutions and LeakyReLU(0.2), ending in one logit. A side of 28 star
 (two doublings), 32 from 4x4 (three), 64 from 4x4 (four).
 
 Settings (``--arch dcgan:sn,pack=2``): ``sn`` wraps every layer of D with weights in spectral
-normalization (Miyato et al. 2018; ``ganflow.layers.SpectralNormalization``, Keras's made fit
-for mixed precision and the label embedding), ``sigma_grad`` takes it as the paper's
-reparametrization; ``pack`` makes D judge packs of images stacked along the channels
-(PacGAN); ``width`` is G's last and D's first channel count, ``d_width`` D's alone.
-Conditional (``--conditional``): G embeds the label and concatenates it
-with z; D is a projection discriminator (Miyato & Koyama 2018): logit = w . phi(x) +
-embed(y) . phi(x), phi(x) D's last features.
+normalization (Miyato et al. 2018; ``ganflow.layers.SpectralNormalization``), as the paper's
+reparametrization unless ``sigma_grad=false`` (Keras's update); ``pack`` makes D judge packs
+of images stacked along the channels (PacGAN); ``width`` is G's last and D's first channel
+count, ``d_width`` D's alone. Conditional (``--conditional``): G embeds the label and
+concatenates it with z; D is a projection discriminator (Miyato & Koyama 2018): logit =
+w . phi(x) + embed(y) . phi(x), phi(x) D's last features.
 """
 
 from __future__ import annotations
@@ -37,9 +36,9 @@ SETTINGS = {
                                "0: width (PacGAN's Table 3 setting gives D a quarter of G's)",
                                minimum=0),
     "sn": ganflow.Setting(False, "spectral normalization on every layer of D"),
-    "sigma_grad": ganflow.Setting(False, "spectral norm as the paper's reparametrization: "
-                                  "differentiate through sigma(W) instead of writing "
-                                  "W/sigma(W) back into W (Keras's)"),
+    "sigma_grad": ganflow.Setting(True, "spectral norm as the paper's reparametrization "
+                                  "(differentiated through sigma(W)); false: Keras's update "
+                                  "(W/sigma(W) written back into W)"),
     "pack": ganflow.Setting(1, "D judges packs of this many images, stacked along the "
                             "channels (PacGAN); 1: each image alone", minimum=1),
 }
@@ -47,7 +46,7 @@ SETTINGS = {
 
 class DCGAN:
     def __init__(self, width: int = 32, d_width: int = 0, sn: bool = False,
-                 sigma_grad: bool = False, pack: int = 1):
+                 sigma_grad: bool = True, pack: int = 1):
         self.width = width  # channels of G's last hidden layer
         self.d_width = d_width or width  # channels of D's first layer
         self.spectral_norm, self.sigma_grad, self.pack = sn, sigma_grad, pack

@@ -43,6 +43,9 @@ SETTINGS = {
     "depth": ganflow.Setting(1, "residual blocks per resolution (the first one resamples)",
                              minimum=1),
     "sn": ganflow.Setting(True, "spectral normalization on every layer of D"),
+    "sigma_grad": ganflow.Setting(True, "spectral norm as the paper's reparametrization "
+                                  "(differentiated through sigma(W)); false: Keras's update "
+                                  "(W/sigma(W) written back into W)"),
     "g_sn": ganflow.Setting(False, "spectral normalization on G's convolutions and dense "
                             "layer too (BigGAN)"),
     "attention": ganflow.Setting(0, "add self-attention (SAGAN) after the blocks at this "
@@ -60,10 +63,11 @@ SETTINGS = {
 
 
 class ResNet:
-    def __init__(self, width=16, depth=1, sn=True, g_sn=False, attention=0, init="glorot",
+    def __init__(self, width=16, depth=1, sn=True, sigma_grad=True, g_sn=False, attention=0,
+                 init="glorot",
                  shared=0, hierarchical=False):
         self.width, self.depth, self.attention = width, depth, attention
-        self.d_sn, self.g_sn = sn, g_sn
+        self.d_sn, self.g_sn, self.sigma_grad = sn, g_sn, sigma_grad
         self.init = INITIALIZERS[init]
         self.shared, self.hierarchical = shared, hierarchical
 
@@ -88,11 +92,11 @@ class ResNet:
     def _conv(self, filters, size, sn, **kwargs):
         layer = layers.Conv2D(filters, size, padding="same", kernel_initializer=self.init,
                               **kwargs)
-        return spectral_norm(layer, sn)
+        return spectral_norm(layer, sn, self.sigma_grad)
 
     def _dense(self, units, sn, **kwargs):
         layer = layers.Dense(units, kernel_initializer=self.init, **kwargs)
-        return spectral_norm(layer, sn)
+        return spectral_norm(layer, sn, self.sigma_grad)
 
     def _norm(self, x, condition, num_classes=None):
         """BatchNorm, conditional on ``condition``: None (plain), integer labels (a gain and a
@@ -172,7 +176,8 @@ class ResNet:
         """Self-attention after the first stage whose maps are ``attention`` wide (D keeps
         its last side for several stages): ``done`` says whether it is already there."""
         if self.attention == side and not done:
-            return SelfAttention(spectral_norm=sn, kernel_initializer=self.init)(x), True
+            return SelfAttention(spectral_norm=sn, kernel_initializer=self.init,
+                                 sigma_grad=self.sigma_grad)(x), True
         return x, done
 
     # -- the networks -----------------------------------------------------------------------
@@ -213,7 +218,7 @@ class ResNet:
             return keras.Model(image, score, name="discriminator")
         label = keras.Input((), dtype="int32", name="label")
         embedding = layers.Embedding(num_classes, phi.shape[-1], embeddings_initializer=self.init)
-        embedded = spectral_norm(embedding, self.d_sn)(label)
+        embedded = spectral_norm(embedding, self.d_sn, self.sigma_grad)(label)
         projection = layers.Dot(axes=1)([layers.Activation("linear", dtype="float32")(embedded),
                                          layers.Activation("linear", dtype="float32")(phi)])
         logit = layers.Add(dtype="float32")([score, projection])

@@ -88,13 +88,16 @@ def _resurface(error: Exception) -> None:
     C++ can be running Python (an import inside ``tf.nest``) when the signal's handler raises:
     it then fails in its own way, the ``Interrupted`` only the cause of a ``SystemError``
     ("returned a result with an exception set") that a ``ValueError`` follows. That is the
-    stop, and must end the run as one."""
+    stop, and must end the run as one. ganflow's own errors (``Stopped``: a stop already
+    handled) and a chain cut with ``from None`` are left as they are."""
+    from ganflow.errors import GanflowError
+
     seen, link = set(), error
-    while link is not None and id(link) not in seen:
+    while link is not None and id(link) not in seen and not isinstance(link, GanflowError):
         if isinstance(link, Interrupted):
             raise Interrupted(link.signum) from error
         seen.add(id(link))
-        link = link.__cause__ or link.__context__
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
 
 
 @contextmanager

@@ -276,7 +276,7 @@ def test_a_run_whose_steps_wait_on_data_says_so_and_one_that_does_not_stays_quie
     from conftest import write_plugin
 
     plugin = write_plugin(workdir / "slow.py", SLOW_SOURCE)
-    common = ["--epochs", "1", "--steps-per-epoch", "30", "--batch-size", "16",
+    common = ["--epochs", "1", "--steps-per-epoch", "26", "--batch-size", "8",
               "--eval-every", "0", "--no-register", "-q"]
     slow = cli("run", "--plugin-module", plugin, "--dataset", "slow", "--cache", "none",
                *common)

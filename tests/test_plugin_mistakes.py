@@ -226,7 +226,9 @@ def test_a_class_registered_without_settings_is_refused(tmp_path):
                                      "epsilon, amsgrad"),
     ({"regularizers": ["r1:every=0"]}, "--regularizer r1: setting every must be at least 1, "
                                        "got 0"),
-    ({"arch": "dcgan:big"}, None),  # an argument's value is the plugin's to judge, at run time
+    ({"arch": "mlp:big"}, None),  # an argument's value is the plugin's to judge, at run time
+    ({"arch": "dcgan:big"}, "--arch dcgan: architecture 'dcgan' has no setting 'big'; its "
+                            "settings: width, d_width, sn, sigma_grad, pack"),
 ])
 def test_a_recipe_naming_a_plugin_wrongly_fails_in_ganflow_plugins(cli, tmp_path, recipe,
                                                                    message):

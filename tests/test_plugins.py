@@ -58,10 +58,11 @@ def test_builtins_are_registered_by_their_modules(plugins):
     assert {e.name: e.usage for e in plugins.datasets} == {
         "digits": "digits", "folder": "folder:PATH", "tfds": "tfds:NAME",
         "prepared": "prepared:PATH", "stacked-digits": "stacked-digits[:N]",
+        "stacked-mnist": "stacked-mnist[:N]",
         "gauss1d": "gauss1d[:MIXTURE]", "ring8": "ring8", "grid25": "grid25",
     }
     assert {e.name: e.usage for e in plugins.architectures} == {
-        "dcgan": "dcgan[:sn]", "mlp": "mlp[:SIZES]", "gmm": "gmm[:K]",
+        "dcgan": "dcgan[:SETTINGS]", "mlp": "mlp[:SIZES]", "gmm": "gmm[:K]",
         "resnet": "resnet[:SETTINGS]", "stylegan2": "stylegan2[:SETTINGS]",
     }
     assert [p for p in DEFAULT_PLUGINS if not plugins.pm.has_plugin(p)] == []

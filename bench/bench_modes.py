@@ -43,12 +43,14 @@ import json
 import math
 import os
 import secrets
-import statistics
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(__file__))
+
+from cells import fmt, mean_se  # noqa: E402
 
 EXPERIMENT = "modes-benchmark"
 DATASETS = ("ring8", "grid25")
@@ -100,22 +102,6 @@ def cell_flags(method: str, dataset: str, budget: int | None, plugins) -> tuple[
         steps = 100
         flags.update({"epochs": max(1, budget // steps), "steps_per_epoch": steps})
     return "toy-grid", flags
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the values that are numbers (a reverse KL is NaN when a
-    run has no high-quality sample); NaN for the error of a single value."""
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
-    return statistics.mean(values), se
-
-
-def fmt(mean: float, se: float, digits: int) -> str:
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")
 
 
 def seed_runs(client, experiment_id: str, key: str) -> dict:

@@ -4,6 +4,7 @@ again; and the mean (standard deviation) over seeds that the tables print."""
 
 from __future__ import annotations
 
+import math
 import resource
 import statistics
 import subprocess
@@ -55,3 +56,20 @@ def mean_std(values, digits: int = 2) -> str:
         return "-"
     spread = f" ({statistics.stdev(values):.{digits}f})" if len(values) > 1 else ""
     return f"{statistics.mean(values):.{digits}f}{spread}"
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the values that are numbers (a reverse KL is NaN when a
+    run has no high-quality sample); NaN for the error of a single value."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    return statistics.mean(values), se
+
+
+def fmt(mean: float, se: float, digits: int) -> str:
+    """``mean ± se`` (the mean alone without an error, ``-`` without a mean)."""
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")

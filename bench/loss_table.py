@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(__file__))
+
+from cells import mean_std  # noqa: E402
 
 # row name -> ganflow run flags on top of the recipe's.
 ROWS = {
@@ -116,20 +118,9 @@ def main():
         runs = [r for seed in args.seeds
                 for r in cell_runs(client, experiment.experiment_id, row, seed, args.epochs,
                                    args.recipe, args.precision)[:1]]
-        cells = []
-        for name in METRICS:
-            values = [r.data.metrics[f"eval/{name}"] for r in runs
-                      if f"eval/{name}" in r.data.metrics]
-            if not values:
-                cells.append("-")
-                continue
-            spread = f" ({statistics.stdev(values):.2f})" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.2f}{spread}")
-        # D's loss where it cannot tell real from fake: 2 ln 2 = 1.39 (the saturating losses)
-        d_loss = [r.data.metrics["epoch/mean_d_loss"] for r in runs
-                  if "epoch/mean_d_loss" in r.data.metrics]
-        spread = f" ({statistics.stdev(d_loss):.2f})" if len(d_loss) > 1 else ""
-        cells.append(f"{statistics.mean(d_loss):.2f}{spread}" if d_loss else "-")
+        # The scores, and D's loss (2 ln 2 = 1.39 where it cannot tell real from fake)
+        cells = [mean_std([r.data.metrics[key] for r in runs if key in r.data.metrics])
+                 for key in (*(f"eval/{name}" for name in METRICS), "epoch/mean_d_loss")]
         print(f"| {row} | " + " | ".join(cells) + f" | {len(runs)} |")
 
 

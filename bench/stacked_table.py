@@ -11,37 +11,37 @@ The two settings follow PacGAN's code (github.com/fjxmlzn/PacGAN, ``stacked_MNIS
 at the scale of 2 CPU cores; what differs is printed with the table (``DIFFERENCES``). Each
 cell is one real ``ganflow run`` in its own process, tracked in the MLflow experiment
 ``ganflow-stacked-table`` (``--tracking-uri``, default ``sqlite:///stacked-table.db``); a cell
-already in the store is not run again. Prints mean +- standard error over the seeds, as the
+already in the store is not run again. Prints mean ± standard error over the seeds, as the
 papers do.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import statistics
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(__file__))
 
+import cells  # noqa: E402
+from cells import fmt  # noqa: E402
+
 EXPERIMENT = "ganflow-stacked-table"
 PACKS = {"gan": 1, "pac2": 2, "pac4": 4}
 
-# setting -> (its flags; G updates a run; generated samples scored; pack batch)
+# setting -> (its --arch; its other flags; G updates a run; generated samples scored; packs
+# a batch)
 SETTINGS = {
     # PacGAN Table 2 (VEEGAN's): DCGAN with D 64-128-256(-512) filters, Adam 2e-4 beta1 0.5,
     # 64 packs a batch, z of 100, 128,000 fixed examples, 26,000 samples scored.
-    "table2": (["--dataset", "stacked-digits", "--arch", "dcgan:width=64", "--latent-dim", "100",
-                "--optimizer", "adam:beta1=0.5", "--lr-g", "2e-4", "--lr-d", "2e-4"],
-               4000, 26000, 64),
+    "table2": ("dcgan:width=64", ["--latent-dim", "100", "--optimizer", "adam:beta1=0.5",
+                                  "--lr-g", "2e-4", "--lr-d", "2e-4"], 4000, 26000, 64),
     # PacGAN Table 3 (Unrolled GAN's): D with a quarter of G's filters, Adam beta (0.5, 0.99),
     # D at 2e-4 and G at 1e-4, 128 packs a batch, z of 256, 25,600 samples scored.
-    "table3": (["--dataset", "stacked-digits", "--arch", "dcgan:width=16,d_width=4",
-                "--latent-dim", "256", "--optimizer", "adam:beta1=0.5,beta2=0.99",
-                "--lr-g", "1e-4", "--lr-d", "2e-4"],
-               4000, 25600, 128),
+    "table3": ("dcgan:width=16,d_width=4", ["--latent-dim", "256", "--optimizer",
+                                            "adam:beta1=0.5,beta2=0.99", "--lr-g", "1e-4",
+                                            "--lr-d", "2e-4"], 4000, 25600, 128),
 }
 COMMON = ["--loss", "non-saturating", "--regularizer", "none", "--augment", "none",
           "--d-steps", "1"]
@@ -52,14 +52,14 @@ WINDOWS = 2  # evaluations along a run (and one before it)
 PUBLISHED = {
     "table2": [("DCGAN (VEEGAN's Table 2)", "99.0", "3.40"),
                ("VEEGAN", "150.0", "2.95"),
-               ("DCGAN (PacGAN)", "78.9 +- 6.46", "4.50 +- 0.127"),
-               ("PacDCGAN2 (PacGAN)", "1000.0 +- 0.00", "0.06 +- 0.003"),
-               ("PacDCGAN4 (PacGAN)", "1000.0 +- 0.00", "0.07 +- 0.005")],
-    "table3": [("DCGAN (Metz et al.)", "30.6 +- 20.73", "5.99 +- 0.42"),
-               ("Unrolled GAN, 10 steps (Metz et al.)", "327.2 +- 74.67", "4.66 +- 0.46"),
-               ("DCGAN (PacGAN)", "78.5 +- 17.56", "5.21 +- 0.19"),
-               ("PacDCGAN2 (PacGAN)", "484.5 +- 32.99", "2.61 +- 0.22"),
-               ("PacDCGAN4 (PacGAN)", "667.4 +- 29.00", "1.81 +- 0.15")],
+               ("DCGAN (PacGAN)", "78.9 ± 6.46", "4.50 ± 0.127"),
+               ("PacDCGAN2 (PacGAN)", "1000.0 ± 0.00", "0.06 ± 0.003"),
+               ("PacDCGAN4 (PacGAN)", "1000.0 ± 0.00", "0.07 ± 0.005")],
+    "table3": [("DCGAN (Metz et al.)", "30.6 ± 20.73", "5.99 ± 0.42"),
+               ("Unrolled GAN, 10 steps (Metz et al.)", "327.2 ± 74.67", "4.66 ± 0.46"),
+               ("DCGAN (PacGAN)", "78.5 ± 17.56", "5.21 ± 0.19"),
+               ("PacDCGAN2 (PacGAN)", "484.5 ± 32.99", "2.61 ± 0.22"),
+               ("PacDCGAN4 (PacGAN)", "667.4 ± 29.00", "1.81 ± 0.15")],
 }
 DIFFERENCES = """\
 What differs from PacGAN's runs: the digits are scikit-learn's 1,797 8x8 ones brought to
@@ -75,25 +75,20 @@ images."""
 
 def flags(setting: str, method: str, recipe: str | None, steps: int) -> list[str]:
     """``ganflow run`` flags of one cell (the seed apart)."""
-    base, _, samples, batch = SETTINGS[setting]
+    arch, others, _, samples, batch = SETTINGS[setting]
     if method == "recipe":  # its own length, settings and evaluations
         return ["--plugin", recipe, "--dataset", "stacked-digits", "--eval-samples", str(samples)]
-    length = ["--epochs", str(WINDOWS), "--steps-per-epoch", str(steps // WINDOWS),
-              "--eval-every", "1", "--eval-samples", str(samples)]
     pack = PACKS[method]
-    arch = base[base.index("--arch") + 1] + (f",pack={pack}" if pack > 1 else "")
-    chosen = [arch if flag == base[base.index("--arch") + 1] else flag for flag in base]
-    return ["--plugin", "dcgan", *chosen, *COMMON, "--batch-size", str(batch * pack), *length]
+    return ["--plugin", "dcgan", "--dataset", "stacked-digits",
+            "--arch", arch + (f",pack={pack}" if pack > 1 else ""), *others, *COMMON,
+            "--batch-size", str(batch * pack), "--epochs", str(WINDOWS),
+            "--steps-per-epoch", str(steps // WINDOWS), "--eval-every", "1",
+            "--eval-samples", str(samples)]
 
 
 def mean_se(values, digits: int) -> str:
-    """``mean +- standard error`` (the mean alone for one value, ``-`` for none)."""
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    se = statistics.stdev(values) / math.sqrt(len(values))
-    return f"{statistics.mean(values):.{digits}f} +- {se:.{digits}f}"
+    """``mean ± standard error`` (the mean alone for one value, ``-`` for none)."""
+    return fmt(*cells.mean_se(values), digits)
 
 
 def main():
@@ -122,8 +117,8 @@ def main():
     client = mlflow.MlflowClient()
     experiment = experiment_id(client, EXPERIMENT)
 
-    def cells(setting, method):
-        steps = args.steps or SETTINGS[setting][1]
+    def cell_runs(setting, method):
+        steps = args.steps or SETTINGS[setting][2]
         cell_flags = flags(setting, method, args.recipe, steps)
         for seed in args.seeds:
             key = f"{setting}|{method}|{seed}|{' '.join(cell_flags)}"
@@ -132,7 +127,7 @@ def main():
 
     for setting in [] if args.table_only else args.settings:
         for method in methods:
-            for seed, cell_flags, key, done in cells(setting, method):
+            for seed, cell_flags, key, done in cell_runs(setting, method):
                 if not done:
                     run_cell(client, [*cell_flags, "--seed", str(seed)],
                              tracking_uri=args.tracking_uri, experiment=EXPERIMENT,
@@ -140,14 +135,14 @@ def main():
                              label=f"{setting}, {method}, seed {seed}")
 
     for setting in args.settings:
-        steps = args.steps or SETTINGS[setting][1]
-        print(f"\n{setting}: {steps:,} G updates a run, {SETTINGS[setting][2]:,} samples "
-              f"scored; mean +- standard error over seeds {', '.join(map(str, args.seeds))}\n")
+        steps = args.steps or SETTINGS[setting][2]
+        print(f"\n{setting}: {steps:,} G updates a run, {SETTINGS[setting][3]:,} samples "
+              f"scored; mean ± standard error over seeds {', '.join(map(str, args.seeds))}\n")
         print("| method | modes (of 1,000) | KL to uniform | real data's KL (floor) | "
               "s per run | CPU-s per run | runs |")
         print("|---|---|---|---|---|---|---|")
         for method in methods:
-            runs = [done for *_, done in cells(setting, method) if done]
+            runs = [done for *_, done in cell_runs(setting, method) if done]
             metric = lambda name: [r.data.metrics[name] for r in runs  # noqa: E731
                                    if name in r.data.metrics]
             floor = [float(r.data.params["eval_real_kl_to_uniform"]) for r in runs

@@ -148,12 +148,12 @@ def prepare_dataset(source, dest, resolution, channels, crop, background, shard_
 
     options = dataset_tool.Options(resolution, channels, crop, background, shard_size)
     started = time.perf_counter()
-    files = dataset_tool.open_source(source, data_dir).names  # a mistake before the bar
+    opened = dataset_tool.open_source(source, data_dir)  # a mistake in SOURCE before the bar
+    files = opened.names
     try:
         with click.progressbar(length=len(files), label="Preparing", show_eta=True,
                                show_pos=True, file=sys.stderr) as bar:
-            manifest, skipped = dataset_tool.prepare(source, dest, options, workers, bar.update,
-                                                     data_dir)
+            manifest, skipped = dataset_tool.prepare(opened, dest, options, workers, bar.update)
     except KeyboardInterrupt as exc:
         from ganflow.signals import name_of
 

@@ -232,8 +232,11 @@ def _shard_job(job):
 _SOURCES: dict[str, Source] = {}  # per worker process: the source's listing, made once
 
 
-def open_source(text: str, data_dir: str | None = None):
-    """The images of SOURCE: ``tfds:NAME[SLICE]`` (``data_dir``: tfds's), a folder or a zip."""
+def open_source(text, data_dir: str | None = None):
+    """The images of SOURCE: ``tfds:NAME[SLICE]`` (``data_dir``: tfds's), a folder or a zip;
+    a source already opened as it is."""
+    if not isinstance(text, str):
+        return text
     if text.startswith("tfds:"):
         from ganflow.tfds_source import TfdsImages
 
@@ -241,14 +244,14 @@ def open_source(text: str, data_dir: str | None = None):
     return Source(text)
 
 
-def prepare(source_text: str, dest: str, options: Options, workers: int | None = None,
+def prepare(source, dest: str, options: Options, workers: int | None = None,
             progress=None, data_dir: str | None = None) -> tuple[shards.Manifest, dict]:
-    """Prepare ``source_text`` into ``dest`` (see the module docstring). ``progress(n)`` is
-    told of each n images done. Returns the manifest and the reasons files were skipped,
-    counted."""
+    """Prepare ``source`` (SOURCE's text, or the source ``open_source`` opened) into ``dest``
+    (see the module docstring). ``progress(n)`` is told of each n images done. Returns the
+    manifest and the reasons files were skipped, counted."""
     from multiprocessing import get_context
 
-    source = open_source(source_text, data_dir)
+    source = open_source(source, data_dir)
     folder = Path(dest).expanduser()
     labels, label_names = source.labels()
     mode = colour_mode(source, options)
@@ -280,7 +283,7 @@ def prepare(source_text: str, dest: str, options: Options, workers: int | None =
     kept = sum(e["count"] for e in entries)
     if not kept:
         why = ", ".join(f"{n} {reason}" for reason, n in sorted(_reasons(skipped).items()))
-        raise UsageError(f"{source_text}: none of its {count} image files could be read "
+        raise UsageError(f"{source.text}: none of its {count} image files could be read "
                          f"({why})")
     _write_report(folder, skipped, notes)
     manifest = shards.Manifest(
@@ -363,7 +366,7 @@ def cached(source_text: str, resolution: int | None = None, default_resolution: 
             log(f"Preparing {len(source.names):,} images of {source_text} once, into {folder} "
                 "(later runs stream them from there)")
         try:
-            prepare(source_text, str(folder), options)
+            prepare(source, str(folder), options)
         except UsageError as exc:  # nothing usable: the cache keeps no half
             import shutil
 

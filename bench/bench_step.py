@@ -6,6 +6,7 @@ and XLA setting.
     python bench/bench_step.py --precision float32 mixed_bfloat16 --jit off
     python bench/bench_step.py --precision auto --jit off --augment none ada diffaugment
     python bench/bench_step.py --plugin stylegan2 --jit off --flops
+    python bench/bench_step.py --precision auto --jit off --dataset prepared:p64 prepared:p128
 
 With ``--flops``, each variant's step is also counted: TensorFlow's own count of the floating
 point operations of the traced ``GAN.train_step`` (``tf.compat.v1.profiler``'s
@@ -53,6 +54,8 @@ def main():
     parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--augment", nargs="+", default=["none"], choices=list(AUGMENTS),
                         help="augmentations of D's inputs to time (none: the recipe's)")
+    parser.add_argument("--dataset", nargs="+", default=[None],
+                        help="datasets to time the recipe on (default: the recipe's)")
     parser.add_argument("--flops", action="store_true",
                         help="also count each step's FLOPs and compare with a matmul's peak")
     args = parser.parse_args()
@@ -73,14 +76,17 @@ def main():
     for precision in dict.fromkeys(resolve_precision(p) for p in args.precision):
         for jit in args.jit:
             for augment in args.augment:
-                config = configure(plugins, args.plugin,
-                                   {**flags, "jit": jit, "precision": precision,
-                                    "augment": AUGMENTS[augment]})
-                prepared = prepare(resolve(config, plugins))
-                pipeline = training_pipeline(prepared.source, prepared.per_step, config.seed)
-                prepared.gan.fit(pipeline, epochs=1, steps_per_epoch=args.warmup, verbose=0)
-                name = f"{precision}, jit {jit}" + (f", {augment}" if augment != "none" else "")
-                variants[name] = (prepared.gan, pipeline, prepared)
+                for dataset in args.dataset:
+                    config = configure(plugins, args.plugin,
+                                       {**flags, "jit": jit, "precision": precision,
+                                        "augment": AUGMENTS[augment], "dataset": dataset})
+                    prepared = prepare(resolve(config, plugins))
+                    pipeline = training_pipeline(prepared.source, prepared.per_step, config.seed)
+                    prepared.gan.fit(pipeline, epochs=1, steps_per_epoch=args.warmup, verbose=0)
+                    name = ", ".join([f"{precision}, jit {jit}",
+                                      *([augment] if augment != "none" else []),
+                                      *([dataset] if dataset else [])])
+                    variants[name] = (prepared.gan, pipeline, prepared)
 
     times = {name: [] for name in variants}
     cpu = {name: [] for name in variants}

@@ -1,10 +1,11 @@
-"""Write a folder of N images to prepare and train on: 64x64 shapes (discs, squares,
+"""Write a folder of N images to prepare and train on: 64x64 (or --size) shapes (discs, squares,
 triangles, rings) on textured backgrounds, in RGB, some as JPEG, some with an alpha channel,
 some grayscale, in 4 class subfolders; and a few percent broken as a scraper leaves them
 (zero bytes, truncated, not an image at all).
 
     python bench/make_images.py DEST -n 10000            # 2% broken (the default)
     python bench/make_images.py DEST -n 100000 --broken 0.03 --seed 1
+    python bench/make_images.py DEST -n 10000 --size 128    # the same scenes, drawn at 128x128
 
 Deterministic for a seed. Written by a pool of processes, one per core.
 """
@@ -22,8 +23,9 @@ SHAPES = ("disc", "square", "triangle", "ring")
 SIZE = 64
 
 
-def draw(index: int, seed: int) -> tuple[str, bytes]:
-    """Image ``index``: (its file name under its class folder, its bytes)."""
+def draw(index: int, seed: int, size: int = SIZE) -> tuple[str, bytes]:
+    """Image ``index``: (its file name under its class folder, its bytes); the same scene at
+    every ``size``, its lengths scaled."""
     import io
 
     from PIL import Image, ImageDraw
@@ -31,14 +33,19 @@ def draw(index: int, seed: int) -> tuple[str, bytes]:
     rng = np.random.default_rng([seed, index])
     shape = SHAPES[index % len(SHAPES)]
     background = rng.integers(0, 256, 3)
-    noise = rng.normal(0, rng.uniform(5, 40), (SIZE, SIZE, 1))
-    stripes = np.sin(np.arange(SIZE) * rng.uniform(0.1, 0.8))[None, :, None] * 20
+    scale = size / SIZE
+    spread = rng.uniform(5, 40)
+    noise = rng.normal(0, spread, (SIZE, SIZE, 1))  # drawn at 64 so the scene stays the same
+    if size != SIZE:
+        noise = np.random.default_rng([seed, index, 2]).normal(0, spread, (size, size, 1))
+    stripes = np.sin(np.arange(size) * rng.uniform(0.1, 0.8) / scale)[None, :, None] * 20
     pixels = np.clip(background + noise + stripes, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels, "RGB")
     pen = ImageDraw.Draw(image)
     colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-    r = int(rng.integers(10, 26))
-    cx, cy = (int(v) for v in rng.integers(r, SIZE - r, 2))
+    r = int(rng.integers(10, 26))  # in 64ths of the side
+    cx, cy = (int(v * scale) for v in rng.integers(r, SIZE - r, 2))
+    r = int(r * scale)
     box = (cx - r, cy - r, cx + r, cy + r)
     if shape == "disc":
         pen.ellipse(box, fill=colour)
@@ -68,8 +75,8 @@ def draw(index: int, seed: int) -> tuple[str, bytes]:
 
 
 def write(job):
-    index, seed, broken, dest = job
-    name, data = draw(index, seed)
+    index, seed, broken, dest, size = job
+    name, data = draw(index, seed, size)
     rng = np.random.default_rng([seed, index, 1])
     if rng.random() < broken:  # as a scraper leaves some
         damage = int(rng.integers(0, 3))
@@ -86,10 +93,11 @@ def main():
     parser.add_argument("-n", "--count", type=int, default=10_000)
     parser.add_argument("--broken", type=float, default=0.02, help="share of broken files")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=SIZE, help="side in pixels")
     args = parser.parse_args()
     for shape in SHAPES:
         (Path(args.dest) / shape).mkdir(parents=True, exist_ok=True)
-    jobs = [(i, args.seed, args.broken, args.dest) for i in range(args.count)]
+    jobs = [(i, args.seed, args.broken, args.dest, args.size) for i in range(args.count)]
     with Pool(os.cpu_count()) as pool:
         written = sum(pool.imap_unordered(write, jobs, chunksize=256))
     print(f"Wrote {args.count:,} images ({written / 2**20:.0f} MiB) to {args.dest}")

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ganflow import __version__
+from ganflow import __version__, signals
 from ganflow.errors import GanflowError, UsageError, first_line
 
 PROGRESS = "progress.json"
@@ -96,8 +96,6 @@ class Checkpoints:
 
     def save(self) -> Path:
         """A checkpoint of the state now, numbered by the training steps done."""
-        from ganflow import signals
-
         try:
             # Written whole, with its progress file, and handed on, or not at all.
             with signals.held(then_raise=False):
@@ -169,6 +167,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.diverged: tuple[str, int] | None = None  # ("weights", step) if they stopped being finite
 
     def on_train_batch_end(self, batch, logs=None):
+        signals.raise_pending()  # a stop lost in a callback stops here, after this step
         step = self.checkpoints.steps_done
         if self.every and step % self.every == 0 and step % self.steps_per_epoch:
             self.save()

@@ -7,7 +7,10 @@ Only the first signal interrupts. Those that follow do not cut short what the st
 checkpoint, the run's status); they make it ``hurried``: waits on the tracking store give up,
 what it has not taken stays in the run's journal. Short sections that must not be cut in half
 (a checkpoint being written, a metric window being logged) are ``held``: a signal that arrives
-within one interrupts when it ends.
+within one interrupts when it ends. A stop Python could not raise (its handler ran inside a
+garbage collector's or a weak reference's callback, where an exception is only printed) is
+``lost``: unless the run already handles a stop, it interrupts at the next ``raise_pending``
+(each training step's end), or when the next signal comes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class _State:
         self.holding = 0  # nested held blocks
         self.stopping: int | None = None  # the signal that interrupted
         self.pending: int | None = None  # a signal that arrived while held
+        self.lost = False  # the stop's Interrupted was raised where Python only prints it
+        self.caught = False  # a stop reached code that handles it (``name_of``)
         self.again = 0  # signals after the first
         self.settled = False  # the run is over: signals change nothing
 
@@ -44,6 +49,9 @@ _state = _State()
 def _handle(signum, frame):
     if _state.settled:
         return
+    if _state.lost and not _state.caught and not _state.holding:  # the first never arrived
+        _state.lost = False
+        raise Interrupted(_state.stopping)
     if _state.stopping is not None or _state.pending is not None:
         _state.again += 1
         print(f"\n{signal.Signals(signum).name} again: stopping without waiting for the tracking "
@@ -69,6 +77,9 @@ def terminate_as_interrupt():
         if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
             continue
         previous[signum] = signal.signal(signum, _handle)
+    unraisable = sys.unraisablehook
+    if outermost:
+        sys.unraisablehook = _keep_lost(unraisable)
     _state.depth += 1
     try:
         yield
@@ -80,7 +91,20 @@ def terminate_as_interrupt():
         for signum, before in previous.items():
             signal.signal(signum, before)
         if outermost:
+            sys.unraisablehook = unraisable
             _state.__init__()  # the next run in this process (tests) starts afresh
+
+
+def _keep_lost(hook):
+    """An unraisable-exception hook that keeps a stop raised inside a callback Python cannot
+    raise from (a weak reference's, a finalizer's: "Exception ignored in ...") as ``lost``,
+    instead of printing it and going on as if no signal had come."""
+    def keep(unraisable):
+        if isinstance(unraisable.exc_value, Interrupted):
+            _state.lost = True
+        else:
+            hook(unraisable)
+    return keep
 
 
 def _resurface(error: Exception) -> None:
@@ -114,16 +138,21 @@ def held(then_raise: bool = True):
 
 
 def raise_pending() -> None:
-    """Interrupt now if a signal arrived during a held section."""
-    if _state.pending is not None and not _state.holding:
+    """Interrupt now if a signal arrived during a held section, or its stop was lost."""
+    if _state.holding:
+        return
+    if _state.pending is not None:
         _state.stopping, _state.pending = _state.pending, None
+        raise Interrupted(_state.stopping)
+    if _state.lost and not _state.caught:
+        _state.lost = False
         raise Interrupted(_state.stopping)
 
 
 def settle() -> None:
     """The run is over (its MLflow run ended): signals from now on are ignored, and one that
     arrived during a held section is dropped."""
-    _state.settled, _state.pending = True, None
+    _state.settled, _state.pending, _state.lost = True, None, False
 
 
 def hurried() -> bool:
@@ -132,5 +161,7 @@ def hurried() -> bool:
 
 
 def name_of(interrupt: KeyboardInterrupt) -> str:
-    """``SIGINT``, ``SIGTERM`` or ``SIGHUP``: what stopped the run."""
+    """``SIGINT``, ``SIGTERM`` or ``SIGHUP``: what stopped the run. The code that handles a
+    stop names it: a stop named is not ``lost``, whatever Python printed on the way."""
+    _state.caught = True
     return signal.Signals(getattr(interrupt, "signum", signal.SIGINT)).name

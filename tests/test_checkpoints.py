@@ -3,6 +3,7 @@ fails cleanly, and resuming what cannot be resumed says why."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,9 +98,14 @@ def final_state(workdir, run_id):
     """Every variable of a run's newest checkpoint (both networks, the optimizers' moments and
     counts, the noise generators' states, the step count) but the epoch's running metrics
     (sums, whose float order may differ) and the count of saves."""
+    return checkpoint_state(workdir / "ganflow-runs" / run_id / "checkpoints")
+
+
+def checkpoint_state(path):
+    """``final_state`` of the checkpoint at ``path``: a folder's newest, or one prefix."""
     import tensorflow as tf
 
-    reader = tf.train.load_checkpoint(str(workdir / "ganflow-runs" / run_id / "checkpoints"))
+    reader = tf.train.load_checkpoint(str(path))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
             if not name.startswith(("metrics/", "save_counter", "_CHECKPOINTABLE_OBJECT"))}
 
@@ -287,17 +293,45 @@ def test_a_stop_that_c_code_turned_into_another_error_still_stops_the_run():
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def _stop_inside_a_weakref_callback():
+    """A SIGTERM whose handler runs inside a weak reference's callback (TensorFlow's caches
+    hold many): Python can only print what the handler raises there, and goes on."""
+    import weakref
+
+    class Held:
+        pass
+
+    held = Held()
+    ref = weakref.ref(held, lambda _: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5)))
+    del held  # the callback runs now, and the handler raises inside it
+    return ref
+
+
+def test_a_stop_lost_in_a_callback_stops_at_the_next_safe_point_or_signal(capsys):
+    from ganflow import signals
+
+    with pytest.raises(signals.Interrupted) as stopped:
+        with signals.terminate_as_interrupt():
+            _stop_inside_a_weakref_callback()
+            signals.raise_pending()  # a step's end
+            pytest.fail("the lost stop did not stop")
+    assert stopped.value.signum == signal.SIGTERM
+    assert "Exception ignored" not in capsys.readouterr().err
+    # Lost, then a second signal: that one stops at once (not counted as a second stop).
+    with pytest.raises(signals.Interrupted) as stopped:
+        with signals.terminate_as_interrupt():
+            _stop_inside_a_weakref_callback()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    assert stopped.value.signum == signal.SIGTERM
+    assert capsys.readouterr().err == ""  # neither printed as ignored, nor as a stop again
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stops", [["SIGINT"], ["SIGHUP"], ["SIGINT", "SIGINT"],
                                    ["SIGTERM", "SIGTERM"]])
 def test_a_stop_as_the_run_ends_resumes_to_the_uninterrupted_run_s_end(tmp_path, stepped, stops):
-    whole = tmp_path / "whole"
-    whole.mkdir()
     args = ["run", "--plugin-module", stepped, "--loss", "stepped", *EXACT]
-    done = ganflow(*args, workdir=whole, pause=0.001)
-    assert done.returncode == 0, done.stderr
-    (reference,) = the_run(whole)
-
     # The stop must come between the last checkpoint and the end of the run, a window of a
     # second or two: on a loaded machine this test may see the checkpoint too late, and a stop
     # after the run has ended changes nothing (the run FINISHED, exit 0). Then it tries again.
@@ -306,6 +340,11 @@ def test_a_stop_as_the_run_ends_resumes_to_the_uninterrupted_run_s_end(tmp_path,
         broken.mkdir()
         proc = ganflow(*args, workdir=broken, pause=0.2, wait=False)
         run_id = run_ending(broken, proc, 24)
+        # Training's end, as it was saved before the stop came.
+        trained = tmp_path / f"trained{attempt}"
+        trained.mkdir()
+        for part in (broken / "ganflow-runs" / run_id / "checkpoints").glob("ckpt-24.*"):
+            shutil.copy(part, trained)
         for stop in stops:  # Ctrl-C twice: the second cuts the waiting short, not the stop
             proc.send_signal(getattr(signal, stop))
             time.sleep(0.2)
@@ -324,11 +363,12 @@ def test_a_stop_as_the_run_ends_resumes_to_the_uninterrupted_run_s_end(tmp_path,
     (run,) = the_run(broken)
     assert run.info.status == "FINISHED" and run.data.tags["ganflow.resumed_from_step"] == "24"
     assert_whole(broken, run_id)
-    # Ending the run touched no weight: its last checkpoint is the uninterrupted run's.
-    ours, theirs = final_state(broken, run_id), final_state(whole, reference.info.run_id)
+    # Neither the stop nor the resumed run's end touched a weight: the newest checkpoint is, to
+    # the bit, the one training ended with.
+    ours, theirs = final_state(broken, run_id), checkpoint_state(trained / "ckpt-24")
     assert sorted(ours) == sorted(theirs)
     for name in ours:
-        np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=2e-5, err_msg=name)
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 (``bench/make_images.py --size S``, the same scenes at each size) prepared, trained on with
 FID along the way, and the step timed.
 
-    python bench/bench_resolutions.py                       # 64 and 128 px (about 40 min)
+    python bench/bench_resolutions.py                       # 64 and 128 px (about 35 min)
     python bench/bench_resolutions.py --sizes 64 --steps 400 --every 100
     python bench/bench_resolutions.py --table-only          # the table and plot of the runs made
 
@@ -49,7 +49,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--count", type=int, default=10_000, help="images per folder")
-    parser.add_argument("--steps", type=int, default=2000, help="training steps a run")
+    parser.add_argument("--steps", type=int, default=1600, help="training steps a run")
     parser.add_argument("--every", type=int, default=200, help="steps between evaluations")
     parser.add_argument("--work", default="bench-resolutions", help="where the folders go")
     parser.add_argument("--plot", default="fid-by-resolution.png")

@@ -104,6 +104,36 @@ def test_runs_needing_the_same_classifier_at_once_train_it_once(plugins, tmp_pat
                 if not p.name.startswith(".")]) == 1
 
 
+def test_the_classifier_learns_from_a_bounded_sample_of_a_large_dataset(plugins, tmp_path,
+                                                                        monkeypatch):
+    from ganflow.types import DataSource
+    from ganflow_plugins import features
+
+    # 600 examples ordered by class (as a prepared folder's shards are), the cap 200 of them:
+    # the classifier sees 200, drawn from the whole set, every class among them.
+    monkeypatch.setattr(features, "CLASSIFIER_UPDATES", 10)
+    monkeypatch.setattr(features, "CLASSIFIER_EXAMPLES", 200)
+    labels = np.repeat(np.arange(3), 200)
+    source = DataSource.from_arrays(np.random.default_rng(0).uniform(-1, 1, (600, 8, 8, 1)),
+                                    labels)
+    x, y = features._load_labelled(source)
+    assert x.shape == (200, 8, 8, 1) and x.dtype == np.float32 and y.dtype == np.int64
+    assert len(np.bincount(y)) == 3 and min(np.bincount(y)) > 40
+    again, _ = features._load_labelled(source)
+    np.testing.assert_array_equal(again, x)  # the same sample every time: one cache key
+    info = plugins.features.get("classifier").obj(
+        FeatureOptions(source, "ordered", cache_dir=tmp_path, log=lambda line: None)).info
+    assert info["classifier_train_examples"] + info["classifier_test_examples"] == 200
+    # A byte budget binds first for big images (512 MiB: 2,730 of 128x128x3).
+    monkeypatch.setattr(features, "CLASSIFIER_EXAMPLES", 20_000)
+    monkeypatch.setattr(features, "CLASSIFIER_MEMORY", 8 * 8 * 4 * 150)
+    assert len(features._load_labelled(source)[0]) == 150
+    # Few enough: all of them, in the dataset's order.
+    monkeypatch.setattr(features, "CLASSIFIER_MEMORY", 2**30)
+    everything, in_order = features._load_labelled(source)
+    assert len(everything) == 600 and (in_order == labels).all()
+
+
 def test_evaluate_a_registered_generator(cli, workdir):
     assert cli("run", *TINY).exit_code == 0
     result = cli("evaluate", "models:/dcgan-generator@latest", "-n", "200", "--json")

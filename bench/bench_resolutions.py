@@ -2,9 +2,10 @@
 (``bench/make_images.py --size S``, the same scenes at each size) prepared, trained on with
 FID along the way, and the step timed.
 
-    python bench/bench_resolutions.py                       # 64 and 128 px (about 35 min)
+    python bench/bench_resolutions.py                       # 64 and 128 px (about 40 min)
     python bench/bench_resolutions.py --sizes 64 --steps 400 --every 100
     python bench/bench_resolutions.py --table-only          # the table and plot of the runs made
+    python bench/bench_resolutions.py --sizes 64 --run-args="--regularizer r1:gamma=0.08"
 
 For each size S:
 - ``make_images.py DIR -n --count --size S``, then ``ganflow prepare DIR P --resolution S``;
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -49,16 +51,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--count", type=int, default=10_000, help="images per folder")
-    parser.add_argument("--steps", type=int, default=1600, help="training steps a run")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps a run")
     parser.add_argument("--every", type=int, default=200, help="steps between evaluations")
     parser.add_argument("--work", default="bench-resolutions", help="where the folders go")
     parser.add_argument("--plot", default="fid-by-resolution.png")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--run-args", default="", help="more flags for ganflow run, in one "
+                        "string (each run's experiment is named after them)")
     args = parser.parse_args()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     store = f"sqlite:///{work / 'runs.db'}"
-    seconds = {}
+    seconds, extra = {}, shlex.split(args.run_args)
+    suffix = f" {args.run_args}" if extra else ""
     if not args.table_only:
         for size in args.sizes:
             images, prepared = work / f"images-{size}", work / f"prepared-{size}"
@@ -71,12 +76,13 @@ def main():
                 "run", "--plugin", "dcgan", "--dataset", f"prepared:{prepared}",
                 "--epochs", str(args.steps // args.every), "--steps-per-epoch", str(args.every),
                 "--eval-every", "1", "--no-register", "-q", "--tracking-uri", store,
-                "--output-dir", str(work / "runs"), "--experiment", f"dcgan-{size}px")
+                "--output-dir", str(work / "runs"), "--experiment", f"dcgan-{size}px{suffix}",
+                *extra)
             import mlflow
 
             client = mlflow.MlflowClient(store)
             (run,) = client.search_runs(
-                [client.get_experiment_by_name(f"dcgan-{size}px").experiment_id],
+                [client.get_experiment_by_name(f"dcgan-{size}px{suffix}").experiment_id],
                 order_by=["start_time DESC"], max_results=1)
             client.set_tag(run.info.run_id, "bench.cpu_s", f"{seconds[size][1]:.0f}")
             print(f"{size} px: {args.steps} steps and their evaluations in "
@@ -86,16 +92,16 @@ def main():
                         "--jit", "off", "--repeats", "5", "--steps", "20",
                         "--dataset", *(f"prepared:{work / f'prepared-{s}'}" for s in args.sizes)],
                        check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    table(store, args.sizes, args.plot)
+    table(store, args.sizes, args.plot, suffix)
 
 
-def table(store: str, sizes: list[int], plot: str) -> None:
+def table(store: str, sizes: list[int], plot: str, suffix: str = "") -> None:
     import mlflow
 
     client = mlflow.MlflowClient(store)
     runs = {}
     for size in sizes:
-        experiment = client.get_experiment_by_name(f"dcgan-{size}px")
+        experiment = client.get_experiment_by_name(f"dcgan-{size}px{suffix}")
         found = experiment and client.search_runs([experiment.experiment_id],
                                                   order_by=["start_time DESC"], max_results=1)
         if found:

@@ -186,7 +186,8 @@ def reference(source, count: int, seed: int,
               span: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Up to ``count`` real examples (and labels, when labelled), drawn with ``seed``.
 
-    A reservoir sample of the first ``span`` examples (default ``REFERENCE_SPAN * count``),
+    A reservoir sample of the first ``span`` examples (default ``REFERENCE_SPAN * count``; -1:
+    all of them), holding ``count`` examples at most,
     drawn with NumPy so the same seed gives the same examples whatever TensorFlow's global
     seed (a run sets it, a later ``ganflow evaluate`` does not); drawn because some sources
     are ordered by class.
@@ -197,17 +198,18 @@ def reference(source, count: int, seed: int,
     for batch in stream.as_numpy_iterator():
         xs, ys = batch if source.labelled else (batch, None)
         for i in range(len(xs)):
+            # Copies: a view would keep its whole batch alive, and the sample's memory with it.
             if seen < count:
-                kept_x.append(xs[i])
+                kept_x.append(xs[i].copy())
                 kept_y.append(None if ys is None else ys[i])
             else:
                 slot = rng.integers(0, seen + 1)
                 if slot < count:
-                    kept_x[slot], kept_y[slot] = xs[i], (None if ys is None else ys[i])
+                    kept_x[slot], kept_y[slot] = xs[i].copy(), (None if ys is None else ys[i])
             seen += 1
     if not kept_x:
         raise UsageError("the dataset has no examples to compare with")
-    x = np.stack(kept_x).astype(np.float32)
+    x = np.stack(kept_x).astype(np.float32, copy=False)
     return x, (np.asarray(kept_y) if source.labelled else None)
 
 

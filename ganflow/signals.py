@@ -49,8 +49,11 @@ _state = _State()
 def _handle(signum, frame):
     if _state.settled:
         return
-    if _state.lost and not _state.caught and not _state.holding:  # the first never arrived
+    if _state.lost and not _state.caught:  # the first never arrived: this one is it
         _state.lost = False
+        if _state.holding:
+            _state.pending = _state.stopping
+            return
         raise Interrupted(_state.stopping)
     if _state.stopping is not None or _state.pending is not None:
         _state.again += 1
@@ -78,10 +81,11 @@ def terminate_as_interrupt():
             continue
         previous[signum] = signal.signal(signum, _handle)
     unraisable = sys.unraisablehook
-    if outermost:
-        sys.unraisablehook = _keep_lost(unraisable)
+    ours = _keep_lost(unraisable) if outermost else None
     _state.depth += 1
     try:
+        if ours is not None:
+            sys.unraisablehook = ours
         yield
     except Exception as exc:
         _resurface(exc)
@@ -90,8 +94,9 @@ def terminate_as_interrupt():
         _state.depth -= 1
         for signum, before in previous.items():
             signal.signal(signum, before)
-        if outermost:
+        if ours is not None and sys.unraisablehook is ours:
             sys.unraisablehook = unraisable
+        if outermost:
             _state.__init__()  # the next run in this process (tests) starts afresh
 
 
@@ -100,11 +105,26 @@ def _keep_lost(hook):
     raise from (a weak reference's, a finalizer's: "Exception ignored in ...") as ``lost``,
     instead of printing it and going on as if no signal had come."""
     def keep(unraisable):
-        if isinstance(unraisable.exc_value, Interrupted):
+        if _interrupt_in(unraisable.exc_value) is not None:
             _state.lost = True
         else:
             hook(unraisable)
     return keep
+
+
+def _interrupt_in(error: BaseException | None) -> Interrupted | None:
+    """A signal's ``Interrupted`` in ``error``'s chain: itself, or what caused it, followed
+    through chains not cut (``from None``) and not past ganflow's own errors (``Stopped``: a
+    stop already handled)."""
+    from ganflow.errors import GanflowError
+
+    seen, link = set(), error
+    while link is not None and id(link) not in seen and not isinstance(link, GanflowError):
+        if isinstance(link, Interrupted):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+    return None
 
 
 def _resurface(error: Exception) -> None:
@@ -114,14 +134,9 @@ def _resurface(error: Exception) -> None:
     ("returned a result with an exception set") that a ``ValueError`` follows. That is the
     stop, and must end the run as one. ganflow's own errors (``Stopped``: a stop already
     handled) and a chain cut with ``from None`` are left as they are."""
-    from ganflow.errors import GanflowError
-
-    seen, link = set(), error
-    while link is not None and id(link) not in seen and not isinstance(link, GanflowError):
-        if isinstance(link, Interrupted):
-            raise Interrupted(link.signum) from error
-        seen.add(id(link))
-        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+    interrupt = _interrupt_in(error)
+    if interrupt is not None:
+        raise Interrupted(interrupt.signum) from error
 
 
 @contextmanager

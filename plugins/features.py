@@ -87,7 +87,7 @@ def _load_labelled(source):
     from ganflow.evaluation import reference
 
     cap = min(CLASSIFIER_EXAMPLES, CLASSIFIER_MEMORY // (4 * math.prod(source.spec.shape)))
-    x, y = reference(source, max(cap, 1), CLASSIFIER_SEED, span=source.spec.size)
+    x, y = reference(source, max(cap, 1), CLASSIFIER_SEED, span=-1)
     return x, y.astype(np.int64)
 
 

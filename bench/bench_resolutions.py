@@ -106,9 +106,9 @@ def table(store: str, sizes: list[int], plot: str, suffix: str = "") -> None:
                                                   order_by=["start_time DESC"], max_results=1)
         if found:
             runs[size] = found[0]
-    print("\n| size | images | steps | FID at the end | best FID (at step) | KID x 1000 | "
-          "precision | recall | run, s (CPU-s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| size | images | steps | ms/step in the run | FID at the end | best FID (at step) | "
+          "KID x 1000 | precision | recall | run, s (CPU-s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     curves = {}
     for size in sizes:
         run = runs.get(size)
@@ -121,6 +121,7 @@ def table(store: str, sizes: list[int], plot: str, suffix: str = "") -> None:
         metrics, params = run.data.metrics, run.data.params
         took = (run.info.end_time - run.info.start_time) / 1000
         print(f"| {size} px | {int(params['data_size']):,} | {history[-1][0]:,} | "
+              f"{step_ms(client, run):.0f} | "
               f"{history[-1][1]:.2f} | {best[1]:.2f} ({best[0]:,}) | "
               f"{metrics['eval/kid'] * 1000:.2f} | {metrics['eval/precision']:.2f} | "
               f"{metrics['eval/recall']:.2f} | {took:.0f} ({run.data.tags.get('bench.cpu_s', '?')}) |")
@@ -142,6 +143,18 @@ def table(store: str, sizes: list[int], plot: str, suffix: str = "") -> None:
         figure.tight_layout()
         figure.savefig(plot, dpi=100)
         print(f"\nFID curves: {plot}")
+
+
+def step_ms(client, run) -> float:
+    """The run's own time per training step: the median, over its metric windows that hold
+    no evaluation or sample grid, of the time between two windows' logs per step."""
+    import statistics
+
+    every = int(run.data.params["steps_per_epoch"])
+    logged = sorted((m.step, m.timestamp) for m in
+                    client.get_metric_history(run.info.run_id, "d_loss"))
+    return statistics.median((t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in
+                             zip(logged, logged[1:]) if (s1 - 1) // every == (s2 - 1) // every)
 
 
 if __name__ == "__main__":

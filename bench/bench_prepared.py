@@ -2,7 +2,7 @@
 broken, ``bench/make_images.py``) prepared, then trained on as a stream; for each N, what it
 costs in time and memory.
 
-    python bench/bench_prepared.py                          # N = 10,000 and 100,000 (~20 min)
+    python bench/bench_prepared.py                          # N = 10,000 and 100,000 (~12 min)
     python bench/bench_prepared.py --sizes 10000 --steps 100
     python bench/bench_prepared.py --work /data/bench       # where the folders go (GBs)
 

@@ -2,10 +2,11 @@
 (``bench/make_images.py --size S``, the same scenes at each size) prepared, trained on with
 FID along the way, and the step timed.
 
-    python bench/bench_resolutions.py                       # 64 and 128 px (about 40 min)
+    python bench/bench_resolutions.py                       # 64 and 128 px (about an hour)
     python bench/bench_resolutions.py --sizes 64 --steps 400 --every 100
     python bench/bench_resolutions.py --table-only          # the table and plot of the runs made
     python bench/bench_resolutions.py --sizes 64 --run-args="--regularizer r1:gamma=0.08"
+    python bench/bench_resolutions.py --digits              # the bundled digits, upsampled
 
 For each size S:
 - ``make_images.py DIR -n --count --size S``, then ``ganflow prepare DIR P --resolution S``;
@@ -56,6 +57,8 @@ def main():
     parser.add_argument("--work", default="bench-resolutions", help="where the folders go")
     parser.add_argument("--plot", default="fid-by-resolution.png")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--digits", action="store_true", help="the bundled digits (a folder "
+                        "of 1,797 8x8 PNGs, make_images.py --digits) instead of the shapes")
     parser.add_argument("--run-args", default="", help="more flags for ganflow run, in one "
                         "string (each run's experiment is named after them)")
     args = parser.parse_args()
@@ -63,13 +66,15 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     store = f"sqlite:///{work / 'runs.db'}"
     seconds, extra = {}, shlex.split(args.run_args)
-    suffix = f" {args.run_args}" if extra else ""
+    suffix = (" digits" if args.digits else "") + (f" {args.run_args}" if extra else "")
     if not args.table_only:
         for size in args.sizes:
-            images, prepared = work / f"images-{size}", work / f"prepared-{size}"
+            kind = "digits" if args.digits else "images"
+            images, prepared = work / f"{kind}-{size}", work / f"prepared-{kind}-{size}"
             if not images.exists():
                 subprocess.run([sys.executable, str(HERE / "make_images.py"), str(images),
-                                "-n", str(args.count), "--size", str(size)], check=True)
+                                *(["--digits"] if args.digits else
+                                  ["-n", str(args.count), "--size", str(size)])], check=True)
             if not (prepared / "manifest.json").exists():
                 ganflow("prepare", str(images), str(prepared), "--resolution", str(size))
             seconds[size] = ganflow(
@@ -90,7 +95,8 @@ def main():
                   flush=True)
         subprocess.run([sys.executable, str(HERE / "bench_step.py"), "--precision", "auto",
                         "--jit", "off", "--repeats", "5", "--steps", "20",
-                        "--dataset", *(f"prepared:{work / f'prepared-{s}'}" for s in args.sizes)],
+                        "--dataset", *(f"prepared:{work / f'prepared-{kind}-{s}'}"
+                                       for s in args.sizes)],
                        check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     table(store, args.sizes, args.plot, suffix)
 

@@ -6,6 +6,7 @@ some grayscale, in 4 class subfolders; and a few percent broken as a scraper lea
     python bench/make_images.py DEST -n 10000            # 2% broken (the default)
     python bench/make_images.py DEST -n 100000 --broken 0.03 --seed 1
     python bench/make_images.py DEST -n 10000 --size 128    # the same scenes, drawn at 128x128
+    python bench/make_images.py DEST --digits     # the 1,797 bundled digits, 8x8 PNGs in 0/..9/
 
 Deterministic for a seed. Written by a pool of processes, one per core.
 """
@@ -87,6 +88,20 @@ def write(job):
     return len(data)
 
 
+def write_digits(dest: Path) -> None:
+    """The digits ganflow bundles, as a folder a user would bring: one PNG each, in a subfolder
+    per class."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images, digits.target)):
+        (dest / str(label)).mkdir(parents=True, exist_ok=True)
+        pixels = np.round(image * (255 / 16)).astype(np.uint8)
+        Image.fromarray(pixels, "L").save(dest / str(label) / f"{i:04d}.png")
+    print(f"Wrote {len(digits.images):,} digits to {dest}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dest")
@@ -94,7 +109,11 @@ def main():
     parser.add_argument("--broken", type=float, default=0.02, help="share of broken files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=SIZE, help="side in pixels")
+    parser.add_argument("--digits", action="store_true",
+                        help="write scikit-learn's 1,797 digits instead (as they are: 8x8)")
     args = parser.parse_args()
+    if args.digits:
+        return write_digits(Path(args.dest))
     for shape in SHAPES:
         (Path(args.dest) / shape).mkdir(parents=True, exist_ok=True)
     jobs = [(i, args.seed, args.broken, args.dest, args.size) for i in range(args.count)]

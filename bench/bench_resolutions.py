@@ -86,9 +86,7 @@ def main():
             import mlflow
 
             client = mlflow.MlflowClient(store)
-            (run,) = client.search_runs(
-                [client.get_experiment_by_name(f"dcgan-{size}px{suffix}").experiment_id],
-                order_by=["start_time DESC"], max_results=1)
+            run = latest_run(client, f"dcgan-{size}px{suffix}")
             client.set_tag(run.info.run_id, "bench.cpu_s", f"{seconds[size][1]:.0f}")
             print(f"{size} px: {args.steps} steps and their evaluations in "
                   f"{seconds[size][0]:.0f} s ({seconds[size][1]:.0f} CPU-s)", file=sys.stderr,
@@ -105,13 +103,7 @@ def table(store: str, sizes: list[int], plot: str, suffix: str = "") -> None:
     import mlflow
 
     client = mlflow.MlflowClient(store)
-    runs = {}
-    for size in sizes:
-        experiment = client.get_experiment_by_name(f"dcgan-{size}px{suffix}")
-        found = experiment and client.search_runs([experiment.experiment_id],
-                                                  order_by=["start_time DESC"], max_results=1)
-        if found:
-            runs[size] = found[0]
+    runs = {size: latest_run(client, f"dcgan-{size}px{suffix}") for size in sizes}
     print("\n| size | images | steps | ms/step in the run | FID at the end | best FID (at step) | "
           "KID x 1000 | precision | recall | run, s (CPU-s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -149,6 +141,14 @@ def table(store: str, sizes: list[int], plot: str, suffix: str = "") -> None:
         figure.tight_layout()
         figure.savefig(plot, dpi=100)
         print(f"\nFID curves: {plot}")
+
+
+def latest_run(client, experiment_name: str):
+    """The newest run of the experiment, or None when there is none."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    found = experiment and client.search_runs([experiment.experiment_id],
+                                              order_by=["start_time DESC"], max_results=1)
+    return found[0] if found else None
 
 
 def step_ms(client, run) -> float:

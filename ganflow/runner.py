@@ -153,14 +153,8 @@ class TrackedRun:
         interrupted, metrics = None, {}
         single_process = config.strategy != "multiworker"  # no other process to wait for
         try:
-            history = fitting.fit(self.prepared, callbacks, self.done, verbose)
-            if history is not None:
-                metrics = {k: float(v[-1]) for k, v in history.history.items()}
-            else:  # nothing left to train (stopped as it ended): the run's last values
-                metrics = tracking.last_metrics(self.run_id)
-            metrics.update(callbacks.logger.last_view_metrics)
-            if callbacks.evaluations is not None:
-                metrics.update(callbacks.evaluations.last)
+            with signals.resurfacing():
+                metrics = self._train(verbose)
         except KeyboardInterrupt as exc:
             interrupted = signals.name_of(exc)
             if single_process:  # else reading the metrics would wait for workers that go on
@@ -181,13 +175,8 @@ class TrackedRun:
         # A chief stopped alone cannot save: a checkpoint's metric reads wait for every worker.
         stopped_alone = interrupted and not single_process
         try:
-            if callbacks.diverged is None and not stopped_alone:
-                callbacks.saver.save()
-            grids = sorted(callbacks.logger.samples_dir.glob("epoch_*.png"))  # a resume's too
-            if callbacks.diverged is None and len(grids) > 1:
-                from ganflow.images import animate
-
-                self.outbox.log_artifact(animate(grids, self.folder / "samples.gif"))
+            with signals.resurfacing():
+                self._save_and_animate(stopped_alone)
         except KeyboardInterrupt as exc:  # the stop came as training ended: it is saved
             interrupted = interrupted or signals.name_of(exc)
         latest = self.store.manager.latest_checkpoint
@@ -196,6 +185,30 @@ class TrackedRun:
                        callbacks.logger.last_grid, interrupted, callbacks.diverged,
                        callbacks.span)
 
+    def _train(self, verbose) -> dict:
+        """Train to the end; the last training logs, sample and evaluation metrics."""
+        callbacks = self.callbacks
+        history = fitting.fit(self.prepared, callbacks, self.done, verbose)
+        if history is not None:
+            metrics = {k: float(v[-1]) for k, v in history.history.items()}
+        else:  # nothing left to train (stopped as it ended): the run's last values
+            metrics = tracking.last_metrics(self.run_id)
+        metrics.update(callbacks.logger.last_view_metrics)
+        if callbacks.evaluations is not None:
+            metrics.update(callbacks.evaluations.last)
+        return metrics
+
+    def _save_and_animate(self, stopped_alone: bool) -> None:
+        """Training's last checkpoint, and the animation of its sample pictures."""
+        callbacks = self.callbacks
+        if callbacks.diverged is None and not stopped_alone:
+            callbacks.saver.save()
+        grids = sorted(callbacks.logger.samples_dir.glob("epoch_*.png"))  # a resume's too
+        if callbacks.diverged is None and len(grids) > 1:
+            from ganflow.images import animate
+
+            self.outbox.log_artifact(animate(grids, self.folder / "samples.gif"))
+
     def finish(self, trained: Trained):
         """Deliver what was logged; then end the run: a finished one's generator logged and
         registered, a stopped one's logged only (the run KILLED), a diverged one's not at all
@@ -203,7 +216,8 @@ class TrackedRun:
         resumed run only ends it. Returns the ``registry.Registered`` (None for a run stopped
         here) and how the run ended."""
         try:
-            return self._finish(trained), trained
+            with signals.resurfacing():
+                return self._finish(trained), trained
         except KeyboardInterrupt as exc:
             if self._registered is not None and not trained.interrupted:
                 with signals.held(then_raise=False):  # all was done: the stop came too late

@@ -86,10 +86,8 @@ def terminate_as_interrupt():
     try:
         if ours is not None:
             sys.unraisablehook = ours
-        yield
-    except Exception as exc:
-        _resurface(exc)
-        raise
+        with resurfacing():
+            yield
     finally:
         _state.depth -= 1
         for signum, before in previous.items():
@@ -125,6 +123,18 @@ def _interrupt_in(error: BaseException | None) -> Interrupted | None:
         seen.add(id(link))
         link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
     return None
+
+
+@contextmanager
+def resurfacing():
+    """Within the block, an error that carries a signal's ``Interrupted`` leaves it as that
+    ``Interrupted`` (``_resurface``): for code that handles a stop (``except
+    KeyboardInterrupt``) around calls into TensorFlow or a library that may wrap it."""
+    try:
+        yield
+    except Exception as exc:
+        _resurface(exc)
+        raise
 
 
 def _resurface(error: Exception) -> None:

@@ -293,6 +293,25 @@ def test_a_stop_that_c_code_turned_into_another_error_still_stops_the_run():
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_a_stop_that_c_code_wrapped_as_the_run_ends_still_ends_it_killed(cli, workdir,
+                                                                         monkeypatch):
+    from ganflow import registry
+
+    # The stop comes while the generator is logged (TensorFlow saving it), and reaches the
+    # runner as another error with the stop as its cause: the run still ends KILLED, resumable,
+    # not FAILED.
+    def logging_the_generator(*args, **kwargs):
+        _swallowed_by_c_code()
+
+    monkeypatch.setattr(registry, "register_generator", logging_the_generator)
+    result = cli("run", *SMALL)
+    assert result.exit_code == 130, result.stderr
+    (run,) = the_run(workdir)
+    assert run.info.status == "KILLED", result.stderr
+    assert run.data.tags["ganflow.interrupted"] == "SIGTERM"
+    assert run.data.tags["ganflow.stopped_at_step"] == "24"
+
+
 def _stop_inside_a_weakref_callback():
     """A SIGTERM whose handler runs inside a weak reference's callback (TensorFlow's caches
     hold many): Python can only print what the handler raises there, and goes on."""

@@ -281,7 +281,8 @@ class EvaluationLogger(keras.callbacks.Callback):
         from ganflow.evaluation import generate
 
         def score(generator):
-            return self.evaluator(generate(generator, self.noise, self.labels), self.labels)
+            return self.evaluator.sampled(lambda z, labels: generate(generator, z, labels),
+                                          self.noise, self.labels)
 
         values = score(self.model.sampling_generator)
         logged = {f"eval/{k}": v for k, v in values.items()}

@@ -25,8 +25,18 @@ DEFAULT_SAMPLES = 10_000
 # Precision and recall compare every sample with every real example (k nearest neighbours):
 # beyond this many of each, both use the first this many (the rest still count for the others).
 PR_MAX = 10_000
-# Examples per forward pass when generating or extracting features.
+# Examples per forward pass when generating or extracting features: CHUNK at 32x32x3 and
+# below, fewer for larger examples, whose activations grow with their pixels (500 at 64 px
+# held 0.7 GB more than 125 beside a training run).
 CHUNK = 500
+CHUNK_VALUES = CHUNK * 32 * 32 * 3
+
+
+def chunk_for(shape) -> int:
+    """Examples of ``shape`` per forward pass."""
+    import math
+
+    return max(1, min(CHUNK, CHUNK_VALUES // math.prod(shape)))
 # The order metrics are shown and logged in.
 METRIC_NAMES = ("fid", "kid", "kid_std", "precision", "recall", "class_coverage", "class_kl",
                 "class_accuracy", "modes_captured", "kl_to_uniform")
@@ -74,10 +84,34 @@ class Evaluator:
         classes a conditional generator was asked for; ``class_accuracy`` is then the share of
         samples the extractor classifies as asked."""
         samples = np.asarray(samples, np.float32)
-        if samples.shape[1:] != self.shape:
-            raise UsageError(f"the samples have shape {samples.shape[1:]}, the data "
-                             f"{self.shape}: evaluate against the dataset the model was trained on")
-        fake, classes = extract(self.extractor, samples)
+        self._check(samples.shape[1:])
+        return self.score(*extract(self.extractor, samples), labels)
+
+    def sampled(self, sample, z: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
+        """The metrics of ``sample(z, labels)``'s samples for the noise ``z`` (and ``labels``),
+        made and featurized a chunk at a time (``chunk_for``): only the features of all of
+        them are held, never all the samples (10,000 at 256 px would be 7.9 GB)."""
+        features, classes = [], []
+        step = chunk_for(self.shape)
+        for start in range(0, len(z), step):
+            part = None if labels is None else labels[start : start + step]
+            samples = np.asarray(sample(z[start : start + step], part), np.float32)
+            self._check(samples.shape[1:])
+            f, c = extract(self.extractor, samples)
+            features.append(f)
+            classes.append(c)
+        return self.score(np.concatenate(features),
+                          None if classes[0] is None else np.concatenate(classes), labels)
+
+    def _check(self, shape: tuple[int, ...]) -> None:
+        if shape != self.shape:
+            raise UsageError(f"the samples have shape {shape}, the data {self.shape}: "
+                             "evaluate against the dataset the model was trained on")
+
+    def score(self, fake: np.ndarray, classes: np.ndarray | None = None,
+              labels: np.ndarray | None = None) -> dict[str, float]:
+        """The metrics of samples from their features ``fake`` (and ``classes``, the
+        extractor's, when it classifies)."""
         fid = metrics.frechet_distance(*self.real_stats, *metrics.statistics(fake))
         kid, kid_std = metrics.kid(self.real_features, fake, seed=self.seed)
         precision, recall = metrics.precision_recall(self.real_features[:PR_MAX], fake[:PR_MAX])
@@ -129,9 +163,10 @@ def build(plugins, source, dataset: str, features: str | None = None,
         info["reference"] = key
     modes = source.channel_source is not None and histogram is not None
     if modes:  # the floor: real data's own numbers, measured the same way
-        real = np.concatenate([x for x, _ in source.dataset().take(real_examples).batch(
-            CHUNK).as_numpy_iterator()])
-        _, real_classes = extract(extractor, real)
+        real_classes = np.concatenate([
+            extract(extractor, x)[1]
+            for x, _ in source.dataset().take(real_examples).batch(
+                chunk_for(source.spec.shape)).as_numpy_iterator()])
         info.update({f"real_{k}": round(v, 4) for k, v in
                      mode_metrics(real_classes, len(histogram)).items()})
     return Evaluator(name, extractor, tuple(source.spec.shape), real_features, histogram,
@@ -153,11 +188,12 @@ def reference_features(source, extractor, name: str, info: dict, count: int, see
     whole of it, computed once per (dataset, extractor and its weights, count, seed) and kept
     in the cache folder, so every run and ``ganflow evaluate`` compares with the same
     reference; the key, logged with a run (``eval_reference``), says which. Other sources'
-    are computed each time (key None)."""
+    are computed each time (key None). Either way the examples stream through the extractor
+    a chunk at a time: only their features are held."""
     digest = source.info.get("digest")
     if digest is None:
-        real, labels = reference(source, count, seed)
-        return extract(extractor, real)[0], labels, None
+        features, labels = _reference_features(source, extractor, count, seed)
+        return features, labels, None
     import hashlib
     import json
 
@@ -167,15 +203,31 @@ def reference_features(source, extractor, name: str, info: dict, count: int, see
     if path.exists():
         kept = np.load(path)
         return kept["features"], (kept["labels"] if "labels" in kept else None), key
-    real, labels = reference(source, count, seed, span=source.spec.size)
-    features = extract(extractor, real)[0]
+    features, labels = _reference_features(source, extractor, count, seed, span=-1)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.stem}.{os.getpid()}.npz")
     np.savez(staging, features=features, **({} if labels is None else {"labels": labels}))
     os.replace(staging, path)
-    log(f"Reference features of {len(real):,} examples of the whole dataset kept as {key} in "
-        f"{path.parent}")
+    log(f"Reference features of {len(features):,} examples of the whole dataset kept as {key} "
+        f"in {path.parent}")
     return features, labels, key
+
+
+def _reference_features(source, extractor, count: int, seed: int,
+                        span: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The extractor's features of ``reference(source, count, seed, span)``'s examples, in
+    its order, extracted as they stream past (a chunk at a time, ``chunk_for``)."""
+    slots, stream = _drawn(source, count, seed, span)
+    features, labels = None, None
+    for where, xs, ys in _regrouped(stream, chunk_for(source.spec.shape)):
+        got = extract(extractor, xs)[0]
+        if features is None:
+            features = np.empty((len(slots), got.shape[1]), got.dtype)
+            labels = None if ys is None else np.empty(len(slots), ys.dtype)
+        features[where] = got
+        if ys is not None:
+            labels[where] = ys
+    return features, labels
 
 
 # Real examples are drawn from at most this many times as many examples as are needed.
@@ -190,34 +242,88 @@ def reference(source, count: int, seed: int,
     all of them), holding ``count`` examples at most,
     drawn with NumPy so the same seed gives the same examples whatever TensorFlow's global
     seed (a run sets it, a later ``ganflow evaluate`` does not); drawn because some sources
-    are ordered by class.
+    are ordered by class. Only the kept examples are held, each once.
     """
+    slots, stream = _drawn(source, count, seed, span)
+    x, y = None, None
+    for where, xs, ys in stream:
+        if x is None:
+            x = np.empty((len(slots), *xs.shape[1:]), np.float32)
+            y = None if ys is None else np.empty(len(slots), ys.dtype)
+        x[where] = xs
+        if ys is not None:
+            y[where] = ys
+    return x, y
+
+
+def reservoir_slots(n: int, count: int, seed: int) -> np.ndarray:
+    """Which of ``n`` examples seen in turn a reservoir sample of ``count`` keeps, by slot:
+    the draws of Algorithm R, made without looking at the examples, so that only the kept
+    ones need be held while the data streams past."""
     rng = noise.rng(seed, "reference")
-    kept_x, kept_y, seen = [], [], 0
-    stream = source.dataset().take(span or REFERENCE_SPAN * count).batch(CHUNK)
-    for batch in stream.as_numpy_iterator():
-        xs, ys = batch if source.labelled else (batch, None)
-        for i in range(len(xs)):
-            # Copies: a view would keep its whole batch alive, and the sample's memory with it.
-            if seen < count:
-                kept_x.append(xs[i].copy())
-                kept_y.append(None if ys is None else ys[i])
-            else:
-                slot = rng.integers(0, seen + 1)
-                if slot < count:
-                    kept_x[slot], kept_y[slot] = xs[i].copy(), (None if ys is None else ys[i])
-            seen += 1
-    if not kept_x:
+    slots = np.arange(min(n, count))
+    for seen in range(count, n):
+        slot = rng.integers(0, seen + 1)
+        if slot < count:
+            slots[slot] = seen
+    return slots
+
+
+def _drawn(source, count: int, seed: int, span: int | None):
+    """(the reservoir's slots, a stream of (slots, examples, labels or None) in the data's
+    order): the examples ``reference`` draws, a batch of the data at a time."""
+    size = source.spec.size
+    n = size if span == -1 else min(span or REFERENCE_SPAN * count, size)
+    if n < 1:
         raise UsageError("the dataset has no examples to compare with")
-    x = np.stack(kept_x).astype(np.float32, copy=False)
-    return x, (np.asarray(kept_y) if source.labelled else None)
+    slots = reservoir_slots(n, count, seed)
+    slot_of = np.full(n, -1, np.int64)
+    slot_of[slots] = np.arange(len(slots))
+
+    def stream():
+        seen = 0
+        batched = source.dataset().take(n).batch(chunk_for(source.spec.shape))
+        for batch in batched.as_numpy_iterator():
+            xs, ys = batch if source.labelled else (batch, None)
+            where = slot_of[seen : seen + len(xs)]
+            keep = where >= 0
+            seen += len(xs)
+            if keep.any():  # fancy indexing copies: no batch is kept alive by a view
+                yield where[keep], xs[keep], (None if ys is None else ys[keep])
+        if seen < n:
+            raise UsageError(f"the dataset gave {seen:,} examples where it says it has "
+                             f"{size:,}: prepare it again")
+
+    return slots, stream()
+
+
+def _regrouped(stream, size: int):
+    """``_drawn``'s chunks joined into groups of at least ``size`` examples (the last may
+    be smaller): an extractor runs best on full batches."""
+    parts: list = []
+    held = 0
+    for part in stream:
+        parts.append(part)
+        held += len(part[0])
+        if held >= size:
+            yield _joined(parts)
+            parts, held = [], 0
+    if parts:
+        yield _joined(parts)
+
+
+def _joined(parts):
+    ys = [y for _, _, y in parts]
+    return (np.concatenate([w for w, _, _ in parts]), np.concatenate([x for _, x, _ in parts]),
+            None if ys[0] is None else np.concatenate(ys))
 
 
 def extract(extractor, examples: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """The extractor's (features, classes) for examples, a chunk at a time."""
     features, classes = [], []
-    for start in range(0, len(examples), CHUNK):
-        f, c = extractor.extract(examples[start : start + CHUNK])
+    step = chunk_for(examples.shape[1:])
+    for start in range(0, len(examples), step):
+        f, c = extractor.extract(examples[start : start + step])
         features.append(np.asarray(f, np.float64).reshape(len(f), -1))
         classes.append(None if c is None else np.asarray(c))
     got = np.concatenate(features)
@@ -309,8 +415,8 @@ def evaluate_model(plugins, model_uri: str, dataset: str | None = None,
                          "(and --image-size) it was trained on")
     evaluator = build(plugins, source, dataset, features, weights, count, seed)
     labels = evaluator.labels(count, seed) if sampler.num_classes else None
-    samples = sampler(noise.latent(count, sampler.latent_dim, seed, "eval"), labels)
-    values = evaluator(samples, labels)
+    values = evaluator.sampled(sampler, noise.latent(count, sampler.latent_dim, seed, "eval"),
+                               labels)
     return Report(model_uri, dataset, evaluator.features, count, len(evaluator.real_features),
                   evaluator.real_features.shape[1], seed, values, evaluator.info,
                   time.perf_counter() - started)

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import scipy.linalg
+import sklearn
 from sklearn.metrics import pairwise_distances_chunked
 from sklearn.neighbors import NearestNeighbors
 
@@ -156,14 +157,20 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
     return _coverage(real, fake, k), _coverage(fake, real, k)
 
 
+# The distance blocks precision and recall compute at once, in MB (scikit-learn's default
+# is 1,024: 10,000 x 10,000 distances, and as much again compared, beside a training run).
+WORKING_MEMORY_MB = 64
+
+
 def _coverage(manifold: np.ndarray, points: np.ndarray, k: int) -> float:
     """The share of ``points`` within the k-NN balls around ``manifold``'s points."""
-    # The nearest neighbour of each point is itself, so ask for k + 1.
-    radii = NearestNeighbors(n_neighbors=k + 1).fit(manifold).kneighbors(manifold)[0][:, -1]
-    inside = [
-        (chunk <= radii[None, :]).any(axis=1)
-        for chunk in pairwise_distances_chunked(points, manifold)
-    ]
+    with sklearn.config_context(working_memory=WORKING_MEMORY_MB):
+        # The nearest neighbour of each point is itself, so ask for k + 1.
+        radii = NearestNeighbors(n_neighbors=k + 1).fit(manifold).kneighbors(manifold)[0][:, -1]
+        inside = [
+            (chunk <= radii[None, :]).any(axis=1)
+            for chunk in pairwise_distances_chunked(points, manifold)
+        ]
     return float(np.concatenate(inside).mean())
 
 

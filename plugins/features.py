@@ -91,14 +91,20 @@ def _load_labelled(source):
     return x, y.astype(np.int64)
 
 
-def _cache_key(options, x, y) -> str:
-    """The dataset's name, shape, size and a hash of its examples: a changed dataset retrains."""
+def _cache_key(options, labelled) -> str:
+    """The dataset's name, shape, size and what it holds: a changed dataset retrains. What it
+    holds is a prepared dataset's digest (its manifest's), else a hash of the examples it
+    learns from, ``labelled`` (x, y): a cached classifier of a prepared dataset is found
+    without reading the data."""
     digest = hashlib.sha256()
     spec = options.source.spec
     digest.update(json.dumps([CLASSIFIER_VERSION, options.dataset, list(spec.shape), spec.size,
                               spec.num_classes]).encode())
-    digest.update(np.ascontiguousarray(x).tobytes())
-    digest.update(np.ascontiguousarray(y).tobytes())
+    if labelled is None:
+        digest.update(options.source.info["digest"].encode())
+    else:
+        for part in labelled:
+            digest.update(np.ascontiguousarray(part).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -158,8 +164,8 @@ def classifier_features(options: ganflow.FeatureOptions) -> Classifier:
     if not source.spec.is_image:
         raise ganflow.UsageError(f"--features classifier needs images; {options.dataset} has "
                                  "points: use --features raw")
-    x, y = _load_labelled(source)
-    folder = Path(options.cache_dir) / "classifiers" / _cache_key(options, x, y)
+    labelled = None if "digest" in source.info else _load_labelled(source)
+    folder = Path(options.cache_dir) / "classifiers" / _cache_key(options, labelled)
     if (folder / "info.json").is_file():
         return _cached_classifier(folder, options)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +174,7 @@ def classifier_features(options: ganflow.FeatureOptions) -> Classifier:
     with _exclusive(folder.parent / f".{folder.name}.lock"):
         if (folder / "info.json").is_file():
             return _cached_classifier(folder, options)
+        x, y = labelled or _load_labelled(source)
         model, info = train_classifier(x, y, source.spec.num_classes, options.log)
         options.log(f"Domain classifier for {options.dataset}: test accuracy "
                     f"{info['classifier_test_accuracy']:.4f}, cached in {folder}")
@@ -222,13 +229,15 @@ class Inception:
     def extract(self, examples):
         import tensorflow as tf
 
-        images = tf.image.resize(examples, (INCEPTION_SIZE, INCEPTION_SIZE), method="bilinear")
-        if images.shape[-1] == 1:
-            images = tf.image.grayscale_to_rgb(images)
-        # ganflow's images are in [-1, 1], which is what InceptionV3's preprocessing makes.
-        features = [self.model(images[i : i + 50], training=False).numpy()
-                    for i in range(0, len(examples), 50)]
-        return np.concatenate(features), None
+        def features(part):  # 50 at a time: 500 images at 299x299 are 0.5 GB
+            images = tf.image.resize(part, (INCEPTION_SIZE, INCEPTION_SIZE), method="bilinear")
+            if images.shape[-1] == 1:
+                images = tf.image.grayscale_to_rgb(images)
+            # ganflow's images are in [-1, 1], which is what InceptionV3's preprocessing makes.
+            return self.model(images, training=False).numpy()
+
+        return np.concatenate([features(examples[i : i + 50])
+                               for i in range(0, len(examples), 50)]), None
 
 
 def keras_weights_path() -> Path:

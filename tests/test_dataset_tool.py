@@ -374,3 +374,33 @@ def test_a_prepared_dataset_s_reference_features_are_computed_once_from_all_of_i
     other = evaluation.build(plugins, source, f"prepared:{dest}", "raw", real_examples=5,
                              log=said.append)
     assert other.info["reference"] != key and len(other.real_features) == 5
+
+
+def test_a_prepared_dataset_s_evaluator_is_built_again_without_reading_its_images(
+        cli, workdir, photos, plugins, monkeypatch):
+    from ganflow import evaluation
+    from ganflow_plugins import features
+
+    # The domain classifier and the reference features are kept by the manifest's digest: a
+    # later run finds both without reading (or holding) the images, 4.9 GB of them at 100,000
+    # images of 64 px.
+    monkeypatch.setenv("GANFLOW_CACHE_DIR", str(workdir / "cache"))
+    monkeypatch.setattr(features, "CLASSIFIER_UPDATES", 2)
+    dest = workdir / "prepared"
+    assert cli("prepare", photos, dest, "--resolution", "8", "--shard-size", "3").exit_code == 0
+    said = []
+    first = evaluation.build(plugins, ganflow.prepared(dest), f"prepared:{dest}", "classifier",
+                             real_examples=6, log=said.append)
+    assert [line.split(":")[0] for line in said][:1] == ["Training the domain classifier"]
+    shards = sorted(p for p in dest.iterdir() if p.suffix != ".json")
+    assert len(shards) >= 4
+    for shard in shards:
+        if shard.is_file():
+            shard.write_bytes(b"")  # were they read, the run would fail on them
+    again = evaluation.build(plugins, ganflow.prepared(dest), f"prepared:{dest}", "classifier",
+                             real_examples=6, log=said.append)
+    assert "from the cache" in said[-1]
+    assert again.info == first.info and again.info["reference"] == first.info["reference"]
+    np.testing.assert_array_equal(again.real_features, first.real_features)
+    assert len(again.real_features) == 6
+    np.testing.assert_array_equal(again.data_histogram, first.data_histogram)

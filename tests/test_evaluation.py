@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from conftest import TINY, write_plugin
 from ganflow import registry
+from ganflow.errors import UsageError
 from ganflow.types import DatasetOptions, FeatureOptions
 
 EVAL = ["--eval-every", "1", "--eval-samples", "200"]
@@ -133,6 +134,72 @@ def test_the_classifier_learns_from_a_bounded_sample_of_a_large_dataset(plugins,
     monkeypatch.setattr(features, "CLASSIFIER_MEMORY", 2**30)
     everything, in_order = features._load_labelled(source)
     assert len(everything) == 600 and (in_order == labels).all()
+
+
+def test_the_reference_streams_past_and_keeps_the_reservoir_s_draw():
+    from ganflow import evaluation, noise
+    from ganflow.types import DataSource
+
+    # Algorithm R over examples held in memory, as the reference was drawn before it streamed:
+    # the streamed draw must be the same examples in the same order (the cached references and
+    # the published FIDs depend on it).
+    x = np.random.default_rng(1).uniform(-1, 1, (1_300, 4, 4, 2)).astype(np.float32)
+    y = np.arange(1_300) % 7
+    source = DataSource.from_arrays(x, y)
+
+    def reservoir(count, seed, n):
+        rng, kept = noise.rng(seed, "reference"), []
+        for seen in range(n):
+            if seen < count:
+                kept.append(seen)
+            elif (slot := rng.integers(0, seen + 1)) < count:
+                kept[slot] = seen
+        return np.array(kept)
+
+    for count, seed, span in [(100, 0, None), (100, 3, -1), (2_000, 0, None), (37, 5, 250)]:
+        n = len(x) if span == -1 else min(span or 5 * count, len(x))
+        order = reservoir(count, seed, n)
+        got, labels = evaluation.reference(source, count, seed, span)
+        np.testing.assert_array_equal(got, x[order])
+        np.testing.assert_array_equal(labels, y[order])
+        features, classes = evaluation._reference_features(source, Flat(), count, seed, span)
+        np.testing.assert_array_equal(features, x[order].reshape(len(order), -1))
+        np.testing.assert_array_equal(classes, y[order])
+    assert evaluation.chunk_for((4, 4, 2)) == 500 and evaluation.chunk_for((64, 64, 3)) == 125
+
+
+class Flat:
+    """Features: the examples themselves, counted as they are asked for."""
+    info: dict = {}
+
+    def __init__(self):
+        self.sizes = []
+
+    def extract(self, examples):
+        self.sizes.append(len(examples))
+        return np.asarray(examples).reshape(len(examples), -1), None
+
+
+def test_samples_are_made_and_featurized_a_chunk_at_a_time():
+    from ganflow import evaluation
+
+    flat = Flat()
+    evaluator = evaluation.Evaluator("flat", flat, (8, 8, 1),
+                                     np.random.default_rng(0).normal(size=(300, 64)), None)
+    made = []
+
+    def sample(z, labels):
+        made.append(len(z))
+        return np.tanh(z[:, :64]).reshape(-1, 8, 8, 1)
+
+    z = np.random.default_rng(1).normal(size=(1_234, 64)).astype(np.float32)
+    streamed = evaluator.sampled(sample, z)
+    assert made == [500, 500, 234] and flat.sizes == made
+    at_once = evaluator(np.tanh(z).reshape(-1, 8, 8, 1))
+    assert streamed == pytest.approx(at_once, rel=1e-9)
+    with pytest.raises(UsageError, match=r"the samples have shape \(4, 4, 4\), the data "
+                                         r"\(8, 8, 1\)"):
+        evaluator.sampled(lambda z, labels: z.reshape(-1, 4, 4, 4), z)
 
 
 def test_evaluate_a_registered_generator(cli, workdir):

@@ -9,6 +9,7 @@ every N epochs.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -30,17 +31,15 @@ PR_MAX = 10_000
 # held 0.7 GB more than 125 beside a training run).
 CHUNK = 500
 CHUNK_VALUES = CHUNK * 32 * 32 * 3
-
-
-def chunk_for(shape) -> int:
-    """Examples of ``shape`` per forward pass."""
-    import math
-
-    return max(1, min(CHUNK, CHUNK_VALUES // math.prod(shape)))
 # The order metrics are shown and logged in.
 METRIC_NAMES = ("fid", "kid", "kid_std", "precision", "recall", "class_coverage", "class_kl",
                 "class_accuracy", "modes_captured", "kl_to_uniform")
 LOWER_IS_BETTER = {"fid", "kid", "class_kl", "kl_to_uniform"}
+
+
+def chunk_for(shape) -> int:
+    """Examples of ``shape`` per forward pass."""
+    return max(1, min(CHUNK, CHUNK_VALUES // math.prod(shape)))
 
 
 def cache_dir() -> Path:

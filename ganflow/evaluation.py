@@ -217,16 +217,8 @@ def _reference_features(source, extractor, count: int, seed: int,
     """The extractor's features of ``reference(source, count, seed, span)``'s examples, in
     its order, extracted as they stream past (a chunk at a time, ``chunk_for``)."""
     slots, stream = _drawn(source, count, seed, span)
-    features, labels = None, None
-    for where, xs, ys in _regrouped(stream, chunk_for(source.spec.shape)):
-        got = extract(extractor, xs)[0]
-        if features is None:
-            features = np.empty((len(slots), got.shape[1]), got.dtype)
-            labels = None if ys is None else np.empty(len(slots), ys.dtype)
-        features[where] = got
-        if ys is not None:
-            labels[where] = ys
-    return features, labels
+    return _placed(len(slots), _regrouped(stream, chunk_for(source.spec.shape)),
+                   lambda xs: extract(extractor, xs)[0])
 
 
 # Real examples are drawn from at most this many times as many examples as are needed.
@@ -244,15 +236,22 @@ def reference(source, count: int, seed: int,
     are ordered by class. Only the kept examples are held, each once.
     """
     slots, stream = _drawn(source, count, seed, span)
-    x, y = None, None
-    for where, xs, ys in stream:
-        if x is None:
-            x = np.empty((len(slots), *xs.shape[1:]), np.float32)
-            y = None if ys is None else np.empty(len(slots), ys.dtype)
-        x[where] = xs
+    return _placed(len(slots), stream, lambda xs: np.asarray(xs, np.float32))
+
+
+def _placed(count: int, parts, transform) -> tuple[np.ndarray, np.ndarray | None]:
+    """``transform``'s rows of each part's examples, and the part's labels (or None), each put
+    at its slot of ``count``: the (slots, examples, labels) parts of ``_drawn``."""
+    rows = labels = None
+    for where, xs, ys in parts:
+        got = transform(xs)
+        if rows is None:
+            rows = np.empty((count, *got.shape[1:]), got.dtype)
+            labels = None if ys is None else np.empty(count, ys.dtype)
+        rows[where] = got
         if ys is not None:
-            y[where] = ys
-    return x, y
+            labels[where] = ys
+    return rows, labels
 
 
 def reservoir_slots(n: int, count: int, seed: int) -> np.ndarray:

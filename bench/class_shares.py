@@ -1,0 +1,69 @@
+"""Which digits a logged generator draws: the share of each class among its samples, read by the
+domain classifier of the dataset it was trained on, per channel for Stacked MNIST (where each
+channel is a digit), with KL(shares || uniform) and the share of samples the classifier is
+sure of. It says where a KL to uniform comes from: one class too rare or too common, in every
+channel alike, is G's class balance, not a dependence between channels.
+
+    python bench/class_shares.py models:/m-... [models:/m-... ...] --tracking-uri sqlite:///runs.db
+
+Samples: 10,000 (26,000 for three-channel data, as the Stacked MNIST papers score), from the
+evaluation's noise stream (``--seed``), in inference mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SURE = 0.9  # a sample the classifier gives at least this probability
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="models:/ or runs:/ URIs of generators")
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--samples", type=int, help="default: 10,000, or 26,000 for 3 channels")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import keras
+    import mlflow
+    import numpy as np
+
+    from ganflow import DatasetOptions, FeatureOptions, evaluation, models, noise
+    from ganflow.plugins import load_plugins
+
+    if args.tracking_uri:
+        mlflow.set_tracking_uri(args.tracking_uri)
+    plugins = load_plugins()
+    print("| generator | channel | KL(shares, uniform) | sure | " +
+          " | ".join(f"{c}" for c in range(10)) + " |")
+    print("|---" * 14 + "|")
+    for uri in args.models:
+        sampler = models.load_sampler(uri)
+        params, _ = models.training_run(uri)
+        entry, argument = plugins.dataset(params["dataset"])
+        source = entry.call("to load", entry.obj, DatasetOptions(argument, None, None))
+        entry = plugins.features.get("classifier")
+        extractor = entry.call("to start", entry.obj, FeatureOptions(
+            source=source, dataset=params["dataset"], cache_dir=evaluation.cache_dir()))
+        classifier = getattr(extractor, "base", extractor).model  # a channel's, if stacked
+        count = args.samples or (26_000 if sampler.shape[-1] == 3 else 10_000)
+        z = noise.latent(count, sampler.latent_dim, args.seed, "eval")
+        step = evaluation.chunk_for(sampler.shape)
+        x = np.concatenate([np.asarray(sampler(z[i : i + step]), np.float32)
+                            for i in range(0, count, step)])
+        for channel in range(x.shape[-1] if source.channel_source else 1):
+            part = x[..., channel : channel + 1] if source.channel_source else x
+            _, logits = classifier.predict(part, batch_size=500, verbose=0)
+            p = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+            shares = np.bincount(p.argmax(1), minlength=p.shape[1]) / count
+            kl = float(np.sum(shares * np.log(np.maximum(shares, 1e-12) * p.shape[1])))
+            print(f"| {uri} | {channel} | {kl:.4f} | {np.mean(p.max(1) >= SURE):.2f} | " +
+                  " | ".join(f"{100 * s:.1f}" for s in shares) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,12 @@
 """Small datasets: the dcgan recipe on a share of the digits (100%, 30%, 10%, 3%: 1,797, 539,
 180 and 54 images) with no augmentation, DiffAugment and ADA, at the same number of real images
-shown to D in every row, several seeds; FID and KID on classifier features against the whole dataset,
-and each run's FID curve.
+shown to D in every row, several seeds; FID and KID on classifier features against the whole
+dataset, and each run's FID curve.
 
     python bench/ada_table.py                        # every row, seeds 0 1 2 (hours on 2 cores)
     python bench/ada_table.py --fractions 0.1 --methods none ada --seeds 0
     python bench/ada_table.py --table-only           # the table (and plot) of the runs made
-    python bench/ada_table.py --plot fid-curves.png  # where the FID curves of the smallest share go
+    python bench/ada_table.py --plot fid-curves.png  # where the smallest share's FID curves go
 
 Every row trains 100 epochs of 56 steps at batch 32 (179,200 real images shown to D, what the
 recipe shows on the whole dataset), so an epoch is not a pass over a subset: the shares are

@@ -18,6 +18,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 SURE = 0.9  # a sample the classifier gives at least this probability
+CLASSES = 10  # digits
 
 
 def main():
@@ -32,15 +33,15 @@ def main():
     import mlflow
     import numpy as np
 
-    from ganflow import DatasetOptions, FeatureOptions, evaluation, models, noise
+    from ganflow import DatasetOptions, FeatureOptions, evaluation, metrics, models, noise
     from ganflow.plugins import load_plugins
 
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
     plugins = load_plugins()
     print("| generator | channel | KL(shares, uniform) | sure | " +
-          " | ".join(f"{c}" for c in range(10)) + " |")
-    print("|---" * 14 + "|")
+          " | ".join(map(str, range(CLASSES))) + " |")
+    print("|---" * (CLASSES + 4) + "|")
     for uri in args.models:
         sampler = models.load_sampler(uri)
         params, _ = models.training_run(uri)
@@ -51,19 +52,23 @@ def main():
             source=source, dataset=params["dataset"], cache_dir=evaluation.cache_dir()))
         classifier = getattr(extractor, "base", extractor).model  # a channel's, if stacked
         count = args.samples or (26_000 if sampler.shape[-1] == 3 else 10_000)
+        channels = sampler.shape[-1] if source.channel_source else 1
         z = noise.latent(count, sampler.latent_dim, args.seed, "eval")
         step = evaluation.chunk_for(sampler.shape)
-        x = np.concatenate([np.asarray(sampler(z[i : i + step]), np.float32)
-                            for i in range(0, count, step)])
-        for channel in range(x.shape[-1] if source.channel_source else 1):
-            part = x[..., channel : channel + 1] if source.channel_source else x
-            _, logits = classifier.predict(part, batch_size=500, verbose=0)
-            p = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
-            shares = np.bincount(p.argmax(1), minlength=p.shape[1]) / count
-            kl = float(np.sum(shares * np.log(np.maximum(shares, 1e-12) * p.shape[1])))
-            print(f"| {uri} | {channel} | {kl:.4f} | {np.mean(p.max(1) >= SURE):.2f} | " +
-                  " | ".join(f"{100 * s:.1f}" for s in shares) + " |", flush=True)
-
+        classes, sure = [[] for _ in range(channels)], [[] for _ in range(channels)]
+        for start in range(0, count, step):  # a chunk of samples at a time, as evaluations do
+            x = np.asarray(sampler(z[start : start + step]), np.float32)
+            for channel in range(channels):
+                part = x[..., channel : channel + 1] if source.channel_source else x
+                _, logits = classifier.predict(part, batch_size=500, verbose=0)
+                p = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+                classes[channel].append(p.argmax(1))
+                sure[channel].append(p.max(1) >= SURE)
+        for channel in range(channels):
+            shares = metrics.class_histogram(np.concatenate(classes[channel]), CLASSES)
+            kl = metrics.class_kl(shares, np.full(CLASSES, 1 / CLASSES))
+            print(f"| {uri} | {channel} | {kl:.4f} | {np.mean(np.concatenate(sure[channel])):.2f}"
+                  " | " + " | ".join(f"{100 * s:.1f}" for s in shares) + " |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@ several seeds; modes captured and KL(mode histogram || uniform) beside the paper
 
     python bench/stacked_table.py                              # every cell, seeds 0-4 (hours)
     python bench/stacked_table.py --settings table2 --methods gan pac2 --seeds 0
-    python bench/stacked_table.py --recipe stacked             # and a recipe's row
+    python bench/stacked_table.py --recipe stacked             # and a recipe's rows
     python bench/stacked_table.py --table-only                 # the table of the runs made
 
 The two settings follow PacGAN's code (github.com/fjxmlzn/PacGAN, ``stacked_MNIST_experiments``)
@@ -73,11 +73,29 @@ Packing is PacGAN's: m images concatenated along the channels, a batch of B pack
 images."""
 
 
-def flags(setting: str, method: str, recipe: str | None, steps: int) -> list[str]:
-    """``ganflow run`` flags of one cell (the seed apart)."""
+def quarter_d(arch: str) -> str:
+    """A dcgan ``--arch`` with D given a quarter of G's channels: Table 3's setting for a
+    recipe (``dcgan:width=64`` -> ``dcgan:width=64,d_width=16``)."""
+    from ganflow.settings import split_spec
+    from ganflow_plugins.dcgan import SETTINGS as DCGAN
+
+    name, values = split_spec(arch)
+    if name != "dcgan":
+        raise SystemExit(f"Table 3's setting gives D a quarter of G's channels: it needs a "
+                         f"recipe with the dcgan architecture, not {arch!r}")
+    values["d_width"] = str(int(values.get("width", DCGAN["width"].default)) // 4)
+    return "dcgan:" + ",".join(f"{key}={value}" for key, value in values.items())
+
+
+def flags(setting: str, method: str, recipe: str | None, steps: int,
+          recipe_arch: str | None = None) -> list[str]:
+    """``ganflow run`` flags of one cell (the seed apart); ``recipe_arch``: the recipe's own
+    ``--arch``, for its Table 3 row."""
     arch, others, _, samples, batch = SETTINGS[setting]
-    if method == "recipe":  # its own length, settings and evaluations
-        return ["--plugin", recipe, "--dataset", "stacked-digits", "--eval-samples", str(samples)]
+    if method == "recipe":  # its own length, settings and evaluations; in Table 3 a small D
+        small_d = ["--arch", quarter_d(recipe_arch)] if setting == "table3" else []
+        return ["--plugin", recipe, "--dataset", "stacked-digits", *small_d,
+                "--eval-samples", str(samples)]
     pack = PACKS[method]
     return ["--plugin", "dcgan", "--dataset", "stacked-digits",
             "--arch", arch + (f",pack={pack}" if pack > 1 else ""), *others, *COMMON,
@@ -113,13 +131,22 @@ def main():
 
     from cells import experiment_id, finished_run, run_cell
 
+    recipe_arch = None
+    if args.recipe:
+        from ganflow.errors import GanflowError
+        from ganflow.plugins import load_plugins
+
+        try:
+            recipe_arch = load_plugins().recipes.get(args.recipe).obj.get("arch", "dcgan")
+        except GanflowError as error:
+            parser.error(str(error))
     mlflow.set_tracking_uri(args.tracking_uri)
     client = mlflow.MlflowClient()
     experiment = experiment_id(client, EXPERIMENT)
 
     def cell_runs(setting, method):
         steps = args.steps or SETTINGS[setting][2]
-        cell_flags = flags(setting, method, args.recipe, steps)
+        cell_flags = flags(setting, method, args.recipe, steps, recipe_arch)
         for seed in args.seeds:
             key = f"{setting}|{method}|{seed}|{' '.join(cell_flags)}"
             yield seed, cell_flags, key, finished_run(client, experiment, "stacked_table_key",

@@ -163,7 +163,7 @@ def bad(cli, *args):
 
 @pytest.mark.parametrize("args, message", [
     (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: biggan, cdcgan, dcgan, gmm-mle, sngan, "
-                           "stylegan2, toy, toy-grid, toy1d (did you mean 'dcgan'?)"),
+                           "stacked, stylegan2, toy, toy-grid, toy1d (did you mean 'dcgan'?)"),
     (["--loss", "minmax"], "unknown loss 'minmax'; known: hinge, lsgan, minimax, "
                            "non-saturating, wgan (did you mean 'minimax'?)"),
     (["--dataset", "digit"], "unknown dataset 'digit'; known: digits, folder, gauss1d, grid25, "

@@ -53,7 +53,7 @@ def test_builtins_are_registered_by_their_modules(plugins):
         "toy": "ganflow_plugins.toy", "toy1d": "ganflow_plugins.toy",
         "toy-grid": "ganflow_plugins.toy",
         "sngan": "ganflow_plugins.resnet", "biggan": "ganflow_plugins.resnet",
-        "stylegan2": "ganflow_plugins.stylegan2",
+        "stylegan2": "ganflow_plugins.stylegan2", "stacked": "ganflow_plugins.stacked",
     }
     assert {e.name: e.usage for e in plugins.datasets} == {
         "digits": "digits", "folder": "folder:PATH", "tfds": "tfds:NAME",

@@ -2,7 +2,10 @@
 fixed draw), the per-channel classifier, modes_captured and kl_to_uniform with real data's
 floor, and a run that logs them."""
 
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,6 +16,8 @@ from ganflow import evaluation
 from ganflow_plugins.stacked import STACK_SEED
 
 from conftest import TINY
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "stacked_table.py"
 
 
 def stacked(plugins, n):
@@ -111,3 +116,42 @@ def test_stacked_mnist_stacks_tfds_mnist_where_it_is_prepared(plugins, tmp_path,
                                                     .as_numpy_iterator())[0][:, 0, 0, 0] + 1)
                                                   * 127.5 / 5)])
     np.testing.assert_array_equal(shades, base[triples])  # tfds's order, the fixed triples
+
+
+def test_the_stacked_recipe_trains_on_stacked_digits_and_counts_modes_on_26000(cli, workdir,
+                                                                               plugins):
+    recipe = plugins.recipes.get("stacked").obj
+    assert recipe["dataset"] == "stacked-digits" and recipe["eval_samples"] == 26_000
+    assert recipe["eval_every"] == 1
+    _, architecture = plugins.architecture(recipe["arch"])
+    assert (architecture.width, architecture.d_width) == (64, 64)
+    result = cli("run", "--plugin", "stacked", "--dataset", "stacked-digits:512", *TINY)
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    # The dcgan recipe, twice as wide, with lazy R1 (docs/stacked-mnist.md).
+    assert run.data.params["arch"] == "dcgan:width=64"
+    assert run.data.params["regularizers"] == "r1:gamma=1,every=16"
+    assert run.data.params["loss"] == "non-saturating"
+    assert 1 <= run.data.metrics["eval/modes_captured"] <= 1000
+
+
+def load_table():
+    spec = importlib.util.spec_from_file_location("stacked_table", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["stacked_table"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_table_runs_a_recipe_in_table_3_with_d_a_quarter_of_g_s_width(plugins):
+    table = load_table()
+    arch = plugins.recipes.get("stacked").obj["arch"]
+    table2 = table.flags("table2", "recipe", "stacked", 4000, arch)
+    assert "--arch" not in table2 and table2[table2.index("--eval-samples") + 1] == "26000"
+    table3 = table.flags("table3", "recipe", "stacked", 4000, arch)
+    _, small = plugins.architecture(table3[table3.index("--arch") + 1])
+    assert (small.width, small.d_width) == (64, 16)
+    assert table3[table3.index("--eval-samples") + 1] == "25600"
+    assert table.quarter_d("dcgan:sn") == "dcgan:sn=true,d_width=8"  # the default width, 32
+    with pytest.raises(SystemExit, match="dcgan architecture, not 'resnet:width=64'"):
+        table.quarter_d("resnet:width=64")

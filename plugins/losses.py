@@ -1,5 +1,5 @@
 """GAN objectives on a ``ganflow.Step``'s logits: the lecture's two, and the library users
-expect (hinge, Wasserstein with a gradient penalty, least squares).
+expect (hinge, Wasserstein with a gradient penalty, least squares, relativistic pairing).
 
 The original GAN's two generator objectives:
 
@@ -89,6 +89,26 @@ class LeastSquaresLoss(ganflow.StepLoss):
         return 0.5 * ops.mean(ops.square(step.fake_logits - 1.0))
 
 
+class RelativisticPairingLoss(ganflow.StepLoss):
+    """Relativistic pairing (Jolicoeur-Martineau 2019; RpGAN, the loss of R3GAN, Huang et al.
+    2024): each real example is paired with a fake one and D judges which of the two is real.
+    D minimizes E[softplus(s(G(z)) - s(x))], G minimizes E[softplus(s(x) - s(G(z)))]. Sun et
+    al. (2020) show its landscape has no local minima where G drops modes, which the
+    non-saturating loss's has; R3GAN pairs it with R1 and R2. G's update reads D's logits of
+    real data, so it draws a batch of real examples too. ``pair_gap`` = E[s(x) - s(G(z))]."""
+
+    generator_uses_real = True
+
+    def d_loss(self, step):
+        return ops.mean(ops.softplus(step.fake_logits - step.real_logits))
+
+    def g_loss(self, step):
+        return ops.mean(ops.softplus(step.real_logits - step.fake_logits))
+
+    def metrics(self, step):
+        return {"pair_gap": ops.mean(step.real_logits - step.fake_logits)}
+
+
 @ganflow.hookimpl
 def ganflow_register_losses(register):
     register("minimax", MinimaxLoss(), "G minimizes E[log(1 - D(G(z)))], the lecture's V")
@@ -97,3 +117,5 @@ def ganflow_register_losses(register):
     register("wgan", WassersteinLoss, "Wasserstein critic with a gradient penalty (WGAN-GP)",
              settings={"gp": PENALTY["weight"], "sides": PENALTY["sides"]})
     register("lsgan", LeastSquaresLoss(), "least squares: D regresses real to 1, fake to 0")
+    register("rpgan", RelativisticPairingLoss(), "relativistic pairing (R3GAN): D: E "
+             "softplus(s(G(z)) - s(x)); G: E softplus(s(x) - s(G(z)))")

@@ -165,7 +165,7 @@ def bad(cli, *args):
     (["--plugin", "dcgn"], "unknown recipe 'dcgn'; known: biggan, cdcgan, dcgan, gmm-mle, sngan, "
                            "stacked, stylegan2, toy, toy-grid, toy1d (did you mean 'dcgan'?)"),
     (["--loss", "minmax"], "unknown loss 'minmax'; known: hinge, lsgan, minimax, "
-                           "non-saturating, wgan (did you mean 'minimax'?)"),
+                           "non-saturating, rpgan, wgan (did you mean 'minimax'?)"),
     (["--dataset", "digit"], "unknown dataset 'digit'; known: digits, folder, gauss1d, grid25, "
                              "prepared, ring8, stacked-digits, stacked-mnist, tfds "
                              "(did you mean 'digits'?)"),
@@ -278,7 +278,7 @@ def test_console_script_in_a_real_process(workdir):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "Error: unknown loss 'nope'; known: hinge, lsgan, minimax, non-saturating, wgan"
+        "Error: unknown loss 'nope'; known: hinge, lsgan, minimax, non-saturating, rpgan, wgan"
     ]
 
 

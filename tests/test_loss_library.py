@@ -1,6 +1,6 @@
-"""The loss and regularizer library: hinge, WGAN with a gradient penalty, least squares, the
-gradient penalty alone; closed forms on known logits and on a linear D, and a gradient through
-the real training step."""
+"""The loss and regularizer library: hinge, WGAN with a gradient penalty, least squares,
+relativistic pairing, the gradient penalty alone; closed forms on known logits and on a linear
+D, and a gradient through the real training step."""
 
 import keras
 import numpy as np
@@ -11,7 +11,8 @@ from keras import layers, ops
 import ganflow
 from ganflow.data import training_pipeline
 from ganflow.gan import GAN
-from ganflow_plugins.losses import HingeLoss, LeastSquaresLoss, WassersteinLoss
+from ganflow_plugins.losses import (HingeLoss, LeastSquaresLoss, RelativisticPairingLoss,
+                                    WassersteinLoss)
 from ganflow_plugins.regularizers import GradientPenalty, gradient_penalty
 
 REAL = np.array([[-2.0], [0.5], [3.0]], np.float32)
@@ -159,4 +160,47 @@ def test_each_loss_gradient_through_the_real_training_step(plugins, name):
     w1 = w0 - lr * ((f(s_real)[:, None] * x).mean(0) + g(np.array(s_fake)) * b0)
     np.testing.assert_allclose(critic.get_weights()[0][:, 0], w1, rtol=1e-4, atol=1e-6)
     b1 = b0 - lr * h(np.array(float(b0 @ w1))) * w1
+    np.testing.assert_allclose(generator.layers[0].bias.numpy(), b1, rtol=1e-4, atol=1e-6)
+
+
+def softplus(s):
+    return np.log1p(np.exp(s))
+
+
+def test_relativistic_pairing_pairs_each_real_logit_with_a_fake_one():
+    loss = RelativisticPairingLoss()
+    assert loss.generator_uses_real  # G's loss reads D's logits of real data
+    both = ganflow.Step.from_logits(REAL, FAKE, update="generator")
+    assert float(loss.d_loss(d_step())) == pytest.approx(softplus(FAKE - REAL).mean(), rel=1e-6)
+    assert float(loss.g_loss(both)) == pytest.approx(softplus(REAL - FAKE).mean(), rel=1e-6)
+    assert float(loss.metrics(d_step())["pair_gap"]) == pytest.approx((REAL - FAKE).mean())
+    # Shifting every logit alike changes nothing: only the pairs' differences count.
+    shifted = ganflow.Step.from_logits(REAL + 7.0, FAKE + 7.0)
+    assert float(loss.d_loss(shifted)) == pytest.approx(float(loss.d_loss(d_step())), rel=1e-6)
+
+
+def test_relativistic_pairing_gradient_through_the_real_training_step(plugins):
+    # As above, with every real example the same image r: D's update moves w by
+    # -lr sigmoid(s_f - s_r) (b - r); G's, with real examples of its own, moves b by
+    # +lr sigmoid(w1 . r - w1 . b) w1.
+    lr = 0.05
+    loss = plugins.component(plugins.losses, "rpgan", "--loss").build()
+    b0 = np.linspace(-0.6, 0.6, 6).astype(np.float32)
+    generator = keras.Sequential([keras.Input((2,)),
+                                  layers.Dense(6, kernel_initializer="zeros",
+                                               bias_initializer=keras.initializers.Constant(b0)),
+                                  layers.Reshape(SHAPE)])
+    generator.layers[0].kernel.trainable = False
+    w0 = np.linspace(0.3, -0.4, 6).astype(np.float32)
+    critic = linear_critic(w0)
+    gan = GAN(generator, critic, latent_dim=2, seed=0)
+    gan.compile(keras.optimizers.SGD(lr), keras.optimizers.SGD(lr), loss)
+    assert gan.real_per_step(4) == 8  # 4 for D's update, 4 more for G's
+    r = np.linspace(1.0, -0.5, 6)
+    real = np.stack([r.reshape(SHAPE).astype(np.float32)] * 8)
+    gan.fit(training_pipeline(ganflow.DataSource.from_arrays(real), 8, seed=0), epochs=1,
+            steps_per_epoch=1, verbose=0)
+    w1 = w0 - lr * sigmoid(b0 @ w0 - r @ w0) * (b0 - r)
+    np.testing.assert_allclose(critic.get_weights()[0][:, 0], w1, rtol=1e-4, atol=1e-6)
+    b1 = b0 + lr * sigmoid(r @ w1 - b0 @ w1) * w1
     np.testing.assert_allclose(generator.layers[0].bias.numpy(), b1, rtol=1e-4, atol=1e-6)

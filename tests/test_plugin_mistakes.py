@@ -220,7 +220,7 @@ def test_a_class_registered_without_settings_is_refused(tmp_path):
 
 @pytest.mark.parametrize("recipe, message", [
     ({"loss": "non-saturatin"}, "unknown loss 'non-saturatin'; known: hinge, lsgan, minimax, "
-                                "non-saturating, wgan (did you mean 'non-saturating'?)"),
+                                "non-saturating, rpgan, wgan (did you mean 'non-saturating'?)"),
     ({"optimizer": "adam:beta=0.5"}, "--optimizer adam: optimizer 'adam' has no setting 'beta' "
                                      "(did you mean 'beta2'?); its settings: beta1, beta2, "
                                      "epsilon, amsgrad"),

@@ -41,7 +41,7 @@ def pearson_installed(tmp_path, monkeypatch):
 def test_builtins_are_registered_by_their_modules(plugins):
     assert {e.name: e.plugin for e in plugins.losses} == {
         name: "ganflow_plugins.losses"
-        for name in ("hinge", "lsgan", "minimax", "non-saturating", "wgan")
+        for name in ("hinge", "lsgan", "minimax", "non-saturating", "rpgan", "wgan")
     }
     assert {e.name: e.plugin for e in plugins.regularizers} == {
         **{name: "ganflow_plugins.regularizers" for name in ("gp", "orthogonal", "r1", "r2")},
@@ -72,7 +72,7 @@ def test_unknown_name_lists_known_names_and_closest_match(plugins):
     with pytest.raises(UsageError) as err:
         plugins.losses.get("non-saturatng")
     assert str(err.value) == (
-        "unknown loss 'non-saturatng'; known: hinge, lsgan, minimax, non-saturating, wgan "
+        "unknown loss 'non-saturatng'; known: hinge, lsgan, minimax, non-saturating, rpgan, wgan "
         "(did you mean 'non-saturating'?)"
     )
 

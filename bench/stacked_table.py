@@ -18,6 +18,7 @@ papers do.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -131,15 +132,16 @@ def main():
 
     from cells import experiment_id, finished_run, run_cell
 
-    recipe_arch = None
+    recipe, recipe_arch = {}, None
     if args.recipe:
         from ganflow.errors import GanflowError
         from ganflow.plugins import load_plugins
 
         try:
-            recipe_arch = load_plugins().recipes.get(args.recipe).obj.get("arch", "dcgan")
+            recipe = load_plugins().recipes.get(args.recipe).obj
         except GanflowError as error:
             parser.error(str(error))
+        recipe_arch = recipe.get("arch", "dcgan")
     mlflow.set_tracking_uri(args.tracking_uri)
     client = mlflow.MlflowClient()
     experiment = experiment_id(client, EXPERIMENT)
@@ -149,6 +151,8 @@ def main():
         cell_flags = flags(setting, method, args.recipe, steps, recipe_arch)
         for seed in args.seeds:
             key = f"{setting}|{method}|{seed}|{' '.join(cell_flags)}"
+            if method == "recipe":  # a recipe changed since is a new cell
+                key += "|" + json.dumps(recipe, sort_keys=True)
             yield seed, cell_flags, key, finished_run(client, experiment, "stacked_table_key",
                                                       key)
 
@@ -163,8 +167,9 @@ def main():
 
     for setting in args.settings:
         steps = args.steps or SETTINGS[setting][2]
-        print(f"\n{setting}: {steps:,} G updates a run, {SETTINGS[setting][3]:,} samples "
-              f"scored; mean ± standard error over seeds {', '.join(map(str, args.seeds))}\n")
+        print(f"\n{setting}: {steps:,} G updates a GAN run (a recipe: its own), "
+              f"{SETTINGS[setting][3]:,} samples scored; mean ± standard error over seeds "
+              f"{', '.join(map(str, args.seeds))}\n")
         print("| method | modes (of 1,000) | KL to uniform | real data's KL (floor) | "
               "s per run | CPU-s per run | runs |")
         print("|---|---|---|---|---|---|---|")

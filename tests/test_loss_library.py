@@ -134,14 +134,9 @@ DERIVATIVES = {
 }
 
 
-@pytest.mark.parametrize("name", list(DERIVATIVES))
-def test_each_loss_gradient_through_the_real_training_step(plugins, name):
-    # G makes one image b for every z (its only trainable weight is the bias b); D(x) = w . x;
-    # plain SGD. The D update moves w by -lr * (mean f'(s_r) x_r + g'(s_f) b), then the G
-    # update moves b by -lr * h'(w1 . b) w1, with the D that update just made.
-    lr = 0.05
-    f, g, h = DERIVATIVES[name]
-    loss = plugins.component(plugins.losses, name, "--loss").build()
+def bias_generator_and_linear_critic(loss, lr):
+    """A GAN whose G makes one image b0 for every z (its only trainable weight is the bias) and
+    whose D is w0 . x, compiled with plain SGD: (gan, generator, critic, b0, w0)."""
     b0 = np.linspace(-0.6, 0.6, 6).astype(np.float32)
     generator = keras.Sequential([keras.Input((2,)),
                                   layers.Dense(6, kernel_initializer="zeros",
@@ -152,6 +147,18 @@ def test_each_loss_gradient_through_the_real_training_step(plugins, name):
     critic = linear_critic(w0)
     gan = GAN(generator, critic, latent_dim=2, seed=0)
     gan.compile(keras.optimizers.SGD(lr), keras.optimizers.SGD(lr), loss)
+    return gan, generator, critic, b0, w0
+
+
+@pytest.mark.parametrize("name", list(DERIVATIVES))
+def test_each_loss_gradient_through_the_real_training_step(plugins, name):
+    # G makes one image b for every z (its only trainable weight is the bias b); D(x) = w . x;
+    # plain SGD. The D update moves w by -lr * (mean f'(s_r) x_r + g'(s_f) b), then the G
+    # update moves b by -lr * h'(w1 . b) w1, with the D that update just made.
+    lr = 0.05
+    f, g, h = DERIVATIVES[name]
+    loss = plugins.component(plugins.losses, name, "--loss").build()
+    gan, generator, critic, b0, w0 = bias_generator_and_linear_critic(loss, lr)
     real = np.stack([np.full(SHAPE, v, np.float32) for v in (0.5, -1.0, 2.0, 0.25)])
     gan.fit(training_pipeline(ganflow.DataSource.from_arrays(real), 4, seed=0), epochs=1,
             steps_per_epoch=1, verbose=0)
@@ -185,16 +192,7 @@ def test_relativistic_pairing_gradient_through_the_real_training_step(plugins):
     # +lr sigmoid(w1 . r - w1 . b) w1.
     lr = 0.05
     loss = plugins.component(plugins.losses, "rpgan", "--loss").build()
-    b0 = np.linspace(-0.6, 0.6, 6).astype(np.float32)
-    generator = keras.Sequential([keras.Input((2,)),
-                                  layers.Dense(6, kernel_initializer="zeros",
-                                               bias_initializer=keras.initializers.Constant(b0)),
-                                  layers.Reshape(SHAPE)])
-    generator.layers[0].kernel.trainable = False
-    w0 = np.linspace(0.3, -0.4, 6).astype(np.float32)
-    critic = linear_critic(w0)
-    gan = GAN(generator, critic, latent_dim=2, seed=0)
-    gan.compile(keras.optimizers.SGD(lr), keras.optimizers.SGD(lr), loss)
+    gan, generator, critic, b0, w0 = bias_generator_and_linear_critic(loss, lr)
     assert gan.real_per_step(4) == 8  # 4 for D's update, 4 more for G's
     r = np.linspace(1.0, -0.5, 6)
     real = np.stack([r.reshape(SHAPE).astype(np.float32)] * 8)

@@ -132,7 +132,7 @@ def main():
 
     from cells import experiment_id, finished_run, run_cell
 
-    recipe, recipe_arch = {}, None
+    recipe = {}
     if args.recipe:
         from ganflow.errors import GanflowError
         from ganflow.plugins import load_plugins
@@ -141,14 +141,13 @@ def main():
             recipe = load_plugins().recipes.get(args.recipe).obj
         except GanflowError as error:
             parser.error(str(error))
-        recipe_arch = recipe.get("arch", "dcgan")
     mlflow.set_tracking_uri(args.tracking_uri)
     client = mlflow.MlflowClient()
     experiment = experiment_id(client, EXPERIMENT)
 
     def cell_runs(setting, method):
         steps = args.steps or SETTINGS[setting][2]
-        cell_flags = flags(setting, method, args.recipe, steps, recipe_arch)
+        cell_flags = flags(setting, method, args.recipe, steps, recipe.get("arch", "dcgan"))
         for seed in args.seeds:
             key = f"{setting}|{method}|{seed}|{' '.join(cell_flags)}"
             if method == "recipe":  # a recipe changed since is a new cell

@@ -251,7 +251,7 @@ def test_a_stop_before_the_first_step_ends_the_run_killed_and_resume_starts_it(t
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     (run,) = the_run(tmp_path)
-    assert run.info.status == "KILLED"
+    assert run.info.status == "KILLED", err  # what the run said of its stop, if it failed
     assert (run.data.tags["ganflow.interrupted"], run.data.tags["ganflow.stopped_at_step"]) == \
         ("SIGTERM", "0")
     assert logged_steps(tmp_path, run.info.run_id) == []

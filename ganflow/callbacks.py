@@ -98,7 +98,7 @@ class MlflowLogger(keras.callbacks.Callback):
         within = step - self._epoch * self.steps_per_epoch
         if within % self.log_every and within != self.steps_per_epoch and not stopping:
             return
-        window = {}
+        window, marks = {}, {}
         for tracker in self.model.metrics:
             # Read as values: under a strategy they are sync-on-read variables, summed
             # over the replicas when read here.
@@ -107,15 +107,18 @@ class MlflowLogger(keras.callbacks.Callback):
             old_total, old_count = self._mark.get(tracker.name, (0.0, 0.0))
             if count > old_count:
                 window[tracker.name] = (total - old_total) / (count - old_count)
-            self._mark[tracker.name] = (total, count)
+            marks[tracker.name] = (total, count)
         # A window logged before a resume moves the mark (the next one starts after it) but
         # is not logged again; a stopped (diverged) run logs nothing more.
-        if step <= self._window_logged or getattr(self.model, "stop_training", False) or \
-                not window:
-            return
-        with signals.held():  # logged and marked as logged, or neither
-            self.outbox.log_metrics(window, step=step)
-            self._window_logged = step
+        wanted = step > self._window_logged and window and \
+            not getattr(self.model, "stop_training", False)
+        # Marks moved and the window logged, or neither: a stop that came between the two
+        # left the stop's own catch_up an empty window, and the step unlogged for good.
+        with signals.held():
+            self._mark.update(marks)
+            if wanted:
+                self.outbox.log_metrics(window, step=step)
+                self._window_logged = step
 
     def on_epoch_end(self, epoch, logs=None):
         step = (epoch + 1) * self.steps_per_epoch

@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -15,6 +16,17 @@ from ganflow.plugins import load_plugins  # noqa: E402
 # (as the dcgan recipe does) on 200 samples instead of 10,000.
 TINY = ["--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "16", "--eval-samples", "200",
         "-q"]
+
+
+def pytest_configure(config):
+    """The suite started with SIGINT or SIGHUP ignored (under ``nohup``, or as a shell's
+    background job) would pass that on to every ``ganflow`` it starts, and ganflow keeps an
+    inherited-ignored SIGINT ignored, as a background job should: the tests that stop a run
+    with Ctrl-C or a closed terminal would see it go on. Their children get the defaults."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def pytest_collection_modifyitems(items):

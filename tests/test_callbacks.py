@@ -100,17 +100,19 @@ def test_a_stop_while_a_window_is_read_still_logs_that_window(workdir):
         second = SimpleNamespace(name="g_loss", total=g_loss.total, count=g_loss.count)
         logger.set_model(SimpleNamespace(metrics=[d_loss, second], steps_done=steps))
         logger.on_epoch_begin(0)
-        for step in (1, 2):
+
+        def train(step):  # as the training step does
             steps.assign(step)
             d_loss.update_state(float(step))
             g_loss.update_state(10.0 * step)
-            if step == 2:
-                second.count = SignalWhenRead(g_loss.count, signal.SIGTERM)
-                with pytest.raises(signals.Interrupted):
-                    logger.on_train_batch_end(step - 1)
-                logger.catch_up(stopping=True)  # as the runner does when it stops
-            else:
-                logger.on_train_batch_end(step - 1)
+
+        train(1)
+        logger.on_train_batch_end(0)
+        train(2)
+        second.count = SignalWhenRead(g_loss.count, signal.SIGTERM)
+        with pytest.raises(signals.Interrupted):
+            logger.on_train_batch_end(1)
+        logger.catch_up(stopping=True)  # as the runner does when it stops
         assert outbox.flush(timeout=60) and not outbox.close()
     client = MlflowClient()
     for name, scale in (("d_loss", 1.0), ("g_loss", 10.0)):

@@ -86,8 +86,11 @@ def _run(config, plugins, verbose, report, resume_run_id, opened) -> RunResult:
                                      logged_until, report)
             except KeyboardInterrupt as exc:
                 raise tracking.stopped_at_start(active.info.run_id, exc, at) from None
-            trained = tracked.fit(verbose)
-            registered, trained = tracked.finish(trained)
+            try:
+                trained = tracked.fit(verbose)
+                registered, trained = tracked.finish(trained)
+            except KeyboardInterrupt as exc:  # it came between what fit and finish handle
+                raise tracked.stopped_between(exc) from None
     return RunResult.of(active, tracking_uri, seconds=time.perf_counter() - started,
                         metrics=trained.metrics, samples_path=trained.grid,
                         registered=registered, interrupted=bool(trained.interrupted),
@@ -224,8 +227,19 @@ class TrackedRun:
                     tracking.end_run("FINISHED")
                 return self._registered, trained
             stopped = replace(trained, interrupted=trained.interrupted or signals.name_of(exc))
-            self._end_stopped(stopped)
+            self._end_stopped(stopped.interrupted, stopped.steps_done)
             return None, stopped
+
+    def stopped_between(self, interrupt: KeyboardInterrupt) -> Stopped:
+        """The error of a stop that came in the instants between the parts that handle one
+        (training, saving, ending), a garbage collection's length or so: the run ends KILLED
+        at the steps done, as ``finish`` would have ended it, not FAILED as MLflow would."""
+        name = signals.name_of(interrupt)
+        steps = self.store.steps_done
+        self._end_stopped(name, steps)
+        return Stopped(f"stopped by {name} while run {self.run_id} was ending: it is marked "
+                       f"KILLED at step {steps}; ganflow resume {self.run_id} goes on from its "
+                       "last checkpoint")
 
     def _finish(self, trained: Trained):
         import mlflow
@@ -244,7 +258,7 @@ class TrackedRun:
             if trained.diverged is not None:
                 raise self._diverged(trained)
             if trained.interrupted and signals.hurried():  # the generator waits for resume
-                self._end_stopped(trained)
+                self._end_stopped(trained.interrupted, trained.steps_done)
                 return None
             self._registered = registered = retry(
                 lambda: self._register(trained), "logging the generator", outbox, patience)
@@ -277,13 +291,11 @@ class TrackedRun:
                            "eval.dataset": config.dataset,
                            "eval.samples": str(config.eval_samples)} if evaluated else None)
 
-    def _end_stopped(self, trained: Trained) -> None:
+    def _end_stopped(self, signal_name: str, steps: int) -> None:
         """End a run stopped while it ended: KILLED, tagged with the signal and its steps;
         what the store has not taken stays in the journal."""
-        import mlflow
-
         self.outbox.close(timeout=0.0 if signals.hurried() else 10.0)
-        tracking.end_stopped(trained.interrupted, trained.steps_done)
+        tracking.end_stopped(signal_name, steps)
 
     def _failed(self, error: Exception, end: bool = False) -> Exception:
         """``error``, once the run is tagged with it (and ended FAILED, with ``end``)."""

@@ -128,7 +128,7 @@ def test_a_third_party_augmentation(cli, workdir, tmp_path):
     path = tmp_path / "flip.py"
     path.write_text(FLIP)
     result = cli("run", "--plugin-module", str(path), "--augment", "flip", "--augment", "cutout",
-                 "--no-register", *TINY)
+                 "--no-register", "--regularizer", "none", "--eval-every", "0", *TINY)
     assert result.exit_code == 0, result.output
     (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
     assert run.data.tags["ganflow.plugin.augment.flip"] == str(path)

@@ -270,13 +270,18 @@ def test_a_stop_before_the_first_step_ends_the_run_killed_and_resume_starts_it(t
     assert_whole(tmp_path, run.info.run_id)
 
 
+def _sigterm_to_self():
+    """SIGTERM this process, and wait for its handler, which raises before the wait ends."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+
+
 def _swallowed_by_c_code():
     """What TensorFlow's C++ did with a SIGTERM that came during an import inside tf.nest: the
     handler's Interrupted became the cause of a SystemError, and a ValueError followed."""
     try:
         try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler raises before this ends
+            _sigterm_to_self()
         except KeyboardInterrupt as stop:
             raise SystemError("<built-in function __import__> returned a result with an "
                               "exception set") from stop
@@ -327,8 +332,7 @@ def test_a_stop_between_training_and_ending_still_ends_the_run_killed(cli, workd
     finish = runner.TrackedRun.finish
 
     def signalled_first(self, trained):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises before this ends
+        _sigterm_to_self()
         return finish(self, trained)
 
     monkeypatch.setattr(runner.TrackedRun, "finish", signalled_first)
@@ -351,7 +355,7 @@ def _stop_inside_a_weakref_callback():
         pass
 
     held = Held()
-    ref = weakref.ref(held, lambda _: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5)))
+    ref = weakref.ref(held, lambda _: _sigterm_to_self())
     del held  # the callback runs now, and the handler raises inside it
     return ref
 

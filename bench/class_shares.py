@@ -1,8 +1,10 @@
 """Which digits a logged generator draws: the share of each class among its samples, read by the
 domain classifier of the dataset it was trained on, per channel for Stacked MNIST (where each
 channel is a digit), with KL(shares || uniform) and the share of samples the classifier is
-sure of. It says where a KL to uniform comes from: one class too rare or too common, in every
-channel alike, is G's class balance, not a dependence between channels.
+sure of (``--by-class``: of each class's samples, in a second row). It says where a KL to
+uniform comes from: one class too rare or too common, in every channel alike, is G's class
+balance, not a dependence between channels; and whether the rare classes are the ones G draws
+worst.
 
     python bench/class_shares.py models:/m-... [models:/m-... ...] --tracking-uri sqlite:///runs.db
 
@@ -27,6 +29,8 @@ def main():
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--samples", type=int, help="default: 10,000, or 26,000 for 3 channels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--by-class", action="store_true",
+                        help="also the share of each class's samples the classifier is sure of")
     args = parser.parse_args()
 
     import keras
@@ -65,10 +69,15 @@ def main():
                 classes[channel].append(p.argmax(1))
                 sure[channel].append(p.max(1) >= SURE)
         for channel in range(channels):
-            shares = metrics.class_histogram(np.concatenate(classes[channel]), CLASSES)
+            read, certain = np.concatenate(classes[channel]), np.concatenate(sure[channel])
+            shares = metrics.class_histogram(read, CLASSES)
             kl = metrics.class_kl(shares, np.full(CLASSES, 1 / CLASSES))
-            print(f"| {uri} | {channel} | {kl:.4f} | {np.mean(np.concatenate(sure[channel])):.2f}"
+            print(f"| {uri} | {channel} | {kl:.4f} | {np.mean(certain):.2f}"
                   " | " + " | ".join(f"{100 * s:.1f}" for s in shares) + " |", flush=True)
+            if args.by_class:  # how sure the classifier is of the samples it reads as each class
+                print(f"| {uri} | {channel}, sure by class | | | " + " | ".join(
+                    f"{100 * np.mean(certain[read == k]):.0f}" if (read == k).any() else "-"
+                    for k in range(CLASSES)) + " |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -24,9 +24,28 @@ class MlflowServer:
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc = None
+        self.started = False
 
     def start(self):
-        log = open(self.folder / "server.log", "a")
+        """Start the server and wait until it answers; the first start moves to another port
+        if the one chosen was taken meanwhile (by another xdist worker's server: then that
+        one answered /health for ours); a restart keeps its port, where clients wait."""
+        for _ in range(3):
+            if self._launch():
+                self.started = True
+                return self
+            if self.started:
+                pytest.fail(f"mlflow server could not bind port {self.port} again:\n"
+                            f"{(self.folder / 'server.log').read_text()[-3000:]}")
+            self.port = free_port()
+            self.uri = f"http://127.0.0.1:{self.port}"
+        pytest.fail("mlflow server found no free port in 3 tries")
+
+    def _launch(self) -> bool:
+        """Whether this server bound its port and answers (False: the port was taken)."""
+        path = self.folder / "server.log"
+        offset = path.stat().st_size if path.exists() else 0
+        log = open(path, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
              "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
@@ -36,16 +55,24 @@ class MlflowServer:
         log.close()
         deadline = time.monotonic() + 90
         while True:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.kill()
-                    pytest.fail(f"mlflow server did not start:\n"
-                                f"{(self.folder / 'server.log').read_text()[-3000:]}")
-                time.sleep(0.3)
+            with open(path, errors="replace") as log:
+                log.seek(offset)
+                said = log.read()
+            if "address already in use" in said:
+                self.kill()
+                return False
+            # Only once its own log says it listens is the answer on the port its own.
+            if "Uvicorn running on" in said:
+                try:
+                    with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                        if answer.status == 200:
+                            return True
+                except OSError:
+                    pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"mlflow server did not start:\n{said[-3000:]}")
+            time.sleep(0.3)
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:

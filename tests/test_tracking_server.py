@@ -22,9 +22,12 @@ class MlflowServer:
     def __init__(self, folder: Path):
         self.folder = folder
         self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
         self.proc = None
         self.started = False
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self):
         """Start the server and wait until it answers; the first start moves to another port
@@ -38,7 +41,6 @@ class MlflowServer:
                 pytest.fail(f"mlflow server could not bind port {self.port} again:\n"
                             f"{(self.folder / 'server.log').read_text()[-3000:]}")
             self.port = free_port()
-            self.uri = f"http://127.0.0.1:{self.port}"
         pytest.fail("mlflow server found no free port in 3 tries")
 
     def _launch(self) -> bool:

@@ -168,12 +168,15 @@ def has_text(*texts: str) -> str:
 def start_ui(tracking_uri: str) -> tuple[subprocess.Popen, str]:
     import socket
 
+    from ganflow.ui import server_env
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
                              tracking_uri, "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=server_env())
     base = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:

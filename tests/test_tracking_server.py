@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from conftest import TINY, free_port, image_steps, write_plugin
 from ganflow import journal
+from ganflow.ui import server_env
 
 
 class MlflowServer:
@@ -52,7 +53,7 @@ class MlflowServer:
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
              "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
              "--artifacts-destination", str(self.folder / "server-artifacts"), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=server_env(),
         )
         log.close()
         deadline = time.monotonic() + 90

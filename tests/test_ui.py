@@ -19,6 +19,35 @@ def test_ui_command(uri, flag, expected):
     assert ui_command(uri, "3", "abc", flag) == expected
 
 
+def descendants(pid: int) -> list[str]:
+    """The command lines of every process below ``pid`` (Linux's /proc)."""
+    from pathlib import Path
+
+    parents, commands = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            commands[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # it ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return [commands[p].replace(b"\0", b" ").decode(errors="replace") for p in found]
+
+
+def test_the_ui_leaves_mlflow_s_job_executor_off_unless_asked(monkeypatch):
+    from ganflow.ui import JOB_EXECUTION, server_env
+
+    monkeypatch.delenv(JOB_EXECUTION, raising=False)
+    assert server_env()[JOB_EXECUTION] == "false"
+    monkeypatch.setenv(JOB_EXECUTION, "true")
+    assert server_env()[JOB_EXECUTION] == "true"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir, stop):
@@ -64,6 +93,11 @@ def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir, stop)
             except OSError:
                 time.sleep(0.5)
         assert '"d_loss"' in body
+        # MLflow's GenAI job executor stays off: the server and its web workers, no Huey
+        # consumers (7 more processes, about 20 CPU-seconds at each start).
+        commands = descendants(proc.pid)
+        assert [c for c in commands if "uvicorn" in c], commands
+        assert not [c for c in commands if "huey" in c], commands
     finally:
         proc.send_signal(getattr(signal, stop))
         assert proc.wait(timeout=30) == 0

@@ -219,8 +219,11 @@ def sync(run_id, output_dir, tracking_uri):
 @main.command()
 @click.option("--tracking-uri", help="MLflow tracking URI (else MLFLOW_TRACKING_URI or default)")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="web server processes (mlflow ui's default is 4: one is enough for one "
+                   "person, in 0.5 GB instead of 1.3)")
 @reports_errors(tensorflow=False)
-def ui(tracking_uri, port):
+def ui(tracking_uri, port, workers):
     """Start the MLflow UI on the store the runs went to, on 127.0.0.1, and print the address
     of the newest run (as `tensorboard --logdir` does). Ctrl-C stops it."""
     import mlflow
@@ -247,7 +250,7 @@ def ui(tracking_uri, port):
     if newest:
         click.echo(f"newest run: {run_url(base, newest[0].info.experiment_id, newest[0].info.run_id)}")
     click.echo("Ctrl-C stops it.")
-    sys.exit(serve(uri, port))
+    sys.exit(serve(uri, port, workers))
 
 
 @main.command()

@@ -21,10 +21,10 @@ def server_env() -> dict[str, str]:
     return {JOB_EXECUTION: "false", **os.environ}
 
 
-def serve(uri: str, port: int) -> int:
-    """Run ``mlflow ui`` on ``uri`` at 127.0.0.1:``port`` until it ends (its exit code) or
-    this process is stopped by SIGINT, SIGTERM or SIGHUP (0, the server and its children
-    stopped).
+def serve(uri: str, port: int, workers: int = 1) -> int:
+    """Run ``mlflow ui`` on ``uri`` at 127.0.0.1:``port`` with ``workers`` web server
+    processes until it ends (its exit code) or this process is stopped by SIGINT, SIGTERM or
+    SIGHUP (0, the server and its children stopped).
 
     The server gets its own process group: `mlflow ui` serves from a child process of its
     own, and both must go when this command is stopped (Ctrl-C reaches the whole group from
@@ -32,7 +32,8 @@ def serve(uri: str, port: int) -> int:
     from ganflow.signals import terminate_as_interrupt
 
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", "127.0.0.1", "--port", str(port)],
+                               "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", str(workers)],
                               start_new_session=True, env=server_env())
     try:
         with terminate_as_interrupt():  # SIGTERM (kill, a supervisor), SIGHUP as Ctrl-C

@@ -49,8 +49,8 @@ def test_the_ui_leaves_mlflow_s_job_executor_off_unless_asked(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGHUP"])
-def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir, stop):
+@pytest.mark.parametrize("stop, workers", [("SIGINT", 1), ("SIGTERM", 1), ("SIGHUP", 2)])
+def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir, stop, workers):
     # Stopped by Ctrl-C, by kill or a supervisor (SIGTERM) or by its terminal closing
     # (SIGHUP), it takes the MLflow server and its workers with it.
     import signal
@@ -75,7 +75,7 @@ def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir, stop)
     # Ctrl-C as a terminal gives it: a suite started in the background (`pytest &`, nohup)
     # ignores SIGINT, and a child that inherits that would ignore the test's SIGINT.
     proc = subprocess.Popen([sys.executable, "-m", "ganflow", "ui", "--tracking-uri", uri,
-                             "--port", str(port)], stdout=subprocess.PIPE,
+                             "--port", str(port), "--workers", str(workers)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, cwd=workdir,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -97,6 +97,9 @@ def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir, stop)
         # consumers (7 more processes, about 20 CPU-seconds at each start).
         commands = descendants(proc.pid)
         assert [c for c in commands if "uvicorn" in c], commands
+        # Each web worker beyond the first is a process of its own (multiprocessing's).
+        assert len([c for c in commands if "multiprocessing-fork" in c]) == (
+            0 if workers == 1 else workers), commands
         assert not [c for c in commands if "huey" in c], commands
     finally:
         proc.send_signal(getattr(signal, stop))

@@ -5,6 +5,7 @@ import time
 import mlflow
 import pytest
 
+from conftest import free_port
 from ganflow.summary import ui_command
 
 
@@ -69,14 +70,13 @@ def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir, stop,
             mlflow.log_metric("d_loss", 0.5, step=1)
     finally:
         mlflow.set_tracking_uri(None)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # Ctrl-C as a terminal gives it: a suite started in the background (`pytest &`, nohup)
     # ignores SIGINT, and a child that inherits that would ignore the test's SIGINT.
     proc = subprocess.Popen([sys.executable, "-m", "ganflow", "ui", "--tracking-uri", uri,
-                             "--port", str(port), "--workers", str(workers)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=workdir,
+                             "--port", str(port), "--workers", str(workers)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=workdir,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = [proc.stdout.readline() for _ in range(3)]
@@ -97,7 +97,7 @@ def test_ganflow_ui_serves_the_store_and_points_at_the_newest_run(workdir, stop,
         # consumers (7 more processes, about 20 CPU-seconds at each start).
         commands = descendants(proc.pid)
         assert [c for c in commands if "uvicorn" in c], commands
-        # Each web worker beyond the first is a process of its own (multiprocessing's).
+        # One worker serves in uvicorn's own process; more are each a process of their own.
         assert len([c for c in commands if "multiprocessing-fork" in c]) == (
             0 if workers == 1 else workers), commands
         assert not [c for c in commands if "huey" in c], commands

@@ -9,6 +9,7 @@ under; D's logits and every loss stay float32 (``Step.discriminate``, ``GAN._tot
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -239,12 +240,21 @@ def make_strategy(name: str, cpu_devices: int | None = None, worker_timeout: flo
         return tf.distribute.get_strategy()
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices)
+        return _mirrored(tuple(d.name for d in (gpus or tf.config.list_logical_devices("CPU"))))
     if name == "multiworker":
         worker(name)  # TF_CONFIG is there and makes sense
         return join_cluster(tf.distribute.MultiWorkerMirroredStrategy, worker_timeout)
     raise UsageError(f"--strategy {name}: unknown; use default, mirrored or multiworker")
+
+
+@functools.cache
+def _mirrored(devices: tuple[str, ...]):
+    """One MirroredStrategy per set of devices in a process: a second one numbers its
+    collectives as the first did, and TensorFlow, which keeps the first's, aborts the second's
+    first all-reduce of another shape ("Shape mismatch in the collective instance")."""
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(list(devices))
 
 
 def replicas() -> int:

@@ -118,6 +118,9 @@ def fit(prepared, run_callbacks: Callbacks, done: int, verbose) -> Any:
 
     config = prepared.config
     with signals.terminate_as_interrupt():
+        # A stop lost while the run was set up (its handler ran in a callback Python cannot
+        # raise from) stops it here, not after the first step, which traces (and may compile).
+        signals.raise_pending()
         return fit_from(
             prepared.gan, _pipeline(prepared),
             done, prepared.steps_per_epoch, config.epochs, list(run_callbacks), verbose,

@@ -26,6 +26,7 @@ import tensorflow as tf
 from keras import ops
 
 import ganflow
+from ganflow import signals
 from ganflow_plugins.losses import NonSaturatingLoss
 
 PAUSE = float(os.environ.get("GANFLOW_TEST_PAUSE", "0"))
@@ -43,7 +44,9 @@ class Stepped(NonSaturatingLoss):
 
     def d_loss(self, step):
         if STALL and not tf.executing_eagerly():  # traced: the run's first step, not the check
-            time.sleep(300)
+            for _ in range(3000):  # a stop's handler raises in the sleep, or it is kept as lost
+                time.sleep(0.1)
+                signals.raise_pending()
         loss = super().d_loss(step)
         if PAUSE:
             loss = tf.py_function(pause, [loss], tf.float32)
@@ -146,9 +149,13 @@ def test_sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # The store shows steps up to a second late (the MLflow thread gathers the windows of a
-    # second): the newest checkpoint may be ckpt-12 by the time step 9 shows.
-    progress = broken / "ganflow-runs" / run_id / "checkpoints" / "progress.json"
-    saved = json.loads(progress.read_text())["steps_done"]
+    # second): the newest checkpoint may be ckpt-12 by the time step 9 shows. What resume
+    # loads is the newest one TensorFlow's state file names: progress.json, written after it,
+    # still names the one before when the kill came in between.
+    import tensorflow as tf
+
+    state = tf.train.get_checkpoint_state(str(broken / "ganflow-runs" / run_id / "checkpoints"))
+    saved = int(state.model_checkpoint_path.rsplit("-", 1)[1])
     assert saved in (6, 12) and max(logged_steps(broken, run_id)) >= 9
     (run,) = the_run(broken)
     assert run.info.status == "RUNNING"  # SIGKILL leaves it so, until a ganflow command looks

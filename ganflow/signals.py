@@ -10,7 +10,7 @@ what it has not taken stays in the run's journal. Short sections that must not b
 within one interrupts when it ends. A stop Python could not raise (its handler ran inside a
 garbage collector's or a weak reference's callback, where an exception is only printed) is
 ``lost``: unless the run already handles a stop, it interrupts at the next ``raise_pending``
-(each training step's end), or when the next signal comes.
+(before the first training step, and at each step's end), or when the next signal comes.
 """
 
 from __future__ import annotations

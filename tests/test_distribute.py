@@ -33,8 +33,8 @@ SAME_AS_ONE_DEVICE = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     from ganflow import devices
-    # One case's flags, or a list of cases run one after another in this one process (each
-    # process spends 10 CPU-s importing TensorFlow and MLflow).
+    # A list of cases' flags, run one after another in this one process (each process spends
+    # 10 CPU-s importing TensorFlow and MLflow); prints a list of their results.
     cases, strategy = json.loads(sys.argv[1]), sys.argv[2]
     if strategy == "mirrored":
         devices.split_cpu(2)
@@ -87,8 +87,7 @@ SAME_AS_ONE_DEVICE = textwrap.dedent("""
         }
 
     tf.config.experimental.enable_op_determinism()
-    results = [compare(flags) for flags in (cases if isinstance(cases, list) else [cases])]
-    print(json.dumps(results if isinstance(cases, list) else results[0]))
+    print(json.dumps([compare(flags) for flags in cases]))
 """)
 
 
@@ -259,11 +258,11 @@ def finish(procs, timeout=300) -> list[tuple[int, str, str]]:
 def test_two_worker_processes_stay_in_step_and_train_as_one_device(tmp_path):
     # Two real processes, a MultiWorkerMirroredStrategy over 127.0.0.1: each trains the
     # dcgan recipe for 4 global steps of 16 (8 on each worker), then alone on one device.
-    procs = start_workers(["-c", SAME_AS_ONE_DEVICE, "{}", "multiworker", "WEIGHTS"], tmp_path)
+    procs = start_workers(["-c", SAME_AS_ONE_DEVICE, "[{}]", "multiworker", "WEIGHTS"], tmp_path)
     results = []
     for returncode, out, err in finish(procs):
         assert returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        results += json.loads(out.strip().splitlines()[-1])  # one case
     for result in results:
         assert_same_as_one_device(result)
     # Both workers hold the same weights and optimizer state, bit for bit.

@@ -167,8 +167,8 @@ def test_resnet_trains_in_mixed_bfloat16(plugins):
 
 @pytest.mark.slow
 def test_two_replicas_train_the_resnet_as_one_device():
-    result = run_script(SAME_AS_ONE_DEVICE, json.dumps(
-        {"arch": "resnet:width=8,attention=16", "loss": "hinge"}), "mirrored")
+    (result,) = run_script(SAME_AS_ONE_DEVICE, json.dumps(
+        [{"arch": "resnet:width=8,attention=16", "loss": "hinge"}]), "mirrored")
     assert result["replicas"] == 2 and result["steps_done"] == 4
     assert result["moved"] > 1e-2
     # D's sum over positions makes its bias gradients 1-8 in size: after one step the two

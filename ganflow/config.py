@@ -122,7 +122,7 @@ class RunConfig:
     steps_per_execution: int | None = setting(
         None, "training steps per call into TensorFlow, the host waiting on the device once "
         "per call (default: as many as fit between the metric windows, the checkpoints and "
-        "the epoch's end, but 1 under --strategy multiworker; 1: every step)", "N")
+        "the epoch's end, but 1 under --strategy mirrored or multiworker; 1: every step)", "N")
     eval_every: int | None = setting(None, "every N epochs (and before the first and after "
                                      "the last), log FID, KID, precision/recall and class "
                                      "coverage; 0: never", "N")

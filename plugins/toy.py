@@ -266,6 +266,6 @@ def ganflow_register_recipes(register):
     register("toy", {**TOY_DEFAULTS, "dataset": "ring8", "epochs": 60},
              "an MLP GAN on 8 Gaussians in a ring, with exact mode metrics; about a minute")
     register("toy-grid", TOY_GRID,
-             "an MLP GAN on 25 Gaussians in a grid, PacGAN's benchmark; about 1.5 minutes")
+             "an MLP GAN on 25 Gaussians in a grid, PacGAN's benchmark; about 2 minutes")
     register("toy1d", {**TOY_DEFAULTS, "dataset": "gauss1d", "epochs": 30},
              "an MLP GAN on a 1-D two-mode mixture, with its JSD to the data")

@@ -334,7 +334,7 @@ def sample(model_uri, count, seed, output, npz, label, truncation, tracking_uri,
     """Sample a logged generator: MODEL_URI is any models:/ or runs:/ URI."""
     import numpy as np
 
-    from ganflow import models, tracking
+    from ganflow import models, noise, tracking
     from ganflow.images import save_grid
 
     output = Path(output or ("samples.npz" if npz else "samples.png"))
@@ -353,8 +353,7 @@ def sample(model_uri, count, seed, output, npz, label, truncation, tracking_uri,
         np.savez(output, samples=samples, z=z, **({} if labels is None else {"labels": labels}))
     elif samples.ndim == 4:
         rows_by_class = labels is not None and label is None
-        save_grid(samples, output, columns=int(np.bincount(labels).max()) if rows_by_class
-                  else None)
+        save_grid(samples, output, columns=noise.grid_columns(labels) if rows_by_class else None)
     else:
         from ganflow.toy import plot_points
 

@@ -49,11 +49,26 @@ def labels(count: int, shares, seed: int, stream: str = "labels") -> np.ndarray:
         np.int32)
 
 
+MAX_CLASS_ROWS = 16  # a grid of a generator with more classes has one sample a class
+
+
 def class_rows(count: int, num_classes: int) -> np.ndarray:
-    """Labels for a grid with one row per class: each class ``ceil(count / num_classes)``
-    times, in order (int32)."""
+    """Labels (int32) for a grid of a conditional generator's samples: one row per class, each
+    class ``ceil(count / num_classes)`` times, in order; with more than ``MAX_CLASS_ROWS``
+    classes (a row each would make a grid a thousand rows tall), ``count`` labels 0, 1, 2, ...,
+    one sample a class, starting again at 0 after the last class."""
+    if num_classes > MAX_CLASS_ROWS:
+        return np.arange(count, dtype=np.int32) % num_classes
     per_class = -(-count // num_classes)
     return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+
+
+def grid_columns(labels: np.ndarray) -> int | None:
+    """The columns of a grid of samples of ``class_rows`` labels (or a prefix of them): one
+    row per class when each class has a run of several, else None (a near-square grid)."""
+    labels = np.asarray(labels)
+    per_class = int(np.bincount(labels).max())
+    return per_class if per_class > 1 and np.all(np.diff(labels) >= 0) else None
 
 
 def seed_generator(seed: int | None, stream: str):

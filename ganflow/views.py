@@ -16,7 +16,8 @@ class SampleView:
     """How a run shows its generator: a PNG per epoch and, for toy data, exact metrics.
 
     Images become a grid of ``samples`` fixed noise vectors; a conditional generator's
-    (``num_classes``) has one row per class. Points become a scatter (2-D) or density (1-D)
+    (``num_classes``) has one row per class (one sample a class, for many classes:
+    ``noise.class_rows``). Points become a scatter (2-D) or density (1-D)
     plot against real data; when the data's density is known, ``TOY_EVAL_SAMPLES`` samples
     from the fixed evaluation noise are scored with ``ganflow.toy.toy_metrics`` as ``toy/...``,
     and the first ``toy.PACGAN_SAMPLES`` of them with ``toy.pacgan_metrics`` (PacGAN's
@@ -27,7 +28,7 @@ class SampleView:
                  num_classes: int | None = None):
         self.source = source
         self.labels = None if not num_classes else noise.class_rows(samples, num_classes)
-        self.columns = None if not num_classes else len(self.labels) // num_classes
+        self.columns = None if not num_classes else noise.grid_columns(self.labels)
         count = samples if self.labels is None else len(self.labels)
         grid_noise = noise.latent(count, latent_dim, seed, "grid")
         self.noise = grid_noise

@@ -149,6 +149,29 @@ def test_cdcgan_trains_registers_a_z_label_generator_and_samples_per_class(cli, 
     assert np.asarray(images).shape == (2, 32, 32, 1)
 
 
+def test_a_grid_of_a_generator_with_many_classes_shows_one_sample_a_class(tmp_path):
+    # A row per class made a 1,000-class generator's 64-sample grid 1,000 rows of one tile,
+    # which MLflow refused to log ("height and width must be > 0").
+    from ganflow import noise
+    from ganflow.views import SampleView
+
+    many = 1000
+    source = ganflow.DataSource.from_arrays(np.zeros((4, *SHAPE), np.float32), np.arange(4),
+                                            num_classes=many)
+    z, y = keras.Input((2,)), keras.Input((), dtype="int32")
+    h = layers.Concatenate()([z, layers.Embedding(many, 2)(y)])
+    generator = keras.Model([z, y], layers.Reshape(SHAPE)(layers.Dense(16, "tanh")(h)))
+    view = SampleView(source, 2, 64, seed=0, num_classes=many)
+    assert list(view.labels) == list(range(64)) and view.columns is None
+    path, _ = view(generator, tmp_path / "grid.png", "epoch 1")
+    side = 8 * (4 + 2) + 2  # 8 tiles of 4 pixels a side, 2 pixels of padding around each
+    assert Image.open(path).size == (side * 16, side * 16)  # scaled 16x to 64-pixel tiles
+    # A few classes keep a row each; fewer samples than classes make no single column.
+    assert noise.grid_columns(noise.class_rows(64, 10)) == 7
+    assert noise.grid_columns(noise.class_rows(5, 10)[:5]) is None
+    assert len(noise.class_rows(100, many)) == 100
+
+
 def test_conditional_on_unlabelled_data_is_refused(cli, workdir):
     result = cli("run", "--conditional", "--dataset", "ring8", "--arch", "mlp", *TINY)
     assert result.exit_code == 2

@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from PIL import Image
 
 import ganflow
 from ganflow import evaluation
@@ -82,6 +83,21 @@ def test_a_run_on_stacked_digits_logs_modes_and_kl_to_uniform(cli, workdir):
     assert 0 <= metrics["eval/kl_to_uniform"] <= math.log(1000) + 1e-6
     assert float(params["eval_real_modes_captured"]) > 100
     assert params["dataset"] == "stacked-digits:512"
+
+
+def test_a_conditional_run_on_its_1000_classes_ends_with_near_square_grids(cli, workdir):
+    # One row per class made each epoch's grid 1,000 rows tall: MLflow refused to log it and
+    # the run's animation failed at the end (a GIF is at most 65,535 pixels a side).
+    result = cli("run", "--dataset", "stacked-digits:512", "--conditional", *TINY)
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")
+    samples = workdir / "ganflow-runs" / run.info.run_id / "samples"
+    side = 8 * 34 + 2  # 8 x 8 tiles of 32 pixels, each with 2 pixels of padding, scaled 2x
+    assert Image.open(samples / "epoch_0002.png").size == (2 * side, 2 * side)
+    assert (samples.parent / "samples.gif").stat().st_size > 0
+    shown = cli("sample", "models:/dcgan-generator@latest", "-n", "12", "-o", "twelve.png")
+    assert shown.exit_code == 0, shown.output
+    assert Image.open(workdir / "twelve.png").size == (2 * (4 * 34 + 2), 2 * (3 * 34 + 2))
 
 
 def test_stacked_mnist_stacks_tfds_mnist_where_it_is_prepared(plugins, tmp_path, offline):

@@ -210,7 +210,12 @@ class TrackedRun:
         if callbacks.diverged is None and len(grids) > 1:
             from ganflow.images import animate
 
-            self.outbox.log_artifact(animate(grids, self.folder / "samples.gif"))
+            try:
+                gif = animate(grids, self.folder / "samples.gif")
+            except (OSError, ValueError) as exc:  # a picture of the run, not its work
+                _say(f"No animation of the samples ({first_line(exc)}); the run goes on")
+                return
+            self.outbox.log_artifact(gif)
 
     def finish(self, trained: Trained):
         """Deliver what was logged; then end the run: a finished one's generator logged and

@@ -532,9 +532,15 @@ def test_resuming_what_cannot_be_resumed(cli, workdir, stepped):
         assert bad("resume", run_id, "--epochs", "4") == (
             f"Error: run {run_id} is being resumed by another process already: wait for it to "
             "finish, or stop it first")
-    # Training it longer continues the same run at the right steps.
+    # Training it longer continues the same run at the right steps; an animation that cannot
+    # be written (here its path is a folder) is said, and the run still ends as it should.
+    gif = workdir / "ganflow-runs" / run_id / "samples.gif"
+    gif.unlink()
+    gif.mkdir()
     longer = cli("resume", run_id, "--epochs", "4", "-q")
     assert longer.exit_code == 0, longer.output
+    assert "No animation of the samples (" in longer.stderr
+    assert the_run(workdir)[0].info.status == "FINISHED"
     assert logged_steps(workdir, run_id, "epoch/mean_d_loss") == [8, 16, 24, 32]
 
     # A damaged newest checkpoint: the one before it is used, and the user is told.

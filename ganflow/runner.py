@@ -212,7 +212,7 @@ class TrackedRun:
 
             try:
                 gif = animate(grids, self.folder / "samples.gif")
-            except (OSError, ValueError) as exc:  # a picture of the run, not its work
+            except (OSError, ValueError, OverflowError) as exc:  # a picture, not the work
                 _say(f"No animation of the samples ({first_line(exc)}); the run goes on")
                 return
             self.outbox.log_artifact(gif)

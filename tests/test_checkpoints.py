@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from conftest import image_steps, write_plugin
 
@@ -548,9 +549,15 @@ def test_resuming_what_cannot_be_resumed(cli, workdir, stepped):
     newest = max(folder.glob("ckpt-*.data-*"),
                  key=lambda p: int(p.name.split("-")[1].split(".")[0]))
     newest.write_bytes(newest.read_bytes()[:100])
+    # And a grid too tall for a GIF (a 1,000-class grid of an older ganflow was 68,002 pixels
+    # tall): PIL's OverflowError, said, and the run goes on.
+    gif.rmdir()
+    first = min((gif.parent / "samples").glob("epoch_*.png"))  # the frame that sets the size
+    Image.new("L", (36, 70_000)).save(first)
     again = cli("resume", run_id, "--epochs", "5", "-q")
     assert again.exit_code == 0, again.output
     assert "cannot be read" in again.stderr and "trying the one before" in again.stderr
+    assert "No animation of the samples (" in again.stderr
     assert logged_steps(workdir, run_id, "epoch/mean_d_loss") == [8, 16, 24, 32, 40]
 
 

@@ -79,3 +79,44 @@ def test_the_layout_page_names_every_module():
     layout = (ROOT / "docs" / "layout.md").read_text()
     modules = sorted(p.name for p in (ROOT / "ganflow").glob("*.py"))
     assert [m for m in modules if f"`{m}`" not in layout] == []
+
+
+
+def slugs(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces made
+    hyphens, a repeated heading's anchor numbered (-1, -2, ...)."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    seen: dict[str, int] = {}
+    found = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        found.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return found
+
+
+def anchors() -> list[tuple[str, str, str]]:
+    """(page, target page, anchor) for every relative link with a #anchor in every page."""
+    found = set()
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for path, anchor in re.findall(r"(?<!!)\[[^\]]*\]\(([^)\s#]*)#([^)\s]+)\)", text):
+            if not path.startswith(("http://", "https://")):
+                target = (page.parent / path).resolve() if path else page
+                found.add((page.relative_to(ROOT).as_posix(),
+                           target.relative_to(ROOT).as_posix(), anchor))
+    return sorted(found)
+
+
+@pytest.mark.parametrize(("page", "target", "anchor"), anchors())
+def test_every_anchor_leads_to_a_heading(page, target, anchor):
+    assert anchor in slugs(ROOT / target), f"{page} links to {target}#{anchor}: no such heading"
+
+
+def test_every_exit_code_is_in_the_errors_table():
+    """Each exit code ganflow's source gives is a row of docs/errors.md's table of them."""
+    source = "\n".join(p.read_text() for p in (ROOT / "ganflow").glob("*.py"))
+    codes = {int(c) for c in re.findall(r"exit_code = (\d+)|sys\.exit\((\d+)\)", source)
+             for c in c if c} - {0}
+    table = re.findall(r"^\| (\d+) \|", (ROOT / "docs" / "errors.md").read_text(), flags=re.M)
+    assert codes <= {int(c) for c in table}, f"not in errors.md: {sorted(codes - set(map(int, table)))}"

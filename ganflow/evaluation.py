@@ -51,10 +51,11 @@ def cache_dir() -> Path:
 
 
 def default_features(source) -> str:
-    """The domain classifier for labelled images, Inception for other images, raw points else."""
+    """The domain classifier for labelled images (and for images whose channels are each an
+    example of a labelled source), Inception for other images, raw points else."""
     if not source.spec.is_image:
         return "raw"
-    return "classifier" if source.labelled else "inception"
+    return "classifier" if source.labelled or stacked_modes(source) else "inception"
 
 
 def log_to_stderr(message: str) -> None:
@@ -73,7 +74,8 @@ class Evaluator:
     seed: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     provider: str = ""  # the plugin that registered the feature extractor
-    modes: bool = False  # Stacked-MNIST-like data: log modes_captured and kl_to_uniform
+    modes: int = 0  # Stacked-MNIST-like data: its number of modes, to log modes_captured
+    # and kl_to_uniform over (the channel source's classes to the power of the channels)
 
     def __post_init__(self):
         self.real_stats = metrics.statistics(self.real_features)
@@ -123,7 +125,7 @@ class Evaluator:
         if classes is not None and labels is not None:
             out["class_accuracy"] = float(np.mean(classes == np.asarray(labels)))
         if classes is not None and self.modes:
-            out.update(mode_metrics(classes, len(self.data_histogram)))
+            out.update(mode_metrics(classes, self.modes))
         return out
 
     def labels(self, count: int, seed: int) -> np.ndarray:
@@ -160,16 +162,27 @@ def build(plugins, source, dataset: str, features: str | None = None,
         histogram = metrics.class_histogram(labels, source.spec.num_classes)
     if key:
         info["reference"] = key
-    modes = source.channel_source is not None and histogram is not None
+    modes = stacked_modes(source)
     if modes:  # the floor: real data's own numbers, measured the same way
+        real = source.dataset().take(real_examples)
+        if source.labelled:
+            real = real.map(lambda x, _: x)
         real_classes = np.concatenate([
             extract(extractor, x)[1]
-            for x, _ in source.dataset().take(real_examples).batch(
-                chunk_for(source.spec.shape)).as_numpy_iterator()])
+            for x in real.batch(chunk_for(source.spec.shape)).as_numpy_iterator()])
         info.update({f"real_{k}": round(v, 4) for k, v in
-                     mode_metrics(real_classes, len(histogram)).items()})
+                     mode_metrics(real_classes, modes).items()})
     return Evaluator(name, extractor, tuple(source.spec.shape), real_features, histogram,
                      seed=seed, info=info, provider=entry.plugin, modes=modes)
+
+
+def stacked_modes(source) -> int:
+    """The modes of data whose channels are each an example of a labelled ``channel_source``
+    (Stacked MNIST: 10 classes, 3 channels, 1,000 modes), whatever its own labels; else 0."""
+    base = source.channel_source
+    if base is None or not base.spec.num_classes:
+        return 0
+    return base.spec.num_classes ** source.spec.shape[-1]
 
 
 def mode_metrics(classes: np.ndarray, num_classes: int) -> dict[str, float]:

@@ -55,7 +55,8 @@ class DataSource:
     for data whose channels are each an example of another labelled source (Stacked MNIST:
     three digits as R, G and B, labelled 100a + 10b + c), is that source: the domain
     classifier is trained on it and labels each channel, and runs log the modes captured and
-    the KL of the mode histogram to uniform.
+    the KL of the mode histogram to uniform, over its classes to the power of the channels
+    (whatever the data's own labels, or with none).
     """
 
     def __init__(

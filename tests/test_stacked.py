@@ -171,3 +171,28 @@ def test_the_table_runs_a_recipe_in_table_3_with_d_a_quarter_of_g_s_width(plugin
     assert table.quarter_d("dcgan:sn") == "dcgan:sn=true,d_width=8"  # the default width, 32
     with pytest.raises(SystemExit, match="dcgan architecture, not 'resnet:width=64'"):
         table.quarter_d("resnet:width=64")
+
+
+def test_the_modes_are_the_channel_classes_whatever_the_data_s_own_labels(plugins):
+    """A channel-source dataset labelled otherwise (clusters, say), or not at all, still has
+    10 ** 3 modes: the mode count and the floor do not follow its labels."""
+    source = stacked(plugins, 2000)
+    clustered = ganflow.DataSource(
+        ganflow.DataSpec(shape=source.spec.shape, size=2000, num_classes=7),
+        lambda: source.dataset().map(lambda x, y: (x, y % 7)), labelled=True,
+        channel_source=source.channel_source, info={"channels_of": "digits"})
+    plain = ganflow.DataSource(
+        ganflow.DataSpec(shape=source.spec.shape, size=2000),
+        lambda: source.dataset().map(lambda x, y: x), channel_source=source.channel_source,
+        info={"channels_of": "digits"})
+    x, _ = next(source.dataset().skip(1000).batch(1000).as_numpy_iterator())
+    for data in (clustered, plain):
+        assert evaluation.default_features(data) == "classifier"
+        scorer = evaluation.build(plugins, data, "stacked-clusters", real_examples=1000,
+                                  log=lambda line: None)
+        assert scorer.modes == 1000
+        assert 580 <= scorer.params["eval_real_modes_captured"] <= 680  # not at most 7
+        got = scorer(x)
+        assert 580 <= got["modes_captured"] <= 680
+        assert got["kl_to_uniform"] == pytest.approx(scorer.params["eval_real_kl_to_uniform"],
+                                                     abs=0.1)

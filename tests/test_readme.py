@@ -116,7 +116,8 @@ def test_every_anchor_leads_to_a_heading(page, target, anchor):
 def test_every_exit_code_is_in_the_errors_table():
     """Each exit code ganflow's source gives is a row of docs/errors.md's table of them."""
     source = "\n".join(p.read_text() for p in (ROOT / "ganflow").glob("*.py"))
-    codes = {int(c) for c in re.findall(r"exit_code = (\d+)|sys\.exit\((\d+)\)", source)
-             for c in c if c} - {0}
-    table = re.findall(r"^\| (\d+) \|", (ROOT / "docs" / "errors.md").read_text(), flags=re.M)
-    assert codes <= {int(c) for c in table}, f"not in errors.md: {sorted(codes - set(map(int, table)))}"
+    codes = {int(a or b) for a, b in re.findall(r"exit_code = (\d+)|sys\.exit\((\d+)\)",
+                                                 source)} - {0}
+    errors = (ROOT / "docs" / "errors.md").read_text()
+    table = {int(c) for c in re.findall(r"^\| (\d+) \|", errors, flags=re.M)}
+    assert codes <= table, f"not in errors.md's table: {sorted(codes - table)}"

@@ -10,7 +10,10 @@ what it has not taken stays in the run's journal. Short sections that must not b
 within one interrupts when it ends. A stop Python could not raise (its handler ran inside a
 garbage collector's or a weak reference's callback, where an exception is only printed) is
 ``lost``: unless the run already handles a stop, it interrupts at the next ``raise_pending``
-(before the first training step, and at each step's end), or when the next signal comes.
+(before the first training step, and at each step's end), or when the next signal comes. So
+does a stop that C code cleared (``swallowed``): TensorFlow's C++ running Python inside
+``tf.nest`` when the handler raised may drop the ``Interrupted`` and fail in its own way, or go
+on.
 """
 
 from __future__ import annotations
@@ -144,9 +147,20 @@ def _resurface(error: Exception) -> None:
     ("returned a result with an exception set") that a ``ValueError`` follows. That is the
     stop, and must end the run as one. ganflow's own errors (``Stopped``: a stop already
     handled) and a chain cut with ``from None`` are left as they are."""
+    from ganflow.errors import GanflowError
+
     interrupt = _interrupt_in(error)
     if interrupt is not None:
         raise Interrupted(interrupt.signum) from error
+    if swallowed() and not isinstance(error, GanflowError):
+        raise Interrupted(_state.stopping) from error  # C code dropped the stop, then failed
+
+
+def swallowed() -> bool:
+    """Whether a stop was raised that no code has handled (``name_of``) while it is not what
+    is on its way out: an error leaving instead, or the run going on, means C code cleared it
+    (a CI run's SIGTERM became TensorFlow's "Could not pack sequence" ValueError, no cause)."""
+    return _state.stopping is not None and not _state.caught
 
 
 @contextmanager
@@ -171,6 +185,8 @@ def raise_pending() -> None:
         raise Interrupted(_state.stopping)
     if _state.lost and not _state.caught:
         _state.lost = False
+        raise Interrupted(_state.stopping)
+    if swallowed():  # cleared by C code, and the run went on
         raise Interrupted(_state.stopping)
 
 

@@ -110,9 +110,10 @@ def test_a_stop_while_a_window_is_read_still_logs_that_window(workdir):
         logger.on_train_batch_end(0)
         train(2)
         second.count = SignalWhenRead(g_loss.count, signal.SIGTERM)
-        with pytest.raises(signals.Interrupted):
+        with pytest.raises(signals.Interrupted) as stopped:
             logger.on_train_batch_end(1)
-        logger.catch_up(stopping=True)  # as the runner does when it stops
+        signals.name_of(stopped.value)  # as the runner does when it stops: names the stop,
+        logger.catch_up(stopping=True)  # then logs the steps since the last window
         assert outbox.flush(timeout=60) and not outbox.close()
     client = MlflowClient()
     for name, scale in (("d_loss", 1.0), ("g_loss", 10.0)):

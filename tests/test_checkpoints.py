@@ -300,6 +300,48 @@ def _swallowed_by_c_code():
         raise ValueError("Could not pack sequence. Argument `structure` had 2 elements")
 
 
+def _swallowed_whole_by_c_code():
+    """What TensorFlow's C++ did with a SIGTERM in a CI run (7 December 2026), as the run's
+    pipeline was built: it cleared the handler's Interrupted and failed in its own way, with
+    no cause to follow."""
+    try:
+        _sigterm_to_self()
+    except KeyboardInterrupt:
+        pass
+    raise ValueError("Could not pack sequence. Argument `structure` had 2 elements, but "
+                     "argument `flat_sequence` had 1798 elements")
+
+
+def test_a_stop_that_c_code_cleared_still_stops_the_run():
+    from ganflow import signals
+
+    # It failed: the failure leaves as the stop.
+    with pytest.raises(signals.Interrupted) as stopped:
+        with signals.terminate_as_interrupt():
+            with signals.terminate_as_interrupt():  # fitting's, inside the runner's
+                _swallowed_whole_by_c_code()
+    assert stopped.value.signum == signal.SIGTERM
+    assert "flat_sequence" in str(stopped.value.__cause__)
+    # It went on: the stop comes at the next safe point (a step's end).
+    with pytest.raises(signals.Interrupted) as stopped:
+        with signals.terminate_as_interrupt():
+            with pytest.raises(ValueError):
+                _swallowed_whole_by_c_code()
+            signals.raise_pending()
+            pytest.fail("the cleared stop did not stop")
+    assert stopped.value.signum == signal.SIGTERM
+    # A stop handled (named) was not cleared: it does not stop again, and a later error with
+    # no stop behind it leaves as it is.
+    with pytest.raises(RuntimeError, match="saving failed"):
+        with signals.terminate_as_interrupt():
+            try:
+                _sigterm_to_self()
+            except KeyboardInterrupt as stop:
+                signals.name_of(stop)
+            signals.raise_pending()
+            raise RuntimeError("saving failed")
+
+
 def test_a_stop_that_c_code_turned_into_another_error_still_stops_the_run():
     from ganflow import signals
 

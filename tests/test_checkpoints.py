@@ -312,16 +312,23 @@ def _swallowed_whole_by_c_code():
                      "argument `flat_sequence` had 1798 elements")
 
 
+def _stop_of(c_code):
+    """The stop that leaves a run (fitting's block inside the runner's) where ``c_code`` ran."""
+    from ganflow import signals
+
+    with pytest.raises(signals.Interrupted) as stopped:
+        with signals.terminate_as_interrupt():
+            with signals.terminate_as_interrupt():
+                c_code()
+    assert stopped.value.signum == signal.SIGTERM
+    return stopped.value
+
+
 def test_a_stop_that_c_code_cleared_still_stops_the_run():
     from ganflow import signals
 
     # It failed: the failure leaves as the stop.
-    with pytest.raises(signals.Interrupted) as stopped:
-        with signals.terminate_as_interrupt():
-            with signals.terminate_as_interrupt():  # fitting's, inside the runner's
-                _swallowed_whole_by_c_code()
-    assert stopped.value.signum == signal.SIGTERM
-    assert "flat_sequence" in str(stopped.value.__cause__)
+    assert "flat_sequence" in str(_stop_of(_swallowed_whole_by_c_code).__cause__)
     # It went on: the stop comes at the next safe point (a step's end).
     with pytest.raises(signals.Interrupted) as stopped:
         with signals.terminate_as_interrupt():
@@ -345,12 +352,7 @@ def test_a_stop_that_c_code_cleared_still_stops_the_run():
 def test_a_stop_that_c_code_turned_into_another_error_still_stops_the_run():
     from ganflow import signals
 
-    with pytest.raises(signals.Interrupted) as stopped:
-        with signals.terminate_as_interrupt():
-            with signals.terminate_as_interrupt():  # fitting's, inside the runner's
-                _swallowed_by_c_code()
-    assert stopped.value.signum == signal.SIGTERM
-    assert isinstance(stopped.value.__cause__, ValueError)
+    assert isinstance(_stop_of(_swallowed_by_c_code).__cause__, ValueError)
     # An error with no stop behind it stays what it is, and the next run starts afresh.
     with pytest.raises(ValueError, match="not a stop"):
         with signals.terminate_as_interrupt():

@@ -152,11 +152,11 @@ def _resurface(error: Exception) -> None:
     interrupt = _interrupt_in(error)
     if interrupt is not None:
         raise Interrupted(interrupt.signum) from error
-    if swallowed() and not isinstance(error, GanflowError):
+    if _swallowed() and not isinstance(error, GanflowError):
         raise Interrupted(_state.stopping) from error  # C code dropped the stop, then failed
 
 
-def swallowed() -> bool:
+def _swallowed() -> bool:
     """Whether a stop was raised that no code has handled (``name_of``) while it is not what
     is on its way out: an error leaving instead, or the run going on, means C code cleared it
     (a CI run's SIGTERM became TensorFlow's "Could not pack sequence" ValueError, no cause)."""
@@ -183,10 +183,8 @@ def raise_pending() -> None:
     if _state.pending is not None:
         _state.stopping, _state.pending = _state.pending, None
         raise Interrupted(_state.stopping)
-    if _state.lost and not _state.caught:
+    if _swallowed():  # lost in a callback, or cleared by C code, and the run went on
         _state.lost = False
-        raise Interrupted(_state.stopping)
-    if swallowed():  # cleared by C code, and the run went on
         raise Interrupted(_state.stopping)
 
 
